@@ -1,0 +1,128 @@
+//! `braid call`: load one agent component and run it once, printing its execution.
+
+use super::{OutputFormat, Status};
+use crate::sandbox::{Execution, ExecutionRequest, Limits, Sandbox, SandboxConfig, StepContext};
+use anyhow::{Context as _, bail};
+use clap::Args;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, Args)]
+pub struct CallCommand {
+    /// The agent: a WebAssembly component implementing the braid:agent world.
+    #[arg(value_name = "AGENT.wasm")]
+    agent: PathBuf,
+    /// The input, as JSON text.
+    #[arg(long, default_value = "{}")]
+    input: String,
+    /// Wall-clock limit for the call, in milliseconds.
+    #[arg(long, value_name = "N")]
+    timeout_ms: Option<u64>,
+    /// Memory limit, in MiB.
+    #[arg(long, value_name = "N")]
+    memory_mb: Option<u64>,
+    /// Fuel budget (a deterministic CPU limit); metered but unlimited when absent.
+    #[arg(long, value_name = "N")]
+    fuel: Option<u64>,
+    /// A configuration value the agent can read (repeatable).
+    #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    config: Vec<(String, String)>,
+    /// How to print the result.
+    #[arg(long, value_enum, default_value_t)]
+    output: OutputFormat,
+}
+
+fn parse_key_value(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("expected KEY=VALUE, got {text:?}")),
+    }
+}
+
+impl CallCommand {
+    pub fn execute(self) -> anyhow::Result<Status> {
+        let input: serde_json::Value = serde_json::from_str(&self.input).context("--input is not valid JSON")?;
+        let defaults = Limits::default();
+        let limits = Limits {
+            timeout: self.timeout_ms.map(Duration::from_millis).unwrap_or(defaults.timeout),
+            memory_bytes: self.memory_mb.map(|mb| mb.saturating_mul(1 << 20)).unwrap_or(defaults.memory_bytes),
+            fuel: self.fuel,
+        };
+        if limits.memory_bytes == 0 {
+            bail!("--memory-mb must be at least 1");
+        }
+        let wasm = std::fs::read(&self.agent).with_context(|| format!("cannot read {}", self.agent.display()))?;
+        let sandbox = Sandbox::new(SandboxConfig {
+            max_instances: 1,
+            max_memory_bytes: limits.memory_bytes.max(SandboxConfig::default().max_memory_bytes),
+            ..SandboxConfig::default()
+        })?;
+        let agent = sandbox.load(&wasm).with_context(|| format!("{} is not a usable agent", self.agent.display()))?;
+
+        let request = ExecutionRequest {
+            limits: Some(limits),
+            config: Arc::new(self.config.into_iter().collect::<BTreeMap<_, _>>()),
+            ..ExecutionRequest::new(
+                StepContext { run_id: "call".into(), step_id: "call".into(), attempt: 1, ..StepContext::default() },
+                input.to_string(),
+            )
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        let execution = runtime.block_on(sandbox.execute(&agent, request))?;
+
+        match self.output {
+            OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&call_json(&execution))?),
+            OutputFormat::Text => print_text(&execution),
+        }
+        Ok(if execution.outcome.is_success() { Status::Succeeded } else { Status::Failed })
+    }
+}
+
+/// The `--output json` document of `braid call`.
+fn call_json(execution: &Execution) -> serde_json::Value {
+    json!({
+        "status": if execution.outcome.is_success() { "succeeded" } else { "failed" },
+        "outcome": execution.outcome,
+        "output": execution.output,
+        "error": execution.error,
+        "retryable": execution.retryable,
+        "logs": execution.logs,
+        "duration_us": execution.duration().as_micros() as u64,
+        "instantiate_us": execution.instantiate.as_micros() as u64,
+        "execute_us": execution.execute.as_micros() as u64,
+        "fuel_consumed": execution.fuel_consumed,
+        "memory_peak_bytes": execution.memory_peak_bytes,
+    })
+}
+
+fn print_text(execution: &Execution) {
+    let status =
+        if execution.outcome.is_success() { "succeeded".to_owned() } else { format!("failed ({})", execution.outcome) };
+    println!(
+        "{status} in {:.2} ms (instantiate {:.2} ms, execute {:.2} ms), fuel {}, memory peak {}",
+        ms(execution.duration()),
+        ms(execution.instantiate),
+        ms(execution.execute),
+        execution.fuel_consumed.map_or("-".to_owned(), |fuel| fuel.to_string()),
+        crate::sandbox::human_bytes(execution.memory_peak_bytes),
+    );
+    if let Some(output) = &execution.output {
+        println!("{}", serde_json::to_string_pretty(output).unwrap_or_default());
+    }
+    if let Some(error) = &execution.error {
+        println!("error: {error}");
+    }
+    if !execution.logs.is_empty() {
+        println!("logs:");
+        for line in &execution.logs {
+            println!("  [{} {:?}] {}", line.level.as_str(), line.source, line.message);
+        }
+    }
+}
+
+fn ms(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}

@@ -1,0 +1,69 @@
+//! The `braid` command line: parsing (clap) and rendering. Each subcommand lives in its own
+//! file as a `*Command` struct with an `execute` method; logic lives in the library modules.
+//!
+//! Exit codes: 0 success, 1 the agent or run failed, 2 bad usage or bad input.
+
+mod call;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::process::ExitCode;
+
+/// Braid: a WebAssembly step host for workflows of sandboxed agents.
+#[derive(Debug, Parser)]
+#[command(name = "braid", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Call one agent once, in a fresh sandbox, without a database.
+    Call(call::CallCommand),
+}
+
+/// How results are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum OutputFormat {
+    /// For people.
+    #[default]
+    Text,
+    /// One JSON document, for scripts.
+    Json,
+}
+
+/// What a command that ran to completion reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Succeeded,
+    Failed,
+}
+
+impl From<Status> for ExitCode {
+    fn from(status: Status) -> Self {
+        match status {
+            Status::Succeeded => ExitCode::SUCCESS,
+            Status::Failed => ExitCode::from(1),
+        }
+    }
+}
+
+/// Parses the command line, runs the command and maps the result to an exit code: errors
+/// that stop a command before it runs (bad usage, bad input) exit with 2.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("BRAID_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Call(command) => command.execute(),
+    };
+    match result {
+        Ok(status) => status.into(),
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! The `braid` binary: a thin shim over [`braid::cli`].
+
+fn main() -> std::process::ExitCode {
+    braid::cli::main()
+}

@@ -1,0 +1,291 @@
+//! One execution: a fresh `Store` with its limits, captured logs and configuration, one
+//! call of `run`, and the classification of how it ended.
+
+use super::bindings::braid::agent::{host, types};
+use super::limiter::MemoryLimiter;
+use super::logs::{LogCapture, LogLevel, LogSource};
+use super::{Agent, ExecuteError, Execution, ExecutionRequest, Outcome, Sandbox};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use wasmtime::component::ResourceTable;
+use wasmtime::{Store, Trap, UpdateDeadline};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+/// Why the host interrupted a running guest (set just before interrupting it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Interruption {
+    Timeout,
+    Cancelled,
+}
+
+/// The data of one execution's `Store`.
+pub(crate) struct StepState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: MemoryLimiter,
+    logs: LogCapture,
+    config: Arc<BTreeMap<String, String>>,
+    deadline: Instant,
+    cancel: CancellationToken,
+    interrupted: Option<Interruption>,
+}
+
+impl WasiView for StepState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl types::Host for StepState {}
+
+impl host::Host for StepState {
+    fn log(&mut self, level: host::LogLevel, message: String) {
+        let level = match level {
+            host::LogLevel::Trace => LogLevel::Trace,
+            host::LogLevel::Debug => LogLevel::Debug,
+            host::LogLevel::Info => LogLevel::Info,
+            host::LogLevel::Warn => LogLevel::Warn,
+            host::LogLevel::Error => LogLevel::Error,
+        };
+        self.logs.log(level, message);
+    }
+
+    fn config(&mut self, key: String) -> Option<String> {
+        self.config.get(&key).cloned()
+    }
+}
+
+impl Sandbox {
+    /// Runs `agent` once on `request`, waiting for a free instance slot first. Whatever the
+    /// guest does, the result is an [`Execution`]; only a request the sandbox refuses to
+    /// start (oversized input, a memory limit above the host's maximum) is an error.
+    pub async fn execute(&self, agent: &Agent, request: ExecutionRequest) -> Result<Execution, ExecuteError> {
+        let limits = request.limits.unwrap_or(self.config.default_limits);
+        if request.input.len() > self.config.max_input_bytes {
+            return Err(ExecuteError::InputTooLarge { size: request.input.len(), cap: self.config.max_input_bytes });
+        }
+        if limits.memory_bytes > self.config.max_memory_bytes {
+            return Err(ExecuteError::MemoryAboveMax {
+                requested: limits.memory_bytes,
+                max: self.config.max_memory_bytes,
+            });
+        }
+
+        // The deadline counts from here, so time spent waiting for a slot is included: a
+        // step's timeout is what its caller waits at most.
+        let deadline = Instant::now() + limits.timeout;
+        let _slot = tokio::select! {
+            slot = self.instance_slots.acquire() => slot.map_err(|e| ExecuteError::Host(e.to_string()))?,
+            () = request.cancel.cancelled() => return Ok(refused(Outcome::Cancelled, "cancelled while waiting for an instance slot")),
+            () = tokio::time::sleep_until(deadline.into()) => return Ok(refused(Outcome::Timeout, "timed out while waiting for an instance slot")),
+        };
+
+        let logs = LogCapture::new(self.config.max_log_bytes);
+        let wasi = WasiCtx::builder().stdout(logs.pipe(LogSource::Stdout)).stderr(logs.pipe(LogSource::Stderr)).build();
+        let state = StepState {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter::new(usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX)),
+            logs: logs.clone(),
+            config: request.config.clone(),
+            deadline,
+            cancel: request.cancel.clone(),
+            interrupted: None,
+        };
+        let mut store = Store::new(self.engine(), state);
+        store.limiter(|state| &mut state.limiter);
+        let fuel_budget = limits.fuel.unwrap_or(u64::MAX);
+        store.set_fuel(fuel_budget).map_err(|e| ExecuteError::Host(format!("{e:#}")))?;
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|mut ctx| {
+            let state = ctx.data_mut();
+            if state.cancel.is_cancelled() {
+                state.interrupted = Some(Interruption::Cancelled);
+                Ok(UpdateDeadline::Interrupt)
+            } else if Instant::now() >= state.deadline {
+                state.interrupted = Some(Interruption::Timeout);
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                // Let other tasks on this worker run between ticks.
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+
+        let context = types::StepContext {
+            run_id: request.context.run_id,
+            step_id: request.context.step_id,
+            branch: request.context.branch,
+            item_index: request.context.item_index,
+            attempt: request.context.attempt,
+        };
+
+        // A guest blocked in an async host call (a WASI sleep, say) never reaches an epoch
+        // check, so the call also races the deadline and the cancellation token. The race
+        // gives the epoch callback a head start of a few ticks: a guest it interrupts unwinds
+        // normally, and its fuel and memory figures stay exact.
+        let grace = self.config.epoch_tick * 3;
+        let started = Instant::now();
+        let mut instantiated_at = None;
+        let call = async {
+            let instance = agent.pre.instantiate_async(&mut store).await?;
+            instantiated_at = Some(Instant::now());
+            instance.call_run(&mut store, &context, &request.input).await
+        };
+        let result = tokio::select! {
+            result = call => Ok(result),
+            () = async { request.cancel.cancelled().await; tokio::time::sleep(grace).await } => Err(Interruption::Cancelled),
+            () = tokio::time::sleep_until((deadline + grace).into()) => Err(Interruption::Timeout),
+        };
+        let finished = Instant::now();
+        let instantiate = instantiated_at.unwrap_or(finished) - started;
+        let execute = finished - instantiated_at.unwrap_or(finished);
+
+        let fuel_left = store.get_fuel().unwrap_or(0);
+        let state = store.data();
+        let mut execution = Execution {
+            outcome: Outcome::Succeeded,
+            output: None,
+            error: None,
+            retryable: false,
+            logs: Vec::new(),
+            instantiate,
+            execute,
+            fuel_consumed: Some(fuel_budget - fuel_left),
+            memory_peak_bytes: state.limiter.peak_bytes() as u64,
+        };
+        match result {
+            Err(interruption) => self.fail(&mut execution, state, interruption_outcome(interruption), limits),
+            Ok(Err(err)) => {
+                let outcome = classify_trap(&err, state);
+                execution.error = Some(self.describe(outcome, Some(&err), state, limits));
+                execution.outcome = outcome;
+                execution.retryable = matches!(outcome, Outcome::Trap | Outcome::Timeout);
+            }
+            Ok(Ok(Err(step_error))) => {
+                execution.outcome = Outcome::GuestError;
+                execution.error = Some(step_error.message);
+                execution.retryable = step_error.retryable;
+            }
+            Ok(Ok(Ok(output))) => match self.check_output(&output) {
+                Ok(value) => execution.output = Some(value),
+                Err(message) => {
+                    execution.outcome = Outcome::InvalidOutput;
+                    execution.error = Some(message);
+                }
+            },
+        }
+        if matches!(execution.outcome, Outcome::Timeout | Outcome::Cancelled) {
+            // Compiled code keeps its fuel count in a register and writes it back at calls;
+            // an interrupted loop never does, so the count would understate what ran.
+            execution.fuel_consumed = None;
+        }
+        execution.logs = logs.finish();
+        drop(store);
+        Ok(execution)
+    }
+
+    fn fail(&self, execution: &mut Execution, state: &StepState, outcome: Outcome, limits: super::Limits) {
+        execution.outcome = outcome;
+        execution.error = Some(self.describe(outcome, None, state, limits));
+        execution.retryable = outcome == Outcome::Timeout;
+    }
+
+    fn check_output(&self, output: &str) -> Result<serde_json::Value, String> {
+        let cap = self.config.max_output_bytes;
+        if output.len() > cap {
+            return Err(format!("the output is {} bytes, over the cap of {cap} bytes", output.len()));
+        }
+        serde_json::from_str(output).map_err(|err| format!("the output is not JSON: {err}"))
+    }
+
+    /// A readable message for a failed execution. For traps it ends with the tail of the
+    /// guest's stderr: a panic, an allocation failure and a broken pipe all trap the same
+    /// way, and only stderr tells them apart.
+    fn describe(
+        &self,
+        outcome: Outcome,
+        err: Option<&wasmtime::Error>,
+        state: &StepState,
+        limits: super::Limits,
+    ) -> String {
+        let mut message = match outcome {
+            Outcome::Timeout => format!("timed out after {} ms", limits.timeout.as_millis()),
+            Outcome::Cancelled => "cancelled".to_owned(),
+            Outcome::OutOfFuel => format!("ran out of fuel (budget {})", limits.fuel.unwrap_or(u64::MAX)),
+            Outcome::MemoryLimit => format!(
+                "memory limit of {} reached: the agent asked for {} in all",
+                human_bytes(state.limiter.limit_bytes() as u64),
+                human_bytes(state.limiter.refused_bytes().unwrap_or_default() as u64)
+            ),
+            _ => match err {
+                Some(err) => match err.downcast_ref::<Trap>() {
+                    Some(trap) => trap.to_string(),
+                    None => root_message(err),
+                },
+                None => "trap".to_owned(),
+            },
+        };
+        let stderr = state.logs.stderr_tail();
+        if matches!(outcome, Outcome::Trap | Outcome::MemoryLimit) && !stderr.is_empty() {
+            message.push_str("; stderr: ");
+            message.push_str(&stderr);
+        }
+        message
+    }
+}
+
+fn interruption_outcome(interruption: Interruption) -> Outcome {
+    match interruption {
+        Interruption::Timeout => Outcome::Timeout,
+        Interruption::Cancelled => Outcome::Cancelled,
+    }
+}
+
+/// Sorts a failed instantiation or call into an outcome. What the host did on purpose
+/// (interrupting, refusing memory) explains the trap better than the trap code does.
+fn classify_trap(err: &wasmtime::Error, state: &StepState) -> Outcome {
+    if let Some(interruption) = state.interrupted {
+        return interruption_outcome(interruption);
+    }
+    if err.downcast_ref::<Trap>() == Some(&Trap::OutOfFuel) {
+        return Outcome::OutOfFuel;
+    }
+    if state.limiter.refused_bytes().is_some() {
+        return Outcome::MemoryLimit;
+    }
+    Outcome::Trap
+}
+
+/// The innermost cause: wasmtime wraps errors in context lines and a backtrace header.
+fn root_message(err: &wasmtime::Error) -> String {
+    err.chain().last().map(|cause| cause.to_string()).unwrap_or_else(|| err.to_string())
+}
+
+/// An execution that never got an instance.
+fn refused(outcome: Outcome, message: &str) -> Execution {
+    Execution {
+        outcome,
+        output: None,
+        error: Some(message.to_owned()),
+        retryable: outcome == Outcome::Timeout,
+        logs: Vec::new(),
+        instantiate: Duration::ZERO,
+        execute: Duration::ZERO,
+        fuel_consumed: None,
+        memory_peak_bytes: 0,
+    }
+}
+
+/// Bytes for people: `64 MiB`, `1.5 KiB`, `12 bytes`.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [(&str, u64); 3] = [("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
+    for (unit, size) in UNITS {
+        if bytes >= size {
+            let value = bytes as f64 / size as f64;
+            return if value.fract() == 0.0 { format!("{value:.0} {unit}") } else { format!("{value:.1} {unit}") };
+        }
+    }
+    format!("{bytes} bytes")
+}

@@ -1,0 +1,273 @@
+//! The sandbox: runs one agent execution in a fresh, locked-down wasmtime instance.
+//!
+//! It owns the process's one wasmtime [`Engine`] (pooling allocator sized to the host-wide
+//! concurrency, epoch interruption, fuel metering), the [`Linker`] with WASI and the
+//! `braid:agent/host` imports, the epoch ticker thread, and a semaphore that makes excess
+//! executions wait for a free instance slot instead of failing. Loading an agent compiles
+//! and links its component once ([`Agent`]); every execution gets a fresh `Store` with its
+//! own limits, captured logs and configuration ([`Sandbox::execute`]).
+//!
+//! It knows nothing of workflows, runs or databases: callers hand it a component, an input
+//! and limits, and get back an [`Execution`] that says how it ended.
+//!
+//! WASI is denied by default: no preopened directories, no environment, no arguments, no
+//! sockets or name lookups, stdin empty; stdout and stderr are captured into the logs.
+
+mod agent;
+mod bindings;
+mod epoch;
+mod execution;
+mod limiter;
+mod logs;
+mod outcome;
+
+pub use agent::{Agent, LoadError};
+pub use execution::human_bytes;
+pub use logs::{LogLevel, LogLine, LogSource};
+pub use outcome::{Execution, Outcome};
+
+use bindings::AgentPre;
+use epoch::EpochTicker;
+use execution::StepState;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use wasmtime::component::Linker;
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+const MIB: u64 = 1024 * 1024;
+
+/// Which instance allocator the engine uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AllocatorChoice {
+    /// Pooling when the address space allows it, on-demand otherwise (the default).
+    #[default]
+    Auto,
+    /// Pooling, or fail.
+    Pooling,
+    /// A fresh allocation per instance: slower, but needs no address space up front.
+    OnDemand,
+}
+
+/// Host-wide settings of a sandbox. Per-step settings are [`Limits`].
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// How many instances may be live at once, host-wide. The instance pool is sized for
+    /// it; executions beyond it wait.
+    pub max_instances: u32,
+    /// The most memory any one step may be given; per-step limits above it are refused.
+    pub max_memory_bytes: u64,
+    /// Limits for executions that do not set their own.
+    pub default_limits: Limits,
+    /// Largest input accepted, in bytes of JSON.
+    pub max_input_bytes: usize,
+    /// Largest output accepted, in bytes of JSON; more is `invalid_output`.
+    pub max_output_bytes: usize,
+    /// Log bytes kept per execution; more is dropped and counted.
+    pub max_log_bytes: usize,
+    /// How often the epoch advances: the granularity of deadlines and cancellation, and
+    /// how often a busy guest yields to other tasks.
+    pub epoch_tick: Duration,
+    pub allocator: AllocatorChoice,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            max_instances: 128,
+            max_memory_bytes: 1024 * MIB,
+            default_limits: Limits::default(),
+            max_input_bytes: 8 * MIB as usize,
+            max_output_bytes: 8 * MIB as usize,
+            max_log_bytes: 256 * 1024,
+            epoch_tick: Duration::from_millis(5),
+            allocator: AllocatorChoice::Auto,
+        }
+    }
+}
+
+/// Per-execution limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Wall-clock time for instantiation plus the call.
+    pub timeout: Duration,
+    /// Linear memory, over all memories of the instance.
+    pub memory_bytes: u64,
+    /// A deterministic CPU budget in wasmtime fuel units (roughly one per instruction);
+    /// `None` meters without limiting.
+    pub fuel: Option<u64>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { timeout: Duration::from_secs(30), memory_bytes: 128 * MIB, fuel: None }
+    }
+}
+
+/// Where a call sits in a workflow run (the WIT `step-context`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StepContext {
+    pub run_id: String,
+    pub step_id: String,
+    pub branch: Option<String>,
+    pub item_index: Option<u32>,
+    /// Counts from 1.
+    pub attempt: u32,
+}
+
+/// One execution to perform.
+#[derive(Debug, Clone)]
+pub struct ExecutionRequest {
+    pub context: StepContext,
+    /// JSON text; callers produce it with serde, so it is not parsed again here.
+    pub input: String,
+    /// `None` takes the sandbox's default limits.
+    pub limits: Option<Limits>,
+    /// Values the guest can read with `host.config`.
+    pub config: Arc<BTreeMap<String, String>>,
+    /// Cancelling it interrupts the execution (within one epoch tick), which then ends
+    /// as `cancelled`.
+    pub cancel: CancellationToken,
+}
+
+impl ExecutionRequest {
+    /// A request with default limits, no config and a fresh cancellation token.
+    pub fn new(context: StepContext, input: String) -> Self {
+        ExecutionRequest { context, input, limits: None, config: Arc::default(), cancel: CancellationToken::new() }
+    }
+}
+
+/// Why a sandbox could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("could not configure the wasmtime engine: {0}")]
+    Engine(String),
+    #[error("could not start the epoch ticker thread: {0}")]
+    Ticker(#[from] std::io::Error),
+}
+
+/// Why an execution was refused before it started. Everything that happens once the guest
+/// runs is an [`Outcome`] instead.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecuteError {
+    #[error("the input is {size} bytes, over the cap of {cap} bytes")]
+    InputTooLarge { size: usize, cap: usize },
+    #[error("a memory limit of {requested} bytes is above the host's maximum of {max} bytes")]
+    MemoryAboveMax { requested: u64, max: u64 },
+    #[error("the sandbox failed to set up the execution: {0}")]
+    Host(String),
+}
+
+/// The process's wasmtime host for agents. Cheap to share behind an `Arc`.
+pub struct Sandbox {
+    engine: Engine,
+    linker: Linker<StepState>,
+    instance_slots: Arc<Semaphore>,
+    config: SandboxConfig,
+    pooling: bool,
+    // Last: stop ticking only after everything else is torn down.
+    _ticker: EpochTicker,
+}
+
+impl Sandbox {
+    /// Builds the engine (probing for the pooling allocator), the linker and the ticker.
+    pub fn new(config: SandboxConfig) -> Result<Self, SandboxError> {
+        let (engine, pooling) = match config.allocator {
+            AllocatorChoice::OnDemand => (build_engine(&config, false)?, false),
+            AllocatorChoice::Pooling => (build_engine(&config, true)?, true),
+            AllocatorChoice::Auto => match build_engine(&config, true) {
+                Ok(engine) => (engine, true),
+                Err(err) => {
+                    tracing::warn!("pooling allocator unavailable ({err}); using on-demand allocation");
+                    (build_engine(&config, false)?, false)
+                }
+            },
+        };
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
+        bindings::Agent::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |state| state)
+            .map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
+        let ticker = EpochTicker::start(&engine, config.epoch_tick)?;
+        Ok(Sandbox {
+            instance_slots: Arc::new(Semaphore::new(config.max_instances as usize)),
+            engine,
+            linker,
+            config,
+            pooling,
+            _ticker: ticker,
+        })
+    }
+
+    /// The host-wide settings.
+    pub fn config(&self) -> &SandboxConfig {
+        &self.config
+    }
+
+    /// Whether instances come from the pooling allocator.
+    pub fn is_pooling(&self) -> bool {
+        self.pooling
+    }
+
+    /// Instances live right now.
+    pub fn live_instances(&self) -> usize {
+        self.config.max_instances as usize - self.instance_slots.available_permits()
+    }
+
+    /// The wasmtime engine (for precompiling and for benchmarks).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    fn instantiate_pre(&self, component: &wasmtime::component::Component) -> wasmtime::Result<AgentPre<StepState>> {
+        AgentPre::new(self.linker.instantiate_pre(component)?)
+    }
+}
+
+fn build_engine(config: &SandboxConfig, pooling: bool) -> Result<Engine, SandboxError> {
+    let mut wasm = Config::new();
+    wasm.epoch_interruption(true)
+        .consume_fuel(true)
+        .wasm_component_model(true)
+        // Guests get 512 KiB of native stack for wasm frames; deeper recursion traps.
+        .max_wasm_stack(512 * 1024);
+    if pooling {
+        let slots = config.max_instances;
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_component_instances(slots)
+            .total_core_instances(slots * 8)
+            .max_core_instances_per_component(16)
+            .total_memories(slots * 2)
+            .max_memories_per_component(2)
+            .total_tables(slots * 8)
+            .max_tables_per_component(8)
+            .total_stacks(slots)
+            .max_memory_size(config.max_memory_bytes as usize)
+            // Reset small memories and tables with memset instead of madvise: the
+            // biggest lever on instantiation cost (see REFERENCE.md figures).
+            .linear_memory_keep_resident(1 << 20)
+            .table_keep_resident(64 * 1024);
+        wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    }
+    let engine = Engine::new(&wasm).map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
+    if pooling {
+        // Pool address space is reserved lazily on some systems: prove one slot works now
+        // rather than failing on the first step.
+        probe_pool(&engine).map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
+    }
+    Ok(engine)
+}
+
+/// Instantiates an empty component once, to find out whether the pool can be used.
+fn probe_pool(engine: &Engine) -> wasmtime::Result<()> {
+    let component = wasmtime::component::Component::new(
+        engine,
+        "(component (core module $m (memory 1)) (core instance (instantiate $m)))",
+    )?;
+    let mut store = wasmtime::Store::new(engine, ());
+    store.set_fuel(u64::MAX)?;
+    store.set_epoch_deadline(u64::MAX / 2);
+    wasmtime::component::Linker::<()>::new(engine).instantiate(&mut store, &component)?;
+    Ok(())
+}

@@ -1,0 +1,154 @@
+//! A test agent that misbehaves on request, to prove each limit and each denial of the
+//! sandbox. Input: `{"action": "...", ...}`; see `run` for the actions and their fields.
+//!
+//! It implements the WIT world directly (through braid-sdk's hidden bindings) rather than
+//! with `export_agent!`, because some actions must break the contract the SDK upholds
+//! (answering text that is not JSON).
+
+use braid_sdk::bindings::braid::agent::host::{self, LogLevel};
+use braid_sdk::bindings::braid::agent::types::{StepContext, StepError};
+use serde_json::{Value, json};
+use std::io::Write;
+
+struct Misbehave;
+
+fn field_u64(input: &Value, name: &str, default: u64) -> u64 {
+    input.get(name).and_then(Value::as_u64).unwrap_or(default)
+}
+
+fn field_str<'a>(input: &'a Value, name: &str, default: &'a str) -> &'a str {
+    input.get(name).and_then(Value::as_str).unwrap_or(default)
+}
+
+fn fail(message: String) -> Result<String, StepError> {
+    Err(StepError { message, retryable: false })
+}
+
+/// Recurses `limit` levels deep with 256 bytes of stack per level (`u64::MAX`: until the
+/// stack runs out).
+#[inline(never)]
+fn recurse(depth: u64, limit: u64, pad: &mut [u8; 256]) -> u64 {
+    if depth >= limit {
+        return depth;
+    }
+    pad[(depth % 256) as usize] = depth as u8;
+    let mut next = [0u8; 256];
+    next.copy_from_slice(pad);
+    recurse(depth + 1, limit, &mut next) + u64::from(next[0])
+}
+
+impl braid_sdk::bindings::Guest for Misbehave {
+    fn run(ctx: StepContext, input: String) -> Result<String, StepError> {
+        let input: Value = match serde_json::from_str(&input) {
+            Ok(value) => value,
+            Err(err) => return fail(format!("malformed input: {err}")),
+        };
+        match field_str(&input, "action", "ok") {
+            // Succeeds, echoing what it was given: context, input and one config value.
+            "ok" => {
+                let key = field_str(&input, "config_key", "key");
+                Ok(json!({
+                    "run_id": ctx.run_id, "step_id": ctx.step_id, "branch": ctx.branch,
+                    "item_index": ctx.item_index, "attempt": ctx.attempt,
+                    "config": host::config(key), "input": input,
+                })
+                .to_string())
+            }
+            // Returns a step error; `retryable` says whether a retry could help.
+            "error" => Err(StepError {
+                message: field_str(&input, "message", "asked to fail").to_owned(),
+                retryable: input.get("retryable").and_then(Value::as_bool).unwrap_or(false),
+            }),
+            "loop" => {
+                let mut n: u64 = 0;
+                loop {
+                    n = std::hint::black_box(n.wrapping_add(1));
+                }
+            }
+            // Burns a known amount of CPU: `iterations` loop turns, then succeeds.
+            "spin" => {
+                let mut n: u64 = 0;
+                for i in 0..field_u64(&input, "iterations", 1_000_000) {
+                    n = std::hint::black_box(n.wrapping_add(i));
+                }
+                Ok(json!({ "sum": n }).to_string())
+            }
+            // Sleeps in a host call (blocked in WASI, not spinning), then succeeds.
+            "sleep" => {
+                std::thread::sleep(std::time::Duration::from_millis(field_u64(&input, "ms", 1000)));
+                Ok(json!({ "slept_ms": field_u64(&input, "ms", 1000) }).to_string())
+            }
+            // Grows memory in 1 MiB chunks until something stops it.
+            "alloc" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            "recurse" => {
+                let mut pad = [0u8; 256];
+                Ok(json!({ "depth": recurse(0, field_u64(&input, "depth", u64::MAX), &mut pad) }).to_string())
+            }
+            "panic" => panic!("{}", field_str(&input, "message", "asked to panic")),
+            "unreachable" => std::process::abort(),
+            // Answers a JSON string of `bytes` bytes.
+            "big_output" => Ok(Value::String("x".repeat(field_u64(&input, "bytes", 1 << 20) as usize)).to_string()),
+            // Answers text that is not JSON.
+            "not_json" => Ok("this is not JSON".to_owned()),
+            // Writes `lines` lines to stdout and to stderr, then succeeds.
+            "flood" => {
+                let lines = field_u64(&input, "lines", 100_000);
+                for i in 0..lines {
+                    println!("stdout line {i} of a flood that the host must cap without failing the step");
+                    eprintln!("stderr line {i}");
+                }
+                std::io::stdout().flush().ok();
+                Ok(json!({ "printed": lines }).to_string())
+            }
+            // Logs `lines` lines through host.log, then succeeds.
+            "log" => {
+                let lines = field_u64(&input, "lines", 10);
+                for i in 0..lines {
+                    host::log(LogLevel::Info, &format!("log line {i}"));
+                }
+                Ok(json!({ "logged": lines }).to_string())
+            }
+            "read_file" => {
+                let path = field_str(&input, "path", "/etc/passwd");
+                match std::fs::read_to_string(path) {
+                    Ok(text) => Ok(json!({ "read": text.len() }).to_string()),
+                    Err(err) => fail(format!("read {path}: {err}")),
+                }
+            }
+            "list_dir" => {
+                let path = field_str(&input, "path", "/");
+                match std::fs::read_dir(path) {
+                    Ok(entries) => {
+                        let names: Vec<String> =
+                            entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+                        Ok(json!({ "entries": names }).to_string())
+                    }
+                    Err(err) => fail(format!("list {path}: {err}")),
+                }
+            }
+            "env" => {
+                let vars: Vec<String> = std::env::vars().map(|(k, v)| format!("{k}={v}")).collect();
+                let args: Vec<String> = std::env::args().collect();
+                let mut stdin = String::new();
+                let stdin_result = std::io::Read::read_to_string(&mut std::io::stdin(), &mut stdin);
+                Ok(json!({ "vars": vars, "args": args, "stdin": stdin, "stdin_ok": stdin_result.is_ok() }).to_string())
+            }
+            "tcp" => {
+                let addr = field_str(&input, "addr", "127.0.0.1:80");
+                match std::net::TcpStream::connect(addr) {
+                    Ok(_) => Ok(json!({ "connected": addr }).to_string()),
+                    Err(err) => fail(format!("connect {addr}: {err}")),
+                }
+            }
+            other => fail(format!("unknown action {other:?}")),
+        }
+    }
+}
+
+braid_sdk::bindings::__export_agent_world!(Misbehave with_types_in braid_sdk::bindings);
