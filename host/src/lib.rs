@@ -2,12 +2,24 @@
 //!
 //! # Layout
 //!
-//! * [`sandbox`]: wasmtime. The one engine, loading (compiling and linking) agent
-//!   components, and running one execution in a fresh, limited, WASI-denied instance.
+//! The way a run flows: definition → [`workflow`] (parse, validate) → [`registry`]
+//! (resolve and pin the agents) → [`engine`] (walk the steps) → [`sandbox`] (one fresh
+//! instance per agent step) → [`store`] (record every run and step execution).
+//!
+//! * [`workflow`]: the definition model, validation with precise errors, CEL templates.
+//! * [`engine`]: running a workflow: sequences, parallel blocks, join policies, cancellation.
+//! * [`sandbox`]: wasmtime. The one engine, loading agent components, and one execution in
+//!   a fresh, limited, WASI-denied instance.
+//! * [`registry`]: where agents come from (a folder of components) and their digests.
+//! * [`store`]: sqlx. Runs, step executions and logs in Postgres or SQLite, batched writes.
 //! * [`cli`]: the `braid` command line, parsing and rendering; `main.rs` only calls it.
 //!
-//! The sandbox knows nothing of workflows, and the CLI holds no logic of its own beyond
-//! turning arguments into calls and results into text or JSON.
+//! The engine knows nothing of wasmtime or SQL; the sandbox knows nothing of workflows;
+//! the store knows nothing of either.
 
 pub mod cli;
+pub mod engine;
+pub mod registry;
 pub mod sandbox;
+pub mod store;
+pub mod workflow;

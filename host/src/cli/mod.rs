@@ -4,6 +4,10 @@
 //! Exit codes: 0 success, 1 the agent or run failed, 2 bad usage or bad input.
 
 mod call;
+mod migrate;
+pub mod render;
+mod run;
+mod runs;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::process::ExitCode;
@@ -20,6 +24,21 @@ pub struct Cli {
 enum Command {
     /// Call one agent once, in a fresh sandbox, without a database.
     Call(call::CallCommand),
+    /// Run a workflow file once and record it.
+    Run(run::RunCommand),
+    /// Read recorded runs.
+    Runs(runs::RunsCommand),
+    /// Apply (or revert) the database migrations.
+    Migrate(migrate::MigrateCommand),
+}
+
+/// Where records go: `--database-url` or `BRAID_DATABASE_URL`; without either, the
+/// embedded SQLite file `braid.db` in the current directory.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DatabaseArgs {
+    /// postgres://... or sqlite://... (default: sqlite://braid.db in the current directory).
+    #[arg(long, env = "BRAID_DATABASE_URL", default_value = crate::store::DEFAULT_DATABASE_URL)]
+    pub database_url: String,
 }
 
 /// How results are printed.
@@ -58,6 +77,9 @@ pub fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Call(command) => command.execute(),
+        Command::Run(command) => command.execute(),
+        Command::Runs(command) => command.execute(),
+        Command::Migrate(command) => command.execute(),
     };
     match result {
         Ok(status) => status.into(),

@@ -1,0 +1,349 @@
+//! Running a workflow: steps in order, parallel blocks fanned out under their
+//! `max_parallelism`, join policies, cancellation, and recording every run and step
+//! execution as it happens.
+//!
+//! The engine knows nothing of wasmtime or SQL: it hands agent executions to the
+//! [`Sandbox`] and rows to the store's [`Recorder`]. A step's row is committed before any
+//! later step (which may read its output) starts. The host-wide bound on live instances is
+//! the sandbox's; each block adds its own bound on running branches, so nesting never asks
+//! the pool for more than it holds — excess work waits.
+
+mod parallel;
+mod scope;
+
+use crate::sandbox::{self, ExecutionRequest, Limits, LogLine, Sandbox, StepContext};
+use crate::store::{LogRecord, Recorder, RunRecord, RunStatus, StepRecord, StepStatus, StoreError};
+use crate::workflow::{AgentStep, Scope, Step, StepKind, Workflow};
+use chrono::Utc;
+use futures::future::BoxFuture;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use uuid::Uuid;
+
+/// An agent ready to run, with what identifies it in records.
+pub struct ResolvedAgent {
+    /// The agent's name (without a version).
+    pub name: String,
+    /// sha256 of the component's bytes, hex.
+    pub digest: String,
+    pub agent: sandbox::Agent,
+}
+
+/// A workflow with every agent it names resolved (and so pinned) before the run starts.
+pub struct RunPlan {
+    pub workflow: Arc<Workflow>,
+    /// Keyed by the agent reference as written in the workflow (`name` or `name@version`).
+    pub agents: HashMap<String, Arc<ResolvedAgent>>,
+}
+
+/// Runs workflows. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    sandbox: Arc<Sandbox>,
+    recorder: Recorder,
+}
+
+/// Everything a running step needs, shared by all tasks of one run.
+struct RunContext {
+    engine: Engine,
+    plan: Arc<RunPlan>,
+    run_id: Uuid,
+}
+
+/// Where a step execution sits: inside which block row, on which branch.
+#[derive(Debug, Clone, Default)]
+struct Placement {
+    parent: Option<Uuid>,
+    branch: Option<String>,
+}
+
+/// How a step or a sequence of steps ended.
+#[derive(Debug, Clone)]
+struct Ended {
+    status: StepStatus,
+    output: Option<Value>,
+    error: Option<String>,
+}
+
+impl Engine {
+    pub fn new(sandbox: Arc<Sandbox>, recorder: Recorder) -> Self {
+        Engine { sandbox, recorder }
+    }
+
+    /// Runs `plan` on `input` as run `run_id`, recording everything; cancelling `cancel`
+    /// stops the running instances and records what was stopped as cancelled. Returns the
+    /// run's final row. Fails only when recording itself fails.
+    pub async fn run(
+        &self,
+        plan: Arc<RunPlan>,
+        run_id: Uuid,
+        input: Value,
+        cancel: CancellationToken,
+    ) -> Result<RunRecord, StoreError> {
+        let now = Utc::now();
+        let mut run = RunRecord {
+            id: run_id,
+            workflow_name: plan.workflow.name.clone(),
+            workflow_version: plan.workflow.version.clone(),
+            status: RunStatus::Running,
+            input: Some(input.clone()),
+            output: None,
+            error: None,
+            created_at: now,
+            started_at: Some(now),
+            finished_at: None,
+        };
+        self.recorder.run(run.clone()).committed().await?;
+
+        let context = Arc::new(RunContext { engine: self.clone(), plan: plan.clone(), run_id });
+        let span = tracing::info_span!("run", %run_id, workflow = %plan.workflow.name);
+        let (ended, scope) =
+            run_sequence(context, plan.workflow.steps.clone(), Scope::new(&input), Placement::default(), cancel)
+                .instrument(span)
+                .await?;
+
+        run.status = match ended.status {
+            StepStatus::Succeeded => RunStatus::Succeeded,
+            StepStatus::Cancelled => RunStatus::Cancelled,
+            _ => RunStatus::Failed,
+        };
+        run.error = ended.error;
+        if run.status == RunStatus::Succeeded {
+            match &plan.workflow.output {
+                None => run.output = ended.output,
+                Some(template) => match template.render(&scope) {
+                    Ok(output) => run.output = Some(output),
+                    Err(err) => {
+                        run.status = RunStatus::Failed;
+                        run.error = Some(format!("output: {err}"));
+                    }
+                },
+            }
+        }
+        run.finished_at = Some(Utc::now());
+        self.recorder.run(run.clone()).committed().await?;
+        Ok(run)
+    }
+}
+
+/// Runs `steps` in order until one does not succeed. Returns how the sequence ended (with
+/// the last step's output) and the scope with every step that ran.
+fn run_sequence(
+    context: Arc<RunContext>,
+    steps: Arc<[Step]>,
+    mut scope: Scope,
+    placement: Placement,
+    cancel: CancellationToken,
+) -> BoxFuture<'static, Result<(Ended, Scope), StoreError>> {
+    Box::pin(async move {
+        let mut last = Ended { status: StepStatus::Succeeded, output: None, error: None };
+        for step in steps.iter() {
+            if cancel.is_cancelled() {
+                return Ok((
+                    Ended { status: StepStatus::Cancelled, output: None, error: Some("cancelled".into()) },
+                    scope,
+                ));
+            }
+            let (ended, views) = run_step(&context, step, &scope, &placement, &cancel).await?;
+            for (id, view) in views {
+                scope.steps.insert(id, view);
+            }
+            last = ended;
+            if last.status != StepStatus::Succeeded {
+                let error = last.error.take().unwrap_or_default();
+                last.error = Some(format!("step {:?} {}: {error}", step.id, last.status));
+                break;
+            }
+        }
+        Ok((last, scope))
+    })
+}
+
+/// Runs one step. Returns how it ended and the views it adds to the scope (its own, and
+/// those of the steps inside it).
+async fn run_step(
+    context: &Arc<RunContext>,
+    step: &Step,
+    scope: &Scope,
+    placement: &Placement,
+    cancel: &CancellationToken,
+) -> Result<(Ended, Vec<(String, cel::Value)>), StoreError> {
+    match &step.kind {
+        StepKind::Agent(agent) => {
+            let ended = run_agent(context, step, agent, scope, placement, cancel).await?;
+            let view = scope::view(&ended);
+            Ok((ended, vec![(step.id.clone(), view)]))
+        }
+        StepKind::Parallel(block) => parallel::run(context, step, block, scope, placement, cancel).await,
+    }
+}
+
+/// A fresh row for a step execution of `context`'s run.
+fn new_row(context: &RunContext, step: &Step, placement: &Placement) -> StepRecord {
+    StepRecord {
+        id: Uuid::now_v7(),
+        run_id: context.run_id,
+        step_id: step.id.clone(),
+        step_type: step.kind.type_name().to_owned(),
+        parent_step_id: placement.parent,
+        branch_name: placement.branch.clone(),
+        item_index: None,
+        join_policy: None,
+        agent_name: None,
+        agent_digest: None,
+        attempt: 1,
+        status: StepStatus::Running,
+        outcome: None,
+        input: None,
+        output: None,
+        error: None,
+        started_at: Some(Utc::now()),
+        finished_at: None,
+        instantiate_us: None,
+        execute_us: None,
+        fuel_consumed: None,
+        memory_peak_bytes: None,
+    }
+}
+
+/// Ends `row` as `ended` and commits it (with `logs`) before returning.
+async fn finish_row(
+    context: &RunContext,
+    mut row: StepRecord,
+    ended: &Ended,
+    logs: Vec<LogRecord>,
+) -> Result<(), StoreError> {
+    row.status = ended.status;
+    row.output = ended.output.clone();
+    row.error = ended.error.clone();
+    row.finished_at = Some(Utc::now());
+    context.engine.recorder.step(row, logs).committed().await
+}
+
+async fn run_agent(
+    context: &Arc<RunContext>,
+    step: &Step,
+    agent_step: &AgentStep,
+    scope: &Scope,
+    placement: &Placement,
+    cancel: &CancellationToken,
+) -> Result<Ended, StoreError> {
+    let mut row = new_row(context, step, placement);
+    let resolved = context.plan.agents.get(&agent_step.agent).cloned();
+    row.agent_name = Some(resolved.as_ref().map_or_else(|| agent_step.agent.clone(), |a| a.name.clone()));
+    row.agent_digest = resolved.as_ref().map(|a| a.digest.clone());
+
+    let input = match agent_step.input.render(scope) {
+        Ok(input) => input,
+        Err(err) => {
+            let ended = failed(format!("input{}: {err}", err.subpath));
+            finish_row(context, row, &ended, Vec::new()).await?;
+            return Ok(ended);
+        }
+    };
+    row.input = Some(input.clone());
+    let Some(resolved) = resolved else {
+        // Validation resolves every agent before a run; reaching this is a bug, not input.
+        let ended = failed(format!("agent {:?} was not resolved before the run", agent_step.agent));
+        finish_row(context, row, &ended, Vec::new()).await?;
+        return Ok(ended);
+    };
+    // The "running" row is not waited for: nothing depends on it, and a fast step's two
+    // writes usually land in the same commit as one row.
+    let _ = context.engine.recorder.step(row.clone(), Vec::new());
+
+    let sandbox = &context.engine.sandbox;
+    let defaults = sandbox.config().default_limits;
+    let request = ExecutionRequest {
+        context: StepContext {
+            run_id: context.run_id.to_string(),
+            step_id: step.id.clone(),
+            branch: placement.branch.clone(),
+            item_index: None,
+            attempt: 1,
+        },
+        input: input.to_string(),
+        limits: Some(Limits {
+            timeout: agent_step.timeout_ms.map_or(defaults.timeout, Duration::from_millis),
+            memory_bytes: agent_step.memory_mb.map_or(defaults.memory_bytes, |mb| mb.saturating_mul(1 << 20)),
+            fuel: agent_step.fuel.or(defaults.fuel),
+        }),
+        config: Arc::new(agent_step.config.clone()),
+        cancel: cancel.clone(),
+    };
+    let execution = match sandbox.execute(&resolved.agent, request).await {
+        Ok(execution) => execution,
+        Err(err) => {
+            let ended = failed(err.to_string());
+            finish_row(context, row, &ended, Vec::new()).await?;
+            return Ok(ended);
+        }
+    };
+    row.outcome = Some(execution.outcome.as_str().to_owned());
+    row.instantiate_us = Some(micros(execution.instantiate));
+    row.execute_us = Some(micros(execution.execute));
+    row.fuel_consumed = execution.fuel_consumed.map(|fuel| i64::try_from(fuel).unwrap_or(i64::MAX));
+    row.memory_peak_bytes = Some(i64::try_from(execution.memory_peak_bytes).unwrap_or(i64::MAX));
+    let ended = Ended {
+        status: match execution.outcome {
+            sandbox::Outcome::Succeeded => StepStatus::Succeeded,
+            sandbox::Outcome::Cancelled => StepStatus::Cancelled,
+            _ => StepStatus::Failed,
+        },
+        output: execution.output,
+        error: execution.error,
+    };
+    let logs = log_records(row.id, execution.logs);
+    finish_row(context, row, &ended, logs).await?;
+    Ok(ended)
+}
+
+fn failed(error: String) -> Ended {
+    Ended { status: StepStatus::Failed, output: None, error: Some(error) }
+}
+
+fn micros(duration: Duration) -> i64 {
+    i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
+}
+
+fn log_records(step_execution_id: Uuid, lines: Vec<LogLine>) -> Vec<LogRecord> {
+    lines
+        .into_iter()
+        .enumerate()
+        .map(|(seq, line)| LogRecord {
+            step_execution_id,
+            seq: seq as i32,
+            level: line.level.as_str().to_owned(),
+            source: serde_json::to_value(line.source)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            message: line.message,
+            logged_at: line.logged_at.into(),
+        })
+        .collect()
+}
+
+/// Rows for steps that never started because their branch was cancelled first, so that
+/// every branch of a block stays visible in the records.
+async fn record_not_started(
+    context: &RunContext,
+    steps: &[Step],
+    placement: &Placement,
+    status: StepStatus,
+) -> Result<(), StoreError> {
+    for step in steps {
+        let mut row = new_row(context, step, placement);
+        row.started_at = None;
+        if let StepKind::Agent(agent) = &step.kind {
+            row.agent_name = context.plan.agents.get(&agent.agent).map(|a| a.name.clone());
+        }
+        let ended = Ended { status, output: None, error: Some("cancelled before it started".into()) };
+        finish_row(context, row, &ended, Vec::new()).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,128 @@
+//! The recorded rows, as plain data: one struct per table, fields named like the columns.
+//! Nothing here knows how rows are produced (the engine) or stored (the backends).
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::fmt;
+use std::str::FromStr;
+use uuid::Uuid;
+
+/// A `workflow_runs` row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub id: Uuid,
+    pub workflow_name: String,
+    pub workflow_version: String,
+    pub status: RunStatus,
+    pub input: Option<Value>,
+    pub output: Option<Value>,
+    pub error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// A `step_executions` row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub id: Uuid,
+    pub run_id: Uuid,
+    pub step_id: String,
+    pub step_type: String,
+    pub parent_step_id: Option<Uuid>,
+    pub branch_name: Option<String>,
+    pub item_index: Option<i64>,
+    pub join_policy: Option<String>,
+    pub agent_name: Option<String>,
+    pub agent_digest: Option<String>,
+    pub attempt: i32,
+    pub status: StepStatus,
+    pub outcome: Option<String>,
+    pub input: Option<Value>,
+    pub output: Option<Value>,
+    pub error: Option<String>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub instantiate_us: Option<i64>,
+    pub execute_us: Option<i64>,
+    pub fuel_consumed: Option<i64>,
+    pub memory_peak_bytes: Option<i64>,
+}
+
+/// A `step_logs` row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogRecord {
+    pub step_execution_id: Uuid,
+    pub seq: i32,
+    pub level: String,
+    pub source: String,
+    pub message: String,
+    pub logged_at: DateTime<Utc>,
+}
+
+/// Generates a status enum stored as its snake_case name.
+macro_rules! status_enum {
+    ($(#[$doc:meta])* $name:ident { $($variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            /// The stored name.
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+
+            /// Whether the status is final.
+            pub fn is_terminal(self) -> bool {
+                !matches!(self.as_str(), "pending" | "running")
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = String;
+            fn from_str(text: &str) -> Result<Self, String> {
+                match text {
+                    $($text => Ok($name::$variant),)+
+                    other => Err(format!(
+                        concat!("unknown ", stringify!($name), " {:?} (expected one of: ", $($text, " "),+, ")"),
+                        other
+                    )),
+                }
+            }
+        }
+    };
+}
+
+status_enum!(
+    /// A run's status.
+    RunStatus { Pending = "pending", Running = "running", Succeeded = "succeeded", Failed = "failed", Cancelled = "cancelled" }
+);
+
+status_enum!(
+    /// A step execution's status.
+    StepStatus {
+        Pending = "pending",
+        Running = "running",
+        Succeeded = "succeeded",
+        Failed = "failed",
+        Cancelled = "cancelled",
+        Skipped = "skipped",
+    }
+);
+
+/// Which runs to list.
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    pub workflow: Option<String>,
+    pub status: Option<RunStatus>,
+    pub limit: Option<u32>,
+}

@@ -1,0 +1,11 @@
+//! The embedded SQLite store: ids as hyphenated UUID text, JSON as text, times as RFC 3339
+//! text, so that the file reads well with the `sqlite3` shell too.
+
+super::backend::sql_backend!(
+    db: sqlx::Sqlite,
+    pool: sqlx::SqlitePool,
+    id: String,
+    to_id: |id: Uuid| id.hyphenated().to_string(),
+    from_id: |id: String| id.parse::<Uuid>().map_err(|e| StoreError::Corrupt(format!("bad id {id:?}: {e}"))),
+    migrations: "../migrations/sqlite"
+);

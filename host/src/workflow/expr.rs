@@ -1,0 +1,500 @@
+//! Expression templates: JSON values whose strings may hold `${ expr }` with CEL inside.
+//!
+//! A string that is exactly one `${ expr }` takes the expression's JSON value (a number, an
+//! object, ...); `${ }` inside a longer string interpolates text (strings as they are, other
+//! values as JSON). Expressions are CEL (the `cel` crate), which always terminates, so an
+//! untrusted definition cannot hang the host through an expression.
+//!
+//! Templates are compiled once, when the definition is parsed; compiling also finds which
+//! variables and which `steps.<id>` each template reads, for validation and so that
+//! rendering converts only what it needs.
+
+use cel::common::ast::{CallExpr, EntryExpr, Expr, IdedExpr, LiteralValue, operators};
+use cel::objects::{Key, Map};
+use cel::{Context, Value as Cel};
+use serde_json::Value as Json;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+/// Variables an expression may use, with what they hold.
+pub const VARIABLES: &[&str] = &["input", "steps"];
+/// Identifiers CEL itself gives meaning to (type names), never reported as unknown.
+const CEL_TYPE_NAMES: &[&str] =
+    &["int", "uint", "double", "bool", "string", "bytes", "list", "map", "null_type", "type"];
+
+/// A compiled JSON template.
+#[derive(Debug, Clone)]
+pub struct Template {
+    node: Node,
+    /// The variables its expressions read (`input`, `steps`, ...).
+    variables: BTreeSet<String>,
+    /// The step ids it reads through `steps.<id>` or `steps["<id>"]`.
+    steps: BTreeSet<String>,
+    /// Whether some expression reads `steps` other than through a literal id.
+    reads_all_steps: bool,
+}
+
+#[derive(Debug, Clone)]
+enum Node {
+    /// A value with no expression inside.
+    Literal(Json),
+    /// A string that is exactly one expression.
+    Expr(Arc<Compiled>),
+    /// A string with expressions inside text.
+    Interpolate(Vec<Part>),
+    Array(Vec<Node>),
+    Object(Vec<(String, Node)>),
+}
+
+#[derive(Debug, Clone)]
+enum Part {
+    Text(String),
+    Expr(Arc<Compiled>),
+}
+
+#[derive(Debug)]
+struct Compiled {
+    source: String,
+    ast: IdedExpr,
+}
+
+/// Why an expression could not be compiled or evaluated.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ExprError {
+    /// Where inside the template (`.text`, `[2]`), empty at the top.
+    pub subpath: String,
+    pub message: String,
+}
+
+/// What expressions see: the run's input and the steps that have run, as CEL values.
+#[derive(Debug, Clone)]
+pub struct Scope {
+    pub input: Cel,
+    pub steps: HashMap<String, Cel>,
+    /// Further variables (`item`, `index`, ...), for step types that bind them.
+    pub extra: Vec<(String, Cel)>,
+}
+
+impl Scope {
+    /// A scope with the run's input and no steps yet.
+    pub fn new(input: &Json) -> Self {
+        Scope { input: json_to_cel(input), steps: HashMap::new(), extra: Vec::new() }
+    }
+}
+
+impl Template {
+    /// Compiles a JSON value, collecting every expression that does not parse.
+    pub fn compile(value: &Json) -> Result<Template, Vec<ExprError>> {
+        let mut errors = Vec::new();
+        let mut template = Template {
+            node: Node::Literal(Json::Null),
+            variables: BTreeSet::new(),
+            steps: BTreeSet::new(),
+            reads_all_steps: false,
+        };
+        template.node = template.compile_node(value, String::new(), &mut errors);
+        if errors.is_empty() { Ok(template) } else { Err(errors) }
+    }
+
+    /// A template that is one expression (`"${ ... }"` without the wrapper).
+    pub fn expression(source: &str) -> Result<Template, Vec<ExprError>> {
+        Template::compile(&Json::String(format!("${{{source}}}")))
+    }
+
+    fn compile_node(&mut self, value: &Json, subpath: String, errors: &mut Vec<ExprError>) -> Node {
+        match value {
+            Json::String(text) => match split_template(text) {
+                Err(message) => {
+                    errors.push(ExprError { subpath, message });
+                    Node::Literal(Json::Null)
+                }
+                Ok(pieces) if pieces.iter().all(|p| matches!(p, Piece::Text(_))) => Node::Literal(value.clone()),
+                Ok(pieces) => {
+                    let mut parts = Vec::new();
+                    for piece in pieces {
+                        match piece {
+                            Piece::Text(text) => parts.push(Part::Text(text)),
+                            Piece::Expr(source) => match self.compile_expr(&source) {
+                                Ok(compiled) => parts.push(Part::Expr(compiled)),
+                                Err(message) => errors.push(ExprError { subpath: subpath.clone(), message }),
+                            },
+                        }
+                    }
+                    match parts.as_slice() {
+                        [Part::Expr(only)] => Node::Expr(only.clone()),
+                        _ => Node::Interpolate(parts),
+                    }
+                }
+            },
+            Json::Array(items) => Node::Array(
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, item)| self.compile_node(item, format!("{subpath}[{i}]"), errors))
+                    .collect(),
+            ),
+            Json::Object(map) => Node::Object(
+                map.iter()
+                    .map(|(key, item)| (key.clone(), self.compile_node(item, format!("{subpath}.{key}"), errors)))
+                    .collect(),
+            ),
+            other => Node::Literal(other.clone()),
+        }
+    }
+
+    fn compile_expr(&mut self, source: &str) -> Result<Arc<Compiled>, String> {
+        let ast = cel::parser::Parser::new()
+            .parse(source)
+            .map_err(|errors| format!("expression `{}` does not parse: {errors}", source.trim()))?;
+        let mut references = References::default();
+        references.walk(&ast, &mut Vec::new());
+        self.variables.extend(references.variables);
+        self.steps.extend(references.steps);
+        self.reads_all_steps |= references.whole_steps;
+        Ok(Arc::new(Compiled { source: source.trim().to_owned(), ast }))
+    }
+
+    /// The free variables the template's expressions read.
+    pub fn variables(&self) -> &BTreeSet<String> {
+        &self.variables
+    }
+
+    /// The step ids read through `steps.<id>`.
+    pub fn step_references(&self) -> &BTreeSet<String> {
+        &self.steps
+    }
+
+    /// Whether an expression reads `steps` as a whole (or with a computed key), so that
+    /// references cannot all be known before running.
+    pub fn reads_all_steps(&self) -> bool {
+        self.reads_all_steps
+    }
+
+    /// Whether the template holds no expression at all.
+    pub fn is_literal(&self) -> bool {
+        matches!(self.node, Node::Literal(_))
+    }
+
+    /// Evaluates the template against `scope`.
+    pub fn render(&self, scope: &Scope) -> Result<Json, ExprError> {
+        if let Node::Literal(value) = &self.node {
+            return Ok(value.clone());
+        }
+        let mut context = Context::default();
+        if self.variables.contains("input") {
+            context.add_variable_from_value("input", scope.input.clone());
+        }
+        if self.variables.contains("steps") {
+            let visible: HashMap<Key, Cel> = scope
+                .steps
+                .iter()
+                .filter(|(id, _)| self.reads_all_steps || self.steps.contains(*id))
+                .map(|(id, view)| (Key::from(id.clone()), view.clone()))
+                .collect();
+            context.add_variable_from_value("steps", Cel::Map(Map { map: Arc::new(visible) }));
+        }
+        for (name, value) in &scope.extra {
+            if self.variables.contains(name) {
+                context.add_variable_from_value(name.clone(), value.clone());
+            }
+        }
+        render_node(&self.node, &context, String::new())
+    }
+}
+
+fn render_node(node: &Node, context: &Context, subpath: String) -> Result<Json, ExprError> {
+    match node {
+        Node::Literal(value) => Ok(value.clone()),
+        Node::Expr(compiled) => evaluate(compiled, context).map_err(|message| ExprError { subpath, message }),
+        Node::Interpolate(parts) => {
+            let mut text = String::new();
+            for part in parts {
+                match part {
+                    Part::Text(literal) => text.push_str(literal),
+                    Part::Expr(compiled) => match evaluate(compiled, context) {
+                        Ok(Json::String(value)) => text.push_str(&value),
+                        Ok(value) => text.push_str(&value.to_string()),
+                        Err(message) => return Err(ExprError { subpath, message }),
+                    },
+                }
+            }
+            Ok(Json::String(text))
+        }
+        Node::Array(items) => items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| render_node(item, context, format!("{subpath}[{i}]")))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Json::Array),
+        Node::Object(entries) => entries
+            .iter()
+            .map(|(key, item)| Ok((key.clone(), render_node(item, context, format!("{subpath}.{key}"))?)))
+            .collect::<Result<serde_json::Map<_, _>, _>>()
+            .map(Json::Object),
+    }
+}
+
+fn evaluate(compiled: &Compiled, context: &Context) -> Result<Json, String> {
+    let value = Cel::resolve(&compiled.ast, context)
+        .map_err(|err| format!("expression `{}` failed: {err}", compiled.source))?;
+    cel_to_json(&value).map_err(|err| format!("expression `{}` gave a value with no JSON form: {err}", compiled.source))
+}
+
+/// Converts JSON to CEL. Integers become `int` (CEL never mixes `int` and `uint`, and
+/// workflow authors write `n + 1`, not `n + 1u`); other numbers become `double`.
+pub fn json_to_cel(value: &Json) -> Cel {
+    match value {
+        Json::Null => Cel::Null,
+        Json::Bool(b) => Cel::Bool(*b),
+        Json::Number(n) => match n.as_i64() {
+            Some(i) => Cel::Int(i),
+            None => match n.as_u64() {
+                Some(u) => Cel::UInt(u),
+                None => Cel::Float(n.as_f64().unwrap_or(f64::NAN)),
+            },
+        },
+        Json::String(s) => Cel::String(Arc::new(s.clone())),
+        Json::Array(items) => Cel::List(Arc::new(items.iter().map(json_to_cel).collect())),
+        Json::Object(map) => {
+            Cel::Map(Map { map: Arc::new(map.iter().map(|(k, v)| (Key::from(k.clone()), json_to_cel(v))).collect()) })
+        }
+    }
+}
+
+/// Converts CEL back to JSON; durations and timestamps become strings, bytes base64.
+pub fn cel_to_json(value: &Cel) -> Result<Json, String> {
+    value.json().map_err(|err| err.to_string())
+}
+
+/// A piece of a template string.
+#[derive(Debug, PartialEq)]
+enum Piece {
+    Text(String),
+    Expr(String),
+}
+
+/// Splits `text` into literal text and `${ ... }` expressions. The closing brace is the
+/// one that balances the opening, skipping braces inside CEL string literals, so map
+/// literals and strings with braces work inside expressions.
+fn split_template(text: &str) -> Result<Vec<Piece>, String> {
+    let mut pieces = Vec::new();
+    let mut literal = String::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        literal.push_str(&rest[..start]);
+        let body = &rest[start + 2..];
+        let end = closing_brace(body).ok_or_else(|| format!("`${{` without a matching `}}` in {text:?}"))?;
+        let source = &body[..end];
+        if source.trim().is_empty() {
+            return Err(format!("empty expression `${{}}` in {text:?}"));
+        }
+        if !literal.is_empty() {
+            pieces.push(Piece::Text(std::mem::take(&mut literal)));
+        }
+        pieces.push(Piece::Expr(source.to_owned()));
+        rest = &body[end + 1..];
+    }
+    literal.push_str(rest);
+    if !literal.is_empty() || pieces.is_empty() {
+        pieces.push(Piece::Text(literal));
+    }
+    Ok(pieces)
+}
+
+fn closing_brace(body: &str) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    for (i, c) in body.char_indices() {
+        if let Some(q) = quote {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == q {
+                quote = None;
+            }
+            continue;
+        }
+        match c {
+            '"' | '\'' => quote = Some(c),
+            '{' => depth += 1,
+            '}' if depth == 0 => return Some(i),
+            '}' => depth -= 1,
+            _ => {}
+        }
+    }
+    None
+}
+
+/// What an expression reads: its free variables and the step ids it names.
+#[derive(Default)]
+struct References {
+    variables: BTreeSet<String>,
+    steps: BTreeSet<String>,
+    whole_steps: bool,
+}
+
+impl References {
+    fn walk(&mut self, expr: &IdedExpr, bound: &mut Vec<String>) {
+        match &expr.expr {
+            Expr::Ident(name) => {
+                if !bound.contains(name) && !CEL_TYPE_NAMES.contains(&name.as_str()) {
+                    self.variables.insert(name.clone());
+                    if name == "steps" {
+                        self.whole_steps = true;
+                    }
+                }
+            }
+            Expr::Select(select) => {
+                if Self::is_free_steps(&select.operand, bound) {
+                    self.note_step(&select.field);
+                } else {
+                    self.walk(&select.operand, bound);
+                }
+            }
+            Expr::Call(call) => {
+                if let Some(id) = literal_step_index(call, bound) {
+                    self.note_step(id);
+                    return;
+                }
+                if let Some(target) = &call.target {
+                    self.walk(target, bound);
+                }
+                for arg in &call.args {
+                    self.walk(arg, bound);
+                }
+            }
+            Expr::Comprehension(comp) => {
+                self.walk(&comp.iter_range, bound);
+                self.walk(&comp.accu_init, bound);
+                let pushed = 1 + usize::from(comp.iter_var2.is_some()) + 1;
+                bound.push(comp.iter_var.clone());
+                if let Some(second) = &comp.iter_var2 {
+                    bound.push(second.clone());
+                }
+                bound.push(comp.accu_var.clone());
+                self.walk(&comp.loop_cond, bound);
+                self.walk(&comp.loop_step, bound);
+                self.walk(&comp.result, bound);
+                bound.truncate(bound.len() - pushed);
+            }
+            Expr::List(list) => list.elements.iter().for_each(|e| self.walk(e, bound)),
+            Expr::Map(map) => {
+                for entry in &map.entries {
+                    if let EntryExpr::MapEntry(entry) = &entry.expr {
+                        self.walk(&entry.key, bound);
+                        self.walk(&entry.value, bound);
+                    }
+                }
+            }
+            Expr::Struct(structure) => {
+                for entry in &structure.entries {
+                    match &entry.expr {
+                        EntryExpr::StructField(field) => self.walk(&field.value, bound),
+                        EntryExpr::MapEntry(entry) => {
+                            self.walk(&entry.key, bound);
+                            self.walk(&entry.value, bound);
+                        }
+                    }
+                }
+            }
+            Expr::Literal(_) | Expr::Unspecified => {}
+        }
+    }
+
+    /// Whether `operand` is the free variable `steps` (not a comprehension variable).
+    fn is_free_steps(operand: &IdedExpr, bound: &[String]) -> bool {
+        matches!(&operand.expr, Expr::Ident(name) if name == "steps" && !bound.contains(name))
+    }
+
+    fn note_step(&mut self, id: &str) {
+        self.variables.insert("steps".to_owned());
+        self.steps.insert(id.to_owned());
+    }
+}
+
+/// The id in `steps["<id>"]` (or `steps[?"<id>"]`), when the key is a literal string.
+fn literal_step_index<'a>(call: &'a CallExpr, bound: &[String]) -> Option<&'a str> {
+    if call.func_name != operators::INDEX && call.func_name != operators::OPT_INDEX {
+        return None;
+    }
+    match call.args.as_slice() {
+        [steps, IdedExpr { expr: Expr::Literal(LiteralValue::String(id)), .. }]
+            if References::is_free_steps(steps, bound) =>
+        {
+            Some(id.inner())
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn scope() -> Scope {
+        let mut steps = HashMap::new();
+        steps.insert(
+            "d1".to_owned(),
+            json_to_cel(&json!({ "output": { "hex": "abc", "n": 41 }, "status": "succeeded" })),
+        );
+        Scope { input: json_to_cel(&json!({ "text": "hi", "items": [1, 2, 3] })), steps, extra: Vec::new() }
+    }
+
+    #[test]
+    fn a_lone_expression_keeps_its_json_type() {
+        let template =
+            Template::compile(&json!({ "n": "${ steps.d1.output.n + 1 }", "items": "${ input.items.map(i, i * 2) }" }))
+                .unwrap();
+        assert_eq!(template.render(&scope()).unwrap(), json!({ "n": 42, "items": [2, 4, 6] }));
+    }
+
+    #[test]
+    fn expressions_inside_text_interpolate() {
+        let template =
+            Template::compile(&json!("say ${ input.text } to ${steps.d1.output.hex} (${ steps.d1.output.n })"))
+                .unwrap();
+        assert_eq!(template.render(&scope()).unwrap(), json!("say hi to abc (41)"));
+    }
+
+    #[test]
+    fn braces_inside_expressions_are_balanced() {
+        let template = Template::compile(&json!("${ {'a': '}'}.a }")).unwrap();
+        assert_eq!(template.render(&scope()).unwrap(), json!("}"));
+    }
+
+    #[test]
+    fn references_are_found_in_every_form() {
+        let template =
+            Template::compile(&json!(["${ steps.a.output }", "${ steps['b'].status }", "${ input.x.map(s, s + 1) }"]))
+                .unwrap();
+        assert_eq!(template.step_references().iter().collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(template.variables().iter().collect::<Vec<_>>(), ["input", "steps"]);
+        assert!(!template.reads_all_steps());
+        assert!(Template::compile(&json!("${ steps }")).unwrap().reads_all_steps());
+    }
+
+    #[test]
+    fn comprehension_variables_are_not_free() {
+        let template = Template::compile(&json!("${ input.items.filter(x, x > 1) }")).unwrap();
+        assert_eq!(template.variables().iter().collect::<Vec<_>>(), ["input"]);
+    }
+
+    #[test]
+    fn bad_expressions_are_reported_with_their_place() {
+        let errors = Template::compile(&json!({ "a": "${ 1 + }", "b": ["ok", "${ unclosed"] })).unwrap_err();
+        assert_eq!(errors.len(), 2);
+        assert_eq!(errors[0].subpath, ".a");
+        assert!(errors[0].message.contains("does not parse"), "{}", errors[0].message);
+        assert_eq!(errors[1].subpath, ".b[1]");
+    }
+
+    #[test]
+    fn a_missing_key_is_an_evaluation_error_naming_the_expression() {
+        let err = Template::compile(&json!("${ steps.d1.output.nowhere }")).unwrap().render(&scope()).unwrap_err();
+        assert!(err.message.contains("steps.d1.output.nowhere"), "{}", err.message);
+    }
+}

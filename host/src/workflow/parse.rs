@@ -1,0 +1,313 @@
+//! Parsing a JSON definition into the model. Structural problems (missing or mistyped
+//! fields, unknown fields and step types, expressions that do not parse) are collected,
+//! not returned one at a time, each with the JSON path of the field it is about.
+
+use super::model::{AgentStep, Branch, JoinPolicy, ParallelBlock, Step, StepKind, Workflow};
+use super::{InvalidWorkflow, Problem, Template};
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+const WORKFLOW_FIELDS: &[&str] = &["name", "version", "description", "steps", "output"];
+const STEP_FIELDS: &[&str] = &["id", "type"];
+/// A branch in its short form is a step with a name.
+const BRANCH_STEP_FIELDS: &[&str] = &["id", "type", "name"];
+const AGENT_FIELDS: &[&str] = &["agent", "input", "timeout_ms", "memory_mb", "fuel", "config"];
+const PARALLEL_FIELDS: &[&str] = &["max_parallelism", "join_policy", "tolerated_failures", "branches"];
+const STEP_TYPES: &[&str] = &["agent", "parallel"];
+
+/// Parses a definition (JSON text), then validates its structure; see also [`super::validate`].
+pub fn parse(text: &str) -> Result<Workflow, InvalidWorkflow> {
+    let document: Value = serde_json::from_str(text).map_err(|err| InvalidWorkflow {
+        problems: vec![Problem { path: "$".into(), message: format!("not valid JSON: {err}") }],
+    })?;
+    let mut parser = Parser { problems: Vec::new() };
+    let workflow = parser.workflow(&document);
+    match workflow {
+        Some(workflow) if parser.problems.is_empty() => Ok(workflow),
+        _ => Err(InvalidWorkflow { problems: parser.problems }),
+    }
+}
+
+struct Parser {
+    problems: Vec<Problem>,
+}
+
+/// Reads the fields of one JSON object, remembering which were used so that the rest can
+/// be reported as unknown.
+struct Fields<'a> {
+    map: &'a Map<String, Value>,
+    path: String,
+}
+
+impl Parser {
+    fn problem(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem { path: path.into(), message: message.into() });
+    }
+
+    fn object<'a>(&mut self, value: &'a Value, path: &str, what: &str) -> Option<Fields<'a>> {
+        match value {
+            Value::Object(map) => Some(Fields { map, path: path.to_owned() }),
+            other => {
+                self.problem(path, format!("{what} must be an object, not {}", kind(other)));
+                None
+            }
+        }
+    }
+
+    fn unknown_fields(&mut self, fields: &Fields, allowed: &[&[&str]], what: &str) {
+        for key in fields.map.keys() {
+            if !allowed.iter().any(|set| set.contains(&key.as_str())) {
+                let expected: Vec<&str> = allowed.iter().flat_map(|set| set.iter().copied()).collect();
+                self.problem(
+                    fields.at(key),
+                    format!("unknown field in {what} (expected one of: {})", expected.join(", ")),
+                );
+            }
+        }
+    }
+
+    fn string(&mut self, fields: &Fields, key: &str, required: bool) -> Option<String> {
+        match fields.map.get(key) {
+            Some(Value::String(text)) if !text.trim().is_empty() => Some(text.clone()),
+            Some(Value::String(_)) => {
+                self.problem(fields.at(key), "must not be empty");
+                None
+            }
+            Some(other) => {
+                self.problem(fields.at(key), format!("must be a string, not {}", kind(other)));
+                None
+            }
+            None if required => {
+                self.problem(fields.at(key), "is required");
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn integer(&mut self, fields: &Fields, key: &str, min: u64) -> Option<u64> {
+        let value = fields.map.get(key)?;
+        match value.as_u64() {
+            Some(n) if n >= min => Some(n),
+            Some(n) => {
+                self.problem(fields.at(key), format!("must be at least {min}, not {n}"));
+                None
+            }
+            None => {
+                self.problem(fields.at(key), format!("must be a whole number ≥ {min}, not {value}"));
+                None
+            }
+        }
+    }
+
+    fn template(&mut self, value: &Value, path: &str) -> Option<Template> {
+        match Template::compile(value) {
+            Ok(template) => Some(template),
+            Err(errors) => {
+                for error in errors {
+                    self.problem(format!("{path}{}", error.subpath), error.message);
+                }
+                None
+            }
+        }
+    }
+
+    fn workflow(&mut self, document: &Value) -> Option<Workflow> {
+        let fields = self.object(document, "$", "a workflow")?;
+        self.unknown_fields(&fields, &[WORKFLOW_FIELDS], "a workflow");
+        let name = self.string(&fields, "name", true);
+        // Versions are strings; a bare number is accepted as its text ("version": 2).
+        let version = match fields.map.get("version") {
+            Some(Value::Number(n)) => Some(n.to_string()),
+            _ => self.string(&fields, "version", true),
+        };
+        self.string(&fields, "description", false);
+        let steps = self.steps(fields.map.get("steps"), "steps");
+        let output = fields.map.get("output").and_then(|value| self.template(value, "output"));
+        Some(Workflow { name: name?, version: version?, steps: steps?, output, source: document.clone() })
+    }
+
+    fn steps(&mut self, value: Option<&Value>, path: &str) -> Option<Arc<[Step]>> {
+        let Some(value) = value else {
+            self.problem(path, "is required");
+            return None;
+        };
+        let Value::Array(items) = value else {
+            self.problem(path, format!("must be a list of steps, not {}", kind(value)));
+            return None;
+        };
+        if items.is_empty() {
+            self.problem(path, "must hold at least one step");
+            return None;
+        }
+        let steps: Vec<Option<Step>> =
+            items.iter().enumerate().map(|(i, item)| self.step(item, &format!("{path}[{i}]"), None)).collect();
+        steps.into_iter().collect::<Option<Vec<_>>>().map(Arc::from)
+    }
+
+    /// One step. `branch_name` is set for a branch's short form, whose name is also the
+    /// step's id unless it has its own.
+    fn step(&mut self, value: &Value, path: &str, branch_name: Option<&str>) -> Option<Step> {
+        let fields = self.object(value, path, "a step")?;
+        let default_id = branch_name;
+        let common = if branch_name.is_some() { BRANCH_STEP_FIELDS } else { STEP_FIELDS };
+        let id = match (fields.map.get("id"), default_id) {
+            (None, Some(default)) => Some(default.to_owned()),
+            _ => self.string(&fields, "id", true),
+        };
+        let step_type = match fields.map.get("type") {
+            None => "agent".to_owned(),
+            Some(_) => self.string(&fields, "type", true)?,
+        };
+        let kind = match step_type.as_str() {
+            "agent" => {
+                self.unknown_fields(&fields, &[common, AGENT_FIELDS], "an agent step");
+                self.agent_step(&fields).map(StepKind::Agent)
+            }
+            "parallel" => {
+                self.unknown_fields(&fields, &[common, PARALLEL_FIELDS], "a parallel step");
+                self.parallel_block(&fields).map(StepKind::Parallel)
+            }
+            other => {
+                self.problem(
+                    fields.at("type"),
+                    format!("unknown step type {other:?} (expected one of: {})", STEP_TYPES.join(", ")),
+                );
+                None
+            }
+        };
+        Some(Step { id: id?, path: path.to_owned(), kind: kind? })
+    }
+
+    fn agent_step(&mut self, fields: &Fields) -> Option<AgentStep> {
+        let agent = self.string(fields, "agent", true);
+        let input = match fields.map.get("input") {
+            Some(value) => self.template(value, &fields.at("input")),
+            None => Template::compile(&Value::Object(Map::new())).ok(),
+        };
+        let timeout_ms = self.integer(fields, "timeout_ms", 1);
+        let memory_mb = self.integer(fields, "memory_mb", 1);
+        let fuel = self.integer(fields, "fuel", 1);
+        let config = self.config(fields)?;
+        Some(AgentStep { agent: agent?, input: input?, timeout_ms, memory_mb, fuel, config })
+    }
+
+    fn config(&mut self, fields: &Fields) -> Option<BTreeMap<String, String>> {
+        let Some(value) = fields.map.get("config") else { return Some(BTreeMap::new()) };
+        let Value::Object(map) = value else {
+            self.problem(fields.at("config"), format!("must be an object of strings, not {}", kind(value)));
+            return None;
+        };
+        let mut config = BTreeMap::new();
+        for (key, value) in map {
+            match value {
+                Value::String(text) => config.insert(key.clone(), text.clone()),
+                // Numbers and booleans are granted as their JSON text.
+                Value::Number(_) | Value::Bool(_) => config.insert(key.clone(), value.to_string()),
+                other => {
+                    self.problem(
+                        format!("{}.{key}", fields.at("config")),
+                        format!("must be a string, not {}", kind(other)),
+                    );
+                    continue;
+                }
+            };
+        }
+        Some(config)
+    }
+
+    fn parallel_block(&mut self, fields: &Fields) -> Option<ParallelBlock> {
+        let join_policy = self.join_policy(fields);
+        let tolerated_failures = self.integer(fields, "tolerated_failures", 0).unwrap_or(0) as u32;
+        let branches = self.branches(fields);
+        let max_parallelism = match fields.map.get("max_parallelism") {
+            None => branches.as_ref().map_or(1, |b| b.len() as u32),
+            Some(_) => self.integer(fields, "max_parallelism", 1)? as u32,
+        };
+        Some(ParallelBlock { max_parallelism, join_policy: join_policy?, tolerated_failures, branches: branches? })
+    }
+
+    fn join_policy(&mut self, fields: &Fields) -> Option<JoinPolicy> {
+        let path = fields.at("join_policy");
+        match fields.map.get("join_policy") {
+            None => Some(JoinPolicy::All),
+            Some(Value::String(name)) => match name.as_str() {
+                "all" => Some(JoinPolicy::All),
+                "fail_fast" => Some(JoinPolicy::FailFast),
+                "any" => Some(JoinPolicy::Any),
+                other => {
+                    self.problem(path, format!("unknown join policy {other:?} (expected \"all\", \"fail_fast\", \"any\" or {{\"quorum\": N}})"));
+                    None
+                }
+            },
+            Some(Value::Object(map)) if map.len() == 1 && map.contains_key("quorum") => match map["quorum"].as_u64() {
+                Some(n) if n >= 1 => Some(JoinPolicy::Quorum(n as u32)),
+                _ => {
+                    self.problem(
+                        format!("{path}.quorum"),
+                        format!("must be a whole number ≥ 1, not {}", map["quorum"]),
+                    );
+                    None
+                }
+            },
+            Some(other) => {
+                self.problem(
+                    path,
+                    format!("must be \"all\", \"fail_fast\", \"any\" or {{\"quorum\": N}}, not {other}"),
+                );
+                None
+            }
+        }
+    }
+
+    fn branches(&mut self, fields: &Fields) -> Option<Arc<[Branch]>> {
+        let path = fields.at("branches");
+        let value = fields.map.get("branches");
+        let Some(Value::Array(items)) = value else {
+            match value {
+                None => self.problem(path, "is required"),
+                Some(other) => self.problem(path, format!("must be a list of branches, not {}", kind(other))),
+            }
+            return None;
+        };
+        if items.is_empty() {
+            self.problem(path, "must hold at least one branch");
+            return None;
+        }
+        let branches: Vec<Option<Branch>> =
+            items.iter().enumerate().map(|(i, item)| self.branch(item, &format!("{path}[{i}]"))).collect();
+        branches.into_iter().collect::<Option<Vec<_>>>().map(Arc::from)
+    }
+
+    /// A branch: `{ "name", "steps": [...] }`, or one step with a `name` (its id defaults
+    /// to the name).
+    fn branch(&mut self, value: &Value, path: &str) -> Option<Branch> {
+        let fields = self.object(value, path, "a branch")?;
+        let name = self.string(&fields, "name", true);
+        if fields.map.contains_key("steps") {
+            self.unknown_fields(&fields, &[&["name", "steps"]], "a branch with steps");
+            let steps = self.steps(fields.map.get("steps"), &fields.at("steps"));
+            return Some(Branch { name: name?, steps: steps? });
+        }
+        let step = self.step(value, path, name.as_deref());
+        Some(Branch { name: name?, steps: Arc::from(vec![step?]) })
+    }
+}
+
+impl Fields<'_> {
+    fn at(&self, key: &str) -> String {
+        if self.path == "$" { key.to_owned() } else { format!("{}.{key}", self.path) }
+    }
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}

@@ -1,0 +1,217 @@
+//! Validation beyond structure: unique ids and branch names, sensible block settings,
+//! expressions that read only known variables and steps that have run by then, and
+//! agents that exist. Every problem is reported, each with its path.
+
+use super::expr::VARIABLES;
+use super::model::{JoinPolicy, Step, StepKind, Workflow};
+use super::{InvalidWorkflow, Problem, Template};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Checks `workflow`; `agent_exists` answers whether an agent reference (`name` or
+/// `name@version`) can be resolved.
+pub fn validate(workflow: &Workflow, agent_exists: &dyn Fn(&str) -> bool) -> Result<(), InvalidWorkflow> {
+    let mut checker = Checker { problems: Vec::new(), ids: BTreeMap::new(), agent_exists };
+    checker.collect_ids(&workflow.steps);
+    let mut visible = Vec::new();
+    checker.sequence(&workflow.steps, &mut visible);
+    if let Some(output) = &workflow.output {
+        checker.template(output, "output", &visible);
+    }
+    if checker.problems.is_empty() { Ok(()) } else { Err(InvalidWorkflow { problems: checker.problems }) }
+}
+
+struct Checker<'a> {
+    problems: Vec<Problem>,
+    /// Every step id, with the path of its first definition.
+    ids: BTreeMap<String, String>,
+    agent_exists: &'a dyn Fn(&str) -> bool,
+}
+
+impl Checker<'_> {
+    fn problem(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem { path: path.into(), message: message.into() });
+    }
+
+    fn collect_ids(&mut self, steps: &[Step]) {
+        for step in steps {
+            match self.ids.get(&step.id) {
+                Some(first) => {
+                    let message = format!("duplicate step id {:?} (first defined at {first})", step.id);
+                    self.problem(format!("{}.id", step.path), message);
+                }
+                None => {
+                    self.ids.insert(step.id.clone(), step.path.clone());
+                }
+            }
+            if let StepKind::Parallel(block) = &step.kind {
+                for branch in block.branches.iter() {
+                    self.collect_ids(&branch.steps);
+                }
+            }
+        }
+    }
+
+    /// Checks `steps` in order; `visible` holds the ids that have run before the current
+    /// step and grows as the sequence goes on.
+    fn sequence(&mut self, steps: &[Step], visible: &mut Vec<String>) {
+        for step in steps {
+            match &step.kind {
+                StepKind::Agent(agent) => {
+                    self.template(&agent.input, &format!("{}.input", step.path), visible);
+                    if !(self.agent_exists)(&agent.agent) {
+                        self.problem(format!("{}.agent", step.path), format!("unknown agent {:?}", agent.agent));
+                    }
+                }
+                StepKind::Parallel(block) => {
+                    let branch_count = block.branches.len() as u32;
+                    let mut names = BTreeSet::new();
+                    let mut inside = Vec::new();
+                    for (i, branch) in block.branches.iter().enumerate() {
+                        if !names.insert(branch.name.as_str()) {
+                            self.problem(
+                                format!("{}.branches[{i}].name", step.path),
+                                format!("duplicate branch name {:?} in block {:?}", branch.name, step.id),
+                            );
+                        }
+                        // A branch sees what ran before the block and its own earlier steps,
+                        // never a sibling's.
+                        let mut branch_visible = visible.clone();
+                        self.sequence(&branch.steps, &mut branch_visible);
+                        inside.extend(branch_visible.into_iter().skip(visible.len()));
+                    }
+                    if block.tolerated_failures > 0 && block.join_policy != JoinPolicy::All {
+                        self.problem(
+                            format!("{}.tolerated_failures", step.path),
+                            "applies only to the join policy \"all\"",
+                        );
+                    }
+                    if block.tolerated_failures > branch_count {
+                        self.problem(
+                            format!("{}.tolerated_failures", step.path),
+                            format!("{} is more than the block's {branch_count} branches", block.tolerated_failures),
+                        );
+                    }
+                    if let JoinPolicy::Quorum(n) = block.join_policy
+                        && n > branch_count
+                    {
+                        self.problem(
+                            format!("{}.join_policy.quorum", step.path),
+                            format!("{n} can never be reached with {branch_count} branches"),
+                        );
+                    }
+                    visible.extend(inside);
+                }
+            }
+            visible.push(step.id.clone());
+        }
+    }
+
+    fn template(&mut self, template: &Template, path: &str, visible: &[String]) {
+        for variable in template.variables() {
+            if !VARIABLES.contains(&variable.as_str()) {
+                self.problem(path, format!("unknown variable `{variable}` (in scope: {})", VARIABLES.join(", ")));
+            }
+        }
+        for id in template.step_references() {
+            if visible.contains(id) {
+                continue;
+            }
+            let message = match self.ids.get(id) {
+                Some(at) => format!("refers to step {id:?} (at {at}), which has not run by then"),
+                None => format!("refers to step {id:?}, which does not exist"),
+            };
+            self.problem(path, message);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::parse;
+    use super::*;
+
+    fn problems(definition: &str) -> Vec<String> {
+        let workflow = match parse(definition) {
+            Ok(workflow) => workflow,
+            Err(invalid) => return invalid.problems.iter().map(ToString::to_string).collect(),
+        };
+        match validate(&workflow, &|agent| agent != "ghost") {
+            Ok(()) => Vec::new(),
+            Err(invalid) => invalid.problems.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn the_issue_example_is_valid() {
+        let definition = r#"{ "name": "report", "version": "1",
+          "steps": [
+            { "id": "research", "type": "parallel", "max_parallelism": 2, "join_policy": "all", "tolerated_failures": 0,
+              "branches": [
+                { "name": "words", "agent": "word-count", "input": { "text": "${ input.text }" } },
+                { "name": "deep", "steps": [ { "id": "d1", "agent": "digest", "input": { "text": "${ input.text }" } },
+                                             { "id": "d2", "agent": "shout", "input": { "text": "${ steps.d1.output.hex }" } } ] } ] },
+            { "id": "report", "agent": "merge", "input": { "parts": "${ steps.research.output }" },
+              "timeout_ms": 5000, "memory_mb": 64, "fuel": 100000000, "config": { "style": "short" } } ],
+          "output": "${ steps.report.output }" }"#;
+        assert_eq!(problems(definition), Vec::<String>::new());
+    }
+
+    #[test]
+    fn every_structural_problem_is_reported_at_once_with_its_path() {
+        let found = problems(
+            r#"{ "name": "x", "steps": [
+                 { "id": "a", "agent": "word-count", "colour": "red" },
+                 { "id": "b", "type": "teleport" },
+                 { "id": "c", "type": "parallel", "max_parallelism": 0, "branches": [ { "name": "l", "agent": "x", "input": "${ 1 + }" } ] } ] }"#,
+        );
+        assert_eq!(found.len(), 5, "{found:#?}");
+        assert_eq!(found[0], "version: is required");
+        assert_eq!(
+            found[1],
+            "steps[0].colour: unknown field in an agent step (expected one of: id, type, agent, input, timeout_ms, memory_mb, fuel, config)"
+        );
+        assert_eq!(found[2], "steps[1].type: unknown step type \"teleport\" (expected one of: agent, parallel)");
+        assert!(found[3].starts_with("steps[2].branches[0].input: expression `1 +` does not parse: "), "{}", found[3]);
+        assert_eq!(found[4], "steps[2].max_parallelism: must be at least 1, not 0");
+    }
+
+    #[test]
+    fn every_semantic_problem_is_reported_at_once_with_its_path() {
+        let found = problems(
+            r#"{ "name": "x", "version": "1", "steps": [
+                 { "id": "a", "agent": "ghost", "input": "${ steps.b.output }" },
+                 { "id": "b", "type": "parallel", "join_policy": {"quorum": 3}, "branches": [
+                     { "name": "l", "agent": "w", "input": "${ steps.r.output }" },
+                     { "name": "r", "agent": "w", "input": "${ nonsense }" },
+                     { "name": "l", "id": "a", "agent": "w" } ] } ],
+               "output": "${ steps.nowhere }" }"#,
+        );
+        assert_eq!(
+            found,
+            [
+                "steps[1].branches[2].id: duplicate step id \"a\" (first defined at steps[0])",
+                "steps[0].input: refers to step \"b\" (at steps[1]), which has not run by then",
+                "steps[0].agent: unknown agent \"ghost\"",
+                "steps[1].branches[0].input: refers to step \"r\" (at steps[1].branches[1]), which has not run by then",
+                "steps[1].branches[1].input: unknown variable `nonsense` (in scope: input, steps)",
+                "steps[1].branches[2].name: duplicate branch name \"l\" in block \"b\"",
+                "output: refers to step \"nowhere\", which does not exist",
+            ]
+        );
+    }
+
+    #[test]
+    fn steps_inside_a_finished_block_are_visible_after_it() {
+        let found = problems(
+            r#"{ "name": "x", "version": "1", "steps": [
+                 { "id": "b", "type": "parallel", "branches": [ { "name": "l", "agent": "w" } ] },
+                 { "id": "after", "agent": "w", "input": { "a": "${ steps.l.output }", "b": "${ steps.b.branches.l.status }" } } ] }"#,
+        );
+        assert_eq!(found, Vec::<String>::new());
+    }
+
+    #[test]
+    fn malformed_json_is_one_clear_problem() {
+        assert_eq!(problems("{ nope")[0], "$: not valid JSON: key must be a string at line 1 column 3");
+    }
+}

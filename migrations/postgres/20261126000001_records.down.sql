@@ -1,0 +1,3 @@
+DROP TABLE step_logs;
+DROP TABLE step_executions;
+DROP TABLE workflow_runs;
