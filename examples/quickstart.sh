@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The README's first quick-start command: build the example agents for wasm32-wasip2 and
-# the braid binary, then call an example agent through the real CLI.
+# the braid binary, then run the parallel example workflow through the real CLI, recorded
+# in the embedded SQLite default (./braid.db).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rustup target add wasm32-wasip2 >/dev/null 2>&1 || true
@@ -10,4 +11,5 @@ cargo build --quiet --profile agent --target wasm32-wasip2 --target-dir target/a
 cargo build --quiet --release -p braid
 agents=target/agents/wasm32-wasip2/agent
 set -x
-./target/release/braid call "$agents/word_count.wasm" --input '{"text": "Braid runs every step in its own sandbox.\nThis is the quick start."}'
+./target/release/braid run examples/workflows/parallel.json --agents "$agents" \
+  --input '{"text": "Braid runs every step in its own sandbox"}'

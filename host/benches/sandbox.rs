@@ -141,6 +141,10 @@ fn native_echo() -> Duration {
     started.elapsed() / runs
 }
 
+/// The same allocator as the `braid` binary.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let calls = std::env::args()
         .skip_while(|arg| arg != "--calls")

@@ -12,7 +12,7 @@ mod parallel;
 mod scope;
 
 use crate::sandbox::{self, ExecutionRequest, Limits, LogLine, Sandbox, StepContext};
-use crate::store::{LogRecord, Recorder, RunRecord, RunStatus, StepRecord, StepStatus, StoreError};
+use crate::store::{LogRecord, Pending, Recorder, RunRecord, RunStatus, StepRecord, StepStatus, StoreError};
 use crate::workflow::{AgentStep, Scope, Step, StepKind, Workflow};
 use chrono::Utc;
 use futures::future::BoxFuture;
@@ -23,6 +23,9 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
+
+/// How long an agent step runs before its "running" row is written.
+const RUNNING_ROW_AFTER: Duration = Duration::from_millis(50);
 
 /// An agent ready to run, with what identifies it in records.
 pub struct ResolvedAgent {
@@ -101,10 +104,13 @@ impl Engine {
 
         let context = Arc::new(RunContext { engine: self.clone(), plan: plan.clone(), run_id });
         let span = tracing::info_span!("run", %run_id, workflow = %plan.workflow.name);
-        let (ended, scope) =
+        let (ended, scope, last_row) =
             run_sequence(context, plan.workflow.steps.clone(), Scope::new(&input), Placement::default(), cancel)
                 .instrument(span)
                 .await?;
+        if let Some(last_row) = last_row {
+            last_row.committed().await?;
+        }
 
         run.status = match ended.status {
             StepStatus::Succeeded => RunStatus::Succeeded,
@@ -130,25 +136,33 @@ impl Engine {
     }
 }
 
-/// Runs `steps` in order until one does not succeed. Returns how the sequence ended (with
-/// the last step's output) and the scope with every step that ran.
+/// What a sequence leaves behind: how it ended (with the last step's output), the scope
+/// with every step that ran, and the last step's row, still being committed.
+type SequenceEnd = (Ended, Scope, Option<Pending>);
+
+/// Runs `steps` in order until one does not succeed. Each step's row is committed before
+/// the next step starts; the last one's commit is left to the caller to wait for, so that a
+/// finished branch frees its place in its block at once.
 fn run_sequence(
     context: Arc<RunContext>,
     steps: Arc<[Step]>,
     mut scope: Scope,
     placement: Placement,
     cancel: CancellationToken,
-) -> BoxFuture<'static, Result<(Ended, Scope), StoreError>> {
+) -> BoxFuture<'static, Result<SequenceEnd, StoreError>> {
     Box::pin(async move {
         let mut last = Ended { status: StepStatus::Succeeded, output: None, error: None };
+        let mut last_row: Option<Pending> = None;
         for step in steps.iter() {
-            if cancel.is_cancelled() {
-                return Ok((
-                    Ended { status: StepStatus::Cancelled, output: None, error: Some("cancelled".into()) },
-                    scope,
-                ));
+            if let Some(row) = last_row.take() {
+                row.committed().await?;
             }
-            let (ended, views) = run_step(&context, step, &scope, &placement, &cancel).await?;
+            if cancel.is_cancelled() {
+                let ended = Ended { status: StepStatus::Cancelled, output: None, error: Some("cancelled".into()) };
+                return Ok((ended, scope, None));
+            }
+            let (ended, views, row) = run_step(&context, step, &scope, &placement, &cancel).await?;
+            last_row = Some(row);
             for (id, view) in views {
                 scope.steps.insert(id, view);
             }
@@ -159,24 +173,27 @@ fn run_sequence(
                 break;
             }
         }
-        Ok((last, scope))
+        Ok((last, scope, last_row))
     })
 }
 
-/// Runs one step. Returns how it ended and the views it adds to the scope (its own, and
-/// those of the steps inside it).
+/// How a step ended, the views it adds to the scope (its own, and those of the steps
+/// inside it), and its row, still being committed.
+type StepEnd = (Ended, Vec<(String, cel::Value)>, Pending);
+
+/// Runs one step.
 async fn run_step(
     context: &Arc<RunContext>,
     step: &Step,
     scope: &Scope,
     placement: &Placement,
     cancel: &CancellationToken,
-) -> Result<(Ended, Vec<(String, cel::Value)>), StoreError> {
+) -> Result<StepEnd, StoreError> {
     match &step.kind {
         StepKind::Agent(agent) => {
-            let ended = run_agent(context, step, agent, scope, placement, cancel).await?;
+            let (ended, row) = run_agent(context, step, agent, scope, placement, cancel).await;
             let view = scope::view(&ended);
-            Ok((ended, vec![(step.id.clone(), view)]))
+            Ok((ended, vec![(step.id.clone(), view)], row))
         }
         StepKind::Parallel(block) => parallel::run(context, step, block, scope, placement, cancel).await,
     }
@@ -210,18 +227,13 @@ fn new_row(context: &RunContext, step: &Step, placement: &Placement) -> StepReco
     }
 }
 
-/// Ends `row` as `ended` and commits it (with `logs`) before returning.
-async fn finish_row(
-    context: &RunContext,
-    mut row: StepRecord,
-    ended: &Ended,
-    logs: Vec<LogRecord>,
-) -> Result<(), StoreError> {
+/// Ends `row` as `ended` and queues it (with `logs`) for the next commit.
+fn finish_row(context: &RunContext, mut row: StepRecord, ended: &Ended, logs: Vec<LogRecord>) -> Pending {
     row.status = ended.status;
     row.output = ended.output.clone();
     row.error = ended.error.clone();
     row.finished_at = Some(Utc::now());
-    context.engine.recorder.step(row, logs).committed().await
+    context.engine.recorder.step(row, logs)
 }
 
 async fn run_agent(
@@ -231,7 +243,7 @@ async fn run_agent(
     scope: &Scope,
     placement: &Placement,
     cancel: &CancellationToken,
-) -> Result<Ended, StoreError> {
+) -> (Ended, Pending) {
     let mut row = new_row(context, step, placement);
     let resolved = context.plan.agents.get(&agent_step.agent).cloned();
     row.agent_name = Some(resolved.as_ref().map_or_else(|| agent_step.agent.clone(), |a| a.name.clone()));
@@ -241,20 +253,17 @@ async fn run_agent(
         Ok(input) => input,
         Err(err) => {
             let ended = failed(format!("input{}: {err}", err.subpath));
-            finish_row(context, row, &ended, Vec::new()).await?;
-            return Ok(ended);
+            let row = finish_row(context, row, &ended, Vec::new());
+            return (ended, row);
         }
     };
     row.input = Some(input.clone());
     let Some(resolved) = resolved else {
         // Validation resolves every agent before a run; reaching this is a bug, not input.
         let ended = failed(format!("agent {:?} was not resolved before the run", agent_step.agent));
-        finish_row(context, row, &ended, Vec::new()).await?;
-        return Ok(ended);
+        let row = finish_row(context, row, &ended, Vec::new());
+        return (ended, row);
     };
-    // The "running" row is not waited for: nothing depends on it, and a fast step's two
-    // writes usually land in the same commit as one row.
-    let _ = context.engine.recorder.step(row.clone(), Vec::new());
 
     let sandbox = &context.engine.sandbox;
     let defaults = sandbox.config().default_limits;
@@ -275,12 +284,24 @@ async fn run_agent(
         config: Arc::new(agent_step.config.clone()),
         cancel: cancel.clone(),
     };
-    let execution = match sandbox.execute(&resolved.agent, request).await {
+    // A step still running after a moment gets a "running" row, so that long steps are
+    // visible while they run. Quick steps skip it: their final row is their only write,
+    // which keeps a chain of short steps at one commit each. Nothing waits for it.
+    let running = sandbox.execute(&resolved.agent, request);
+    tokio::pin!(running);
+    let result = tokio::select! {
+        result = &mut running => result,
+        () = tokio::time::sleep(RUNNING_ROW_AFTER) => {
+            let _ = context.engine.recorder.step(row.clone(), Vec::new());
+            running.await
+        }
+    };
+    let execution = match result {
         Ok(execution) => execution,
         Err(err) => {
             let ended = failed(err.to_string());
-            finish_row(context, row, &ended, Vec::new()).await?;
-            return Ok(ended);
+            let row = finish_row(context, row, &ended, Vec::new());
+            return (ended, row);
         }
     };
     row.outcome = Some(execution.outcome.as_str().to_owned());
@@ -298,8 +319,8 @@ async fn run_agent(
         error: execution.error,
     };
     let logs = log_records(row.id, execution.logs);
-    finish_row(context, row, &ended, logs).await?;
-    Ok(ended)
+    let row = finish_row(context, row, &ended, logs);
+    (ended, row)
 }
 
 fn failed(error: String) -> Ended {
@@ -330,12 +351,8 @@ fn log_records(step_execution_id: Uuid, lines: Vec<LogLine>) -> Vec<LogRecord> {
 
 /// Rows for steps that never started because their branch was cancelled first, so that
 /// every branch of a block stays visible in the records.
-async fn record_not_started(
-    context: &RunContext,
-    steps: &[Step],
-    placement: &Placement,
-    status: StepStatus,
-) -> Result<(), StoreError> {
+fn record_not_started(context: &RunContext, steps: &[Step], placement: &Placement, status: StepStatus) -> Vec<Pending> {
+    let mut rows = Vec::new();
     for step in steps {
         let mut row = new_row(context, step, placement);
         row.started_at = None;
@@ -343,7 +360,7 @@ async fn record_not_started(
             row.agent_name = context.plan.agents.get(&agent.agent).map(|a| a.name.clone());
         }
         let ended = Ended { status, output: None, error: Some("cancelled before it started".into()) };
-        finish_row(context, row, &ended, Vec::new()).await?;
+        rows.push(finish_row(context, row, &ended, Vec::new()));
     }
-    Ok(())
+    rows
 }

@@ -7,7 +7,8 @@
 //! that never started are recorded `cancelled`.
 
 use super::scope::block_view;
-use super::{Ended, Placement, RunContext, finish_row, new_row, record_not_started, run_sequence};
+use super::{Ended, Placement, RunContext, StepEnd, finish_row, new_row, record_not_started, run_sequence};
+use crate::store::Pending;
 use crate::store::{StepStatus, StoreError};
 use crate::workflow::{JoinPolicy, ParallelBlock, Scope, Step};
 use serde_json::{Map, Value, json};
@@ -21,6 +22,8 @@ struct BranchResult {
     ended: Ended,
     /// The views of the steps it ran, for the scope after the block.
     scope: Scope,
+    /// Its last step's row, still being committed.
+    last_row: Option<Pending>,
 }
 
 /// The join policy's running tally.
@@ -72,7 +75,7 @@ pub(super) async fn run(
     scope: &Scope,
     placement: &Placement,
     cancel: &CancellationToken,
-) -> Result<(Ended, Vec<(String, cel::Value)>), StoreError> {
+) -> Result<StepEnd, StoreError> {
     let mut row = new_row(context, step, placement);
     row.join_policy = Some(block.join_policy.label());
     // The block's row must exist before its branches' rows point at it.
@@ -90,6 +93,7 @@ pub(super) async fn run(
     let mut verdict = Verdict::Undecided;
     let mut results: Vec<Option<BranchResult>> = (0..branches.len()).map(|_| None).collect();
     let mut running = JoinSet::new();
+    let mut pending: Vec<Pending> = Vec::new();
     let mut next = 0;
     loop {
         while verdict == Verdict::Undecided && next < branches.len() && running.len() < block.max_parallelism as usize {
@@ -103,7 +107,9 @@ pub(super) async fn run(
                 block_cancel.clone(),
             );
             let index = next;
-            running.spawn(async move { task.await.map(|(ended, scope)| BranchResult { index, ended, scope }) });
+            running.spawn(async move {
+                task.await.map(|(ended, scope, last_row)| BranchResult { index, ended, scope, last_row })
+            });
             next += 1;
         }
         let Some(joined) = running.join_next().await else { break };
@@ -119,12 +125,16 @@ pub(super) async fn run(
             }
         }
         let index = result.index;
-        results[index] = Some(result);
+        pending.extend(results[index].insert(result).last_row.take());
     }
     // Branches the policy never needed: recorded as cancelled.
     for branch in &branches[next..] {
         let placement = Placement { parent: Some(row.id), branch: Some(branch.name.clone()) };
-        record_not_started(context, &branch.steps, &placement, StepStatus::Cancelled).await?;
+        pending.extend(record_not_started(context, &branch.steps, &placement, StepStatus::Cancelled));
+    }
+    // The block is done once every row inside it is committed.
+    for row in pending {
+        row.committed().await?;
     }
 
     let mut output = Map::new();
@@ -173,9 +183,9 @@ pub(super) async fn run(
         )),
     };
     let ended = Ended { status, output: Some(Value::Object(output)), error };
-    finish_row(context, row, &ended, Vec::new()).await?;
+    let row = finish_row(context, row, &ended, Vec::new());
     views.push((step.id.clone(), block_view(&ended, branch_views)));
-    Ok((ended, views))
+    Ok((ended, views, row))
 }
 
 /// The ids of a step and of every step nested inside it.

@@ -8,6 +8,48 @@
 /// bind-parameter limits (65,535 for Postgres, 32,766 for SQLite).
 pub(super) const ROWS_PER_STATEMENT: usize = 1000;
 
+/// Step rows as a multi-row `VALUES` upsert (one bind parameter per value). The SQLite
+/// backend uses it; Postgres binds whole columns as arrays instead (see `postgres.rs`).
+macro_rules! insert_steps_as_values {
+    ($db:ty) => {
+        async fn insert_steps(
+            connection: &mut <$db as sqlx::Database>::Connection,
+            steps: &[StepRecord],
+        ) -> Result<(), StoreError> {
+            let mut query = QueryBuilder::<$db>::new(format!("INSERT INTO step_executions ({STEP_COLUMNS}) "));
+            query.push_values(steps, |mut row, step| {
+                row.push_bind(to_id(step.id))
+                    .push_bind(to_id(step.run_id))
+                    .push_bind(&step.step_id)
+                    .push_bind(&step.step_type)
+                    .push_bind(step.parent_step_id.map(to_id))
+                    .push_bind(&step.branch_name)
+                    .push_bind(step.item_index)
+                    .push_bind(&step.join_policy)
+                    .push_bind(&step.agent_name)
+                    .push_bind(&step.agent_digest)
+                    .push_bind(step.attempt)
+                    .push_bind(step.status.as_str())
+                    .push_bind(&step.outcome)
+                    .push_bind(json(&step.input))
+                    .push_bind(json(&step.output))
+                    .push_bind(&step.error)
+                    .push_bind(step.started_at)
+                    .push_bind(step.finished_at)
+                    .push_bind(step.instantiate_us)
+                    .push_bind(step.execute_us)
+                    .push_bind(step.fuel_consumed)
+                    .push_bind(step.memory_peak_bytes);
+            });
+            query.push(STEP_UPDATES);
+            query.build().execute(&mut *connection).await.map_err(StoreError::query)?;
+            Ok(())
+        }
+    };
+}
+
+pub(super) use insert_steps_as_values;
+
 macro_rules! sql_backend {
     (db: $db:ty, pool: $pool:ty, id: $id:ty, to_id: $to_id:expr, from_id: $from_id:expr, migrations: $migrations:literal) => {
         use super::backend::ROWS_PER_STATEMENT;
@@ -32,16 +74,43 @@ macro_rules! sql_backend {
             value.as_ref().map(Json)
         }
 
+        /// Updated when a step row is written again (its final state after "running").
+        const STEP_UPDATES: &str = " ON CONFLICT (id) DO UPDATE SET status = excluded.status, \
+            outcome = excluded.outcome, input = excluded.input, output = excluded.output, error = excluded.error, \
+            agent_digest = excluded.agent_digest, started_at = excluded.started_at, \
+            finished_at = excluded.finished_at, instantiate_us = excluded.instantiate_us, \
+            execute_us = excluded.execute_us, fuel_consumed = excluded.fuel_consumed, \
+            memory_peak_bytes = excluded.memory_peak_bytes";
+
         const RUN_COLUMNS: &str =
             "id, workflow_name, workflow_version, status, input, output, error, created_at, started_at, finished_at";
         const STEP_COLUMNS: &str = "id, run_id, step_id, step_type, parent_step_id, branch_name, item_index, \
             join_policy, agent_name, agent_digest, attempt, status, outcome, input, output, error, started_at, \
             finished_at, instantiate_us, execute_us, fuel_consumed, memory_peak_bytes";
 
-        /// Writes a batch in one transaction: runs, then steps, then logs, each as upserts
-        /// of many rows per statement.
+        /// Writes a batch atomically: runs, then steps, then logs, each as upserts of many
+        /// rows per statement.
         pub(super) async fn write_batch(pool: &$pool, batch: &Batch) -> Result<(), StoreError> {
+            // One statement commits on its own: skipping BEGIN and COMMIT saves two round
+            // trips, which is most of the cost of a sequential chain of short steps.
+            let statements = [batch.runs.len(), batch.steps.len(), batch.logs.len()]
+                .iter()
+                .map(|rows| rows.div_ceil(ROWS_PER_STATEMENT))
+                .sum::<usize>();
+            if statements == 1 {
+                let mut connection = pool.acquire().await.map_err(StoreError::query)?;
+                return write_statements(&mut connection, batch).await;
+            }
             let mut tx = pool.begin().await.map_err(StoreError::query)?;
+            write_statements(&mut tx, batch).await?;
+            tx.commit().await.map_err(StoreError::query)
+        }
+
+        /// The statements of a batch, on one connection (in a transaction or not).
+        async fn write_statements(
+            connection: &mut <$db as sqlx::Database>::Connection,
+            batch: &Batch,
+        ) -> Result<(), StoreError> {
             for chunk in batch.runs.chunks(ROWS_PER_STATEMENT) {
                 let mut query = QueryBuilder::<$db>::new(format!("INSERT INTO workflow_runs ({RUN_COLUMNS}) "));
                 query.push_values(chunk, |mut row, run| {
@@ -61,43 +130,10 @@ macro_rules! sql_backend {
                      output = excluded.output, error = excluded.error, started_at = excluded.started_at, \
                      finished_at = excluded.finished_at",
                 );
-                query.build().execute(&mut *tx).await.map_err(StoreError::query)?;
+                query.build().execute(&mut *connection).await.map_err(StoreError::query)?;
             }
             for chunk in batch.steps.chunks(ROWS_PER_STATEMENT) {
-                let mut query = QueryBuilder::<$db>::new(format!("INSERT INTO step_executions ({STEP_COLUMNS}) "));
-                query.push_values(chunk, |mut row, step| {
-                    row.push_bind(to_id(step.id))
-                        .push_bind(to_id(step.run_id))
-                        .push_bind(&step.step_id)
-                        .push_bind(&step.step_type)
-                        .push_bind(step.parent_step_id.map(to_id))
-                        .push_bind(&step.branch_name)
-                        .push_bind(step.item_index)
-                        .push_bind(&step.join_policy)
-                        .push_bind(&step.agent_name)
-                        .push_bind(&step.agent_digest)
-                        .push_bind(step.attempt)
-                        .push_bind(step.status.as_str())
-                        .push_bind(&step.outcome)
-                        .push_bind(json(&step.input))
-                        .push_bind(json(&step.output))
-                        .push_bind(&step.error)
-                        .push_bind(step.started_at)
-                        .push_bind(step.finished_at)
-                        .push_bind(step.instantiate_us)
-                        .push_bind(step.execute_us)
-                        .push_bind(step.fuel_consumed)
-                        .push_bind(step.memory_peak_bytes);
-                });
-                query.push(
-                    " ON CONFLICT (id) DO UPDATE SET status = excluded.status, outcome = excluded.outcome, \
-                     input = excluded.input, output = excluded.output, error = excluded.error, \
-                     agent_digest = excluded.agent_digest, started_at = excluded.started_at, \
-                     finished_at = excluded.finished_at, instantiate_us = excluded.instantiate_us, \
-                     execute_us = excluded.execute_us, fuel_consumed = excluded.fuel_consumed, \
-                     memory_peak_bytes = excluded.memory_peak_bytes",
-                );
-                query.build().execute(&mut *tx).await.map_err(StoreError::query)?;
+                insert_steps(connection, chunk).await?;
             }
             for chunk in batch.logs.chunks(ROWS_PER_STATEMENT) {
                 let mut query = QueryBuilder::<$db>::new(
@@ -112,9 +148,9 @@ macro_rules! sql_backend {
                         .push_bind(log.logged_at);
                 });
                 query.push(" ON CONFLICT (step_execution_id, seq) DO NOTHING");
-                query.build().execute(&mut *tx).await.map_err(StoreError::query)?;
+                query.build().execute(&mut *connection).await.map_err(StoreError::query)?;
             }
-            tx.commit().await.map_err(StoreError::query)
+            Ok(())
         }
 
         #[derive(sqlx::FromRow)]

@@ -8,3 +8,52 @@ super::backend::sql_backend!(
     from_id: |id: Uuid| Ok::<_, StoreError>(id),
     migrations: "../migrations/postgres"
 );
+
+/// Step rows bound column by column as arrays and expanded with `UNNEST`: 22 parameters
+/// per statement whatever the row count, which Postgres parses and plans in a fraction of
+/// the time a 22,000-placeholder `VALUES` list takes (the writer's main cost in a fan-out).
+async fn insert_steps(connection: &mut sqlx::PgConnection, steps: &[StepRecord]) -> Result<(), StoreError> {
+    fn column<T>(steps: &[StepRecord], value: impl Fn(&StepRecord) -> T) -> Vec<T> {
+        steps.iter().map(value).collect()
+    }
+    let json_text = |value: &Option<serde_json::Value>| value.as_ref().map(|v| v.to_string());
+    let sql = format!(
+        "INSERT INTO step_executions ({STEP_COLUMNS}) \
+         SELECT id, run_id, step_id, step_type, parent_step_id, branch_name, item_index, join_policy, agent_name, \
+                agent_digest, attempt, status, outcome, input::jsonb, output::jsonb, error, started_at, finished_at, \
+                instantiate_us, execute_us, fuel_consumed, memory_peak_bytes \
+         FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::uuid[], $6::text[], $7::int8[], $8::text[], \
+                     $9::text[], $10::text[], $11::int4[], $12::text[], $13::text[], $14::text[], $15::text[], $16::text[], \
+                     $17::timestamptz[], $18::timestamptz[], $19::int8[], $20::int8[], $21::int8[], $22::int8[]) \
+           AS t(id, run_id, step_id, step_type, parent_step_id, branch_name, item_index, join_policy, agent_name, \
+                agent_digest, attempt, status, outcome, input, output, error, started_at, finished_at, \
+                instantiate_us, execute_us, fuel_consumed, memory_peak_bytes){STEP_UPDATES}"
+    );
+    sqlx::query(&sql)
+        .bind(column(steps, |s| s.id))
+        .bind(column(steps, |s| s.run_id))
+        .bind(column(steps, |s| s.step_id.clone()))
+        .bind(column(steps, |s| s.step_type.clone()))
+        .bind(column(steps, |s| s.parent_step_id))
+        .bind(column(steps, |s| s.branch_name.clone()))
+        .bind(column(steps, |s| s.item_index))
+        .bind(column(steps, |s| s.join_policy.clone()))
+        .bind(column(steps, |s| s.agent_name.clone()))
+        .bind(column(steps, |s| s.agent_digest.clone()))
+        .bind(column(steps, |s| s.attempt))
+        .bind(column(steps, |s| s.status.as_str().to_owned()))
+        .bind(column(steps, |s| s.outcome.clone()))
+        .bind(column(steps, |s| json_text(&s.input)))
+        .bind(column(steps, |s| json_text(&s.output)))
+        .bind(column(steps, |s| s.error.clone()))
+        .bind(column(steps, |s| s.started_at))
+        .bind(column(steps, |s| s.finished_at))
+        .bind(column(steps, |s| s.instantiate_us))
+        .bind(column(steps, |s| s.execute_us))
+        .bind(column(steps, |s| s.fuel_consumed))
+        .bind(column(steps, |s| s.memory_peak_bytes))
+        .execute(connection)
+        .await
+        .map_err(StoreError::query)?;
+    Ok(())
+}

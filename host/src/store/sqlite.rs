@@ -9,3 +9,5 @@ super::backend::sql_backend!(
     from_id: |id: String| id.parse::<Uuid>().map_err(|e| StoreError::Corrupt(format!("bad id {id:?}: {e}"))),
     migrations: "../migrations/sqlite"
 );
+
+super::backend::insert_steps_as_values!(sqlx::Sqlite);

@@ -181,7 +181,7 @@ impl Template {
         if let Node::Literal(value) = &self.node {
             return Ok(value.clone());
         }
-        let mut context = Context::default();
+        let mut context = Context::with_env(standard_env());
         if self.variables.contains("input") {
             context.add_variable_from_value("input", scope.input.clone());
         }
@@ -201,6 +201,12 @@ impl Template {
         }
         render_node(&self.node, &context, String::new())
     }
+}
+
+/// CEL's standard library, built once: building it is far more work than most renders.
+fn standard_env() -> Arc<cel::Env> {
+    static ENV: std::sync::LazyLock<Arc<cel::Env>> = std::sync::LazyLock::new(|| Arc::new(cel::Env::stdlib()));
+    ENV.clone()
 }
 
 fn render_node(node: &Node, context: &Context, subpath: String) -> Result<Json, ExprError> {
@@ -490,6 +496,19 @@ mod tests {
         assert_eq!(errors[0].subpath, ".a");
         assert!(errors[0].message.contains("does not parse"), "{}", errors[0].message);
         assert_eq!(errors[1].subpath, ".b[1]");
+    }
+
+    #[test]
+    fn malformed_expressions_are_errors_never_panics() {
+        for source in [".", "/", "1 +", ")(", "a[", "{", "steps.", "'unterminated", "a ? b", "[1, 2", "f(,)"] {
+            assert!(Template::expression(source).is_err(), "{source:?} compiled");
+        }
+    }
+
+    #[test]
+    fn has_guards_an_optional_field() {
+        let template = Template::compile(&json!("${ has(steps.d1.output.nowhere) ? 1 : 2 }")).unwrap();
+        assert_eq!(template.render(&scope()).unwrap(), json!(2));
     }
 
     #[test]

@@ -1,0 +1,153 @@
+//! Workflows end to end with recording: a fan-out of 10,000 branches of the trivial `echo`
+//! agent under `max_parallelism` 64, and a chain of 40 sequential steps each durably
+//! recorded before the next starts — on Postgres and on SQLite — next to the sandbox-only
+//! throughput measured in the same run. Prints a Markdown table for the README.
+//!
+//! Run: `cargo bench -p braid --bench workflow` (Postgres from `BRAID_BENCH_POSTGRES_URL`,
+//! default `postgres://postgres@127.0.0.1:5432/postgres`; a scratch database is created
+//! and dropped).
+
+use braid::engine::{Engine, RunPlan};
+use braid::registry::AgentDirectory;
+use braid::sandbox::{ExecutionRequest, Outcome, Sandbox, SandboxConfig, StepContext};
+use braid::store::{RunStatus, Store};
+use braid::workflow;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+const BRANCHES: usize = 10_000;
+const IN_FLIGHT: usize = 64;
+const CHAIN: usize = 40;
+const CHAIN_RUNS: usize = 20;
+
+fn plan(sandbox: &Sandbox, definition: Value) -> Arc<RunPlan> {
+    let workflow = workflow::parse(&definition.to_string()).unwrap();
+    let agents = AgentDirectory::new(braid_test_artifacts::agents_dir());
+    workflow::validate(&workflow, &|r| agents.path_of(r).is_some()).unwrap();
+    let resolved = agents.resolve(&workflow, sandbox).unwrap();
+    Arc::new(RunPlan { workflow: Arc::new(workflow), agents: resolved })
+}
+
+fn fan_out() -> Value {
+    let branches: Vec<Value> = (0..BRANCHES)
+        .map(|i| json!({ "name": format!("b{i}"), "agent": "echo", "input": { "i": i, "text": "${ input.text }" } }))
+        .collect();
+    json!({ "name": "fan-out", "version": "1", "steps": [
+        { "id": "fan", "type": "parallel", "max_parallelism": IN_FLIGHT, "branches": branches } ] })
+}
+
+fn chain() -> Value {
+    let mut steps = vec![json!({ "id": "s0", "agent": "echo", "input": { "n": 0, "text": "${ input.text }" } })];
+    for i in 1..CHAIN {
+        steps.push(json!({ "id": format!("s{i}"), "agent": "echo", "input": { "n": i, "previous": format!("${{ steps.s{}.output.n }}", i - 1) } }));
+    }
+    json!({ "name": "chain", "version": "1", "steps": steps })
+}
+
+async fn sandbox_only(sandbox: &Arc<Sandbox>, plan: &RunPlan) -> f64 {
+    let agent = plan.agents["echo"].clone();
+    let permits = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..BRANCHES {
+        let permit = permits.clone().acquire_owned().await.unwrap();
+        let (sandbox, agent) = (sandbox.clone(), agent.clone());
+        tasks.spawn(async move {
+            let request = ExecutionRequest::new(
+                StepContext { run_id: "bench".into(), step_id: format!("b{i}"), attempt: 1, ..StepContext::default() },
+                json!({ "i": i, "text": "fan-out" }).to_string(),
+            );
+            let execution = sandbox.execute(&agent.agent, request).await.unwrap();
+            assert_eq!(execution.outcome, Outcome::Succeeded);
+            drop(permit);
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    BRANCHES as f64 / started.elapsed().as_secs_f64()
+}
+
+struct Figures {
+    branches_per_second: f64,
+    chain_median: Duration,
+    chain_best: Duration,
+}
+
+async fn measure(sandbox: &Arc<Sandbox>, url: &str, fan: &Arc<RunPlan>, chain: &Arc<RunPlan>) -> Figures {
+    let store = Store::open(url).await.unwrap();
+    let engine = Engine::new(sandbox.clone(), store.recorder().clone());
+    let input = json!({ "text": "fan-out" });
+
+    // Warm up (connections, caches), then the measured fan-out.
+    engine.run(chain.clone(), Uuid::now_v7(), input.clone(), CancellationToken::new()).await.unwrap();
+    let started = Instant::now();
+    let run = engine.run(fan.clone(), Uuid::now_v7(), input.clone(), CancellationToken::new()).await.unwrap();
+    let elapsed = started.elapsed();
+    assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.error);
+    let recorded = store.run_steps(run.id).await.unwrap();
+    assert_eq!(recorded.len(), BRANCHES + 1, "every branch and the block are recorded");
+
+    let mut chain_times = Vec::new();
+    for _ in 0..CHAIN_RUNS {
+        let started = Instant::now();
+        let run = engine.run(chain.clone(), Uuid::now_v7(), input.clone(), CancellationToken::new()).await.unwrap();
+        chain_times.push(started.elapsed());
+        assert_eq!(run.status, RunStatus::Succeeded);
+    }
+    chain_times.sort();
+    store.close().await.unwrap();
+    Figures {
+        branches_per_second: BRANCHES as f64 / elapsed.as_secs_f64(),
+        chain_median: chain_times[CHAIN_RUNS / 2],
+        chain_best: chain_times[0],
+    }
+}
+
+/// The same allocator as the `braid` binary.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let sandbox = Arc::new(Sandbox::new(SandboxConfig::default()).unwrap());
+    let fan = plan(&sandbox, fan_out());
+    let chain = plan(&sandbox, chain());
+
+    let admin = std::env::var("BRAID_BENCH_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let database = format!("braid_bench_{}", Uuid::now_v7().simple());
+    let postgres_url = format!("{}/{database}", admin.rsplit_once('/').unwrap().0);
+    let scratch = std::env::temp_dir().join(format!("braid-bench-{}", Uuid::now_v7()));
+    std::fs::create_dir_all(&scratch).unwrap();
+    let sqlite_url = format!("sqlite://{}", scratch.join("braid.db").display());
+
+    let (sandbox_rate, postgres, sqlite) = runtime.block_on(async {
+        use sqlx::Connection;
+        let mut admin_connection = sqlx::PgConnection::connect(&admin).await.unwrap();
+        sqlx::query(&format!("CREATE DATABASE {database}")).execute(&mut admin_connection).await.unwrap();
+        let sandbox_rate = sandbox_only(&sandbox, &fan).await;
+        let postgres = measure(&sandbox, &postgres_url, &fan, &chain).await;
+        let sqlite = measure(&sandbox, &sqlite_url, &fan, &chain).await;
+        sqlx::query(&format!("DROP DATABASE {database} WITH (FORCE)")).execute(&mut admin_connection).await.unwrap();
+        (sandbox_rate, postgres, sqlite)
+    });
+    std::fs::remove_dir_all(&scratch).ok();
+
+    println!(
+        "fan-out: {BRANCHES} branches of `echo`, max_parallelism {IN_FLIGHT}; chain: {CHAIN} sequential steps (median of {CHAIN_RUNS})\n"
+    );
+    println!("| setup | recorded branches/s | vs sandbox-only | 40-step chain, median | best |");
+    println!("|---|---|---|---|---|");
+    println!("| sandbox only (no workflow, no records) | {sandbox_rate:.0} | 1.00× | | |");
+    for (name, f) in [("Postgres", &postgres), ("SQLite (WAL, synchronous=NORMAL)", &sqlite)] {
+        println!(
+            "| {name} | {:.0} | {:.2}× | {:.1} ms | {:.1} ms |",
+            f.branches_per_second,
+            f.branches_per_second / sandbox_rate,
+            f.chain_median.as_secs_f64() * 1e3,
+            f.chain_best.as_secs_f64() * 1e3
+        );
+    }
+}

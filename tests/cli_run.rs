@@ -1,0 +1,217 @@
+//! `braid run`, `braid runs` and `braid migrate`, the real binary, on the embedded SQLite
+//! default and on Postgres.
+
+mod common;
+
+use braid_test_artifacts::agents_dir;
+use common::{TestDb, braid, examples_dir};
+use serde_json::{Value, json};
+use std::path::Path;
+use std::process::Output;
+
+fn stdout_json(output: &Output) -> Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: stdout {:?}, stderr {:?}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
+
+fn run_example(name: &str, database: Option<&str>, cwd: &Path) -> Output {
+    let mut command = braid();
+    command
+        .current_dir(cwd)
+        .arg("run")
+        .arg(examples_dir().join(name))
+        .args(["--agents", agents_dir().to_str().unwrap(), "--output", "json"])
+        .args(["--input", r#"{"text": "the quick brown fox"}"#])
+        .env_remove("BRAID_DATABASE_URL");
+    if let Some(url) = database {
+        command.args(["--database-url", url]);
+    }
+    command.output().unwrap()
+}
+
+fn scratch_dir() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+#[tokio::test]
+async fn the_parallel_example_runs_end_to_end_and_reads_back_on_both_databases() {
+    for db in TestDb::both().await {
+        let cwd = scratch_dir();
+        let output = run_example("parallel.json", Some(&db.url), cwd.path());
+        assert_eq!(output.status.code(), Some(0), "{}: {}", db.kind, String::from_utf8_lossy(&output.stderr));
+        let doc = stdout_json(&output);
+        assert_eq!(doc["status"], "succeeded");
+        assert_eq!(doc["error"], Value::Null);
+        assert_eq!(doc["output"]["parts"], 3);
+        let report = doc["output"]["report"].as_str().unwrap();
+        assert!(
+            report.contains("loud: text=THE QUICK BROWN FOX") && report.contains("words: chars=19, lines=1, words=4"),
+            "{report}"
+        );
+        let steps = doc["steps"].as_array().unwrap();
+        assert_eq!(steps.len(), 5, "the block, three branches and the report");
+        let block = steps.iter().find(|s| s["step_id"] == "research").unwrap();
+        assert_eq!(block["step_type"], "parallel");
+        let branches: Vec<_> = steps.iter().filter(|s| s["parent_step_id"] == block["id"]).collect();
+        assert_eq!(branches.len(), 3);
+        assert!(
+            branches
+                .iter()
+                .all(|b| b["status"] == "succeeded" && b["outcome"] == "succeeded" && b["branch_name"].is_string())
+        );
+
+        let run_id = doc["run_id"].as_str().unwrap();
+        let shown =
+            braid().args(["runs", "show", run_id, "--output", "json", "--database-url", &db.url]).output().unwrap();
+        assert_eq!(shown.status.code(), Some(0));
+        let shown = stdout_json(&shown);
+        assert_eq!(shown["output"], doc["output"]);
+        assert_eq!(shown["steps"], doc["steps"]);
+
+        let listed =
+            braid().args(["runs", "list", "--output", "json"]).env("BRAID_DATABASE_URL", &db.url).output().unwrap();
+        let listed = stdout_json(&listed);
+        assert_eq!(listed["runs"][0]["id"], run_id);
+        assert_eq!(listed["runs"][0]["workflow_name"], "report");
+        let filtered = braid()
+            .args(["runs", "list", "--status", "failed", "--output", "json", "--database-url", &db.url])
+            .output()
+            .unwrap();
+        assert_eq!(stdout_json(&filtered)["runs"], json!([]));
+        db.drop_database().await;
+    }
+}
+
+#[test]
+fn without_a_database_url_runs_are_recorded_in_braid_db_in_the_current_directory() {
+    let cwd = scratch_dir();
+    let output = run_example("partial.json", None, cwd.path());
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    let doc = stdout_json(&output);
+    let sideways = doc["steps"].as_array().unwrap().iter().find(|s| s["step_id"] == "sideways").unwrap().clone();
+    assert_eq!(sideways["status"], "failed");
+    assert_eq!(sideways["outcome"], "guest_error");
+    assert!(doc["output"]["report"].as_str().unwrap().contains("missing"));
+    assert!(cwd.path().join("braid.db").is_file());
+
+    let text =
+        braid().current_dir(cwd.path()).args(["runs", "show", doc["run_id"].as_str().unwrap()]).output().unwrap();
+    let text = String::from_utf8(text.stdout).unwrap();
+    assert!(text.contains("research  parallel (all)  succeeded"), "{text}");
+    assert!(text.contains("[sideways] sideways  agent shout  failed (guest_error)"), "{text}");
+}
+
+#[test]
+fn a_failed_run_exits_1() {
+    let cwd = scratch_dir();
+    let workflow = cwd.path().join("fails.json");
+    std::fs::write(
+        &workflow,
+        json!({ "name": "fails", "version": "1", "steps": [
+            { "id": "boom", "agent": "misbehave", "input": { "action": "panic", "message": "kaboom" } } ] })
+        .to_string(),
+    )
+    .unwrap();
+    let output = braid()
+        .current_dir(cwd.path())
+        .args(["run", workflow.to_str().unwrap(), "--agents", agents_dir().to_str().unwrap(), "--output", "json"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let doc = stdout_json(&output);
+    assert_eq!(doc["status"], "failed");
+    assert!(doc["error"].as_str().unwrap().contains("kaboom"), "{}", doc["error"]);
+    assert_eq!(doc["steps"][0]["outcome"], "trap");
+}
+
+#[test]
+fn an_invalid_definition_exits_2_listing_every_problem_and_runs_nothing() {
+    let cwd = scratch_dir();
+    let workflow = cwd.path().join("invalid.json");
+    std::fs::write(
+        &workflow,
+        json!({ "name": "invalid", "version": "1", "steps": [
+            { "id": "a", "agent": "no-such-agent" },
+            { "id": "a", "type": "parallel", "max_parallelism": 0, "branches": [ { "name": "x", "agent": "word-count", "input": "${ steps.later.output }" } ] },
+            { "id": "later", "agent": "word-count", "typo": true } ] })
+        .to_string(),
+    )
+    .unwrap();
+    let output = braid()
+        .current_dir(cwd.path())
+        .args(["run", workflow.to_str().unwrap(), "--agents", agents_dir().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for expected in ["steps[1].max_parallelism: must be at least 1", "steps[2].typo: unknown field"] {
+        assert!(stderr.contains(expected), "missing {expected:?} in {stderr}");
+    }
+    assert!(!cwd.path().join("braid.db").exists(), "nothing may run (or be recorded) for an invalid definition");
+
+    // Structure fixed, semantics still wrong: again every problem at once.
+    std::fs::write(
+        &workflow,
+        json!({ "name": "invalid", "version": "1", "steps": [
+            { "id": "a", "agent": "no-such-agent" },
+            { "id": "a", "type": "parallel", "branches": [ { "name": "x", "agent": "word-count", "input": "${ steps.later.output }" } ] },
+            { "id": "later", "agent": "word-count" } ] })
+        .to_string(),
+    )
+    .unwrap();
+    let output = braid()
+        .current_dir(cwd.path())
+        .args(["run", workflow.to_str().unwrap(), "--agents", agents_dir().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for expected in [
+        "steps[1].id: duplicate step id \"a\"",
+        "steps[0].agent: unknown agent \"no-such-agent\"",
+        "steps[1].branches[0].input: refers to step \"later\" (at steps[2]), which has not run by then",
+    ] {
+        assert!(stderr.contains(expected), "missing {expected:?} in {stderr}");
+    }
+    assert!(!cwd.path().join("braid.db").exists());
+}
+
+async fn table_count(url: &str) -> i64 {
+    let query = if url.starts_with("sqlite") {
+        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name IN ('workflow_runs', 'step_executions', 'step_logs')"
+    } else {
+        "SELECT COUNT(*) FROM information_schema.tables WHERE table_name IN ('workflow_runs', 'step_executions', 'step_logs')"
+    };
+    let pool = sqlx::AnyPool::connect(url).await.unwrap();
+    let count: i64 = sqlx::query_scalar(query).fetch_one(&pool).await.unwrap();
+    pool.close().await;
+    count
+}
+
+#[tokio::test]
+async fn migrations_go_up_and_down_on_both_databases() {
+    sqlx::any::install_default_drivers();
+    for db in TestDb::both().await {
+        let migrate = |revert: bool| {
+            let mut command = braid();
+            command.args(["migrate", "--database-url", &db.url]);
+            if revert {
+                command.arg("--revert");
+            }
+            command.output().unwrap()
+        };
+        assert!(migrate(false).status.success());
+        assert_eq!(table_count(&db.url).await, 3, "{}", db.kind);
+        let reverted = migrate(true);
+        assert!(reverted.status.success(), "{}", String::from_utf8_lossy(&reverted.stderr));
+        assert_eq!(table_count(&db.url).await, 0, "{}", db.kind);
+        assert!(migrate(false).status.success());
+        assert_eq!(table_count(&db.url).await, 3, "{}", db.kind);
+        db.drop_database().await;
+    }
+}
