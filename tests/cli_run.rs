@@ -215,3 +215,100 @@ async fn migrations_go_up_and_down_on_both_databases() {
         db.drop_database().await;
     }
 }
+
+/// Polls `query` (one row, one column) until `expected` appears or `within` passes.
+async fn wait_for_value(url: &str, query: &str, expected: &str, within: std::time::Duration) -> Option<String> {
+    let deadline = std::time::Instant::now() + within;
+    let mut last = None;
+    while std::time::Instant::now() < deadline {
+        // The database may not exist yet: the run creates it.
+        if let Ok(pool) = sqlx::AnyPool::connect(url).await {
+            last = sqlx::query_scalar::<_, String>(query).fetch_optional(&pool).await.ok().flatten();
+            pool.close().await;
+            if last.as_deref() == Some(expected) {
+                break;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    last
+}
+
+fn slow_workflow(dir: &Path) -> std::path::PathBuf {
+    let workflow = dir.join("slow.json");
+    std::fs::write(
+        &workflow,
+        json!({ "name": "slow", "version": "1", "steps": [
+            { "id": "first", "agent": "word-count", "input": { "text": "done before the host dies" } },
+            { "id": "second", "agent": "misbehave", "input": { "action": "sleep", "ms": 60_000 } } ] })
+        .to_string(),
+    )
+    .unwrap();
+    workflow
+}
+
+#[tokio::test]
+async fn a_finished_step_is_committed_before_the_next_and_survives_the_host_being_killed() {
+    sqlx::any::install_default_drivers();
+    for db in TestDb::both().await {
+        let cwd = scratch_dir();
+        let mut child = braid()
+            .args(["run", slow_workflow(cwd.path()).to_str().unwrap(), "--agents", agents_dir().to_str().unwrap()])
+            .args(["--database-url", &db.url])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let timeout = std::time::Duration::from_secs(20);
+        // While the second step runs, the first is already recorded as succeeded, and the
+        // second shows as running.
+        let first =
+            wait_for_value(&db.url, "SELECT status FROM step_executions WHERE step_id = 'first'", "succeeded", timeout)
+                .await;
+        assert_eq!(first.as_deref(), Some("succeeded"), "{}", db.kind);
+        let second =
+            wait_for_value(&db.url, "SELECT status FROM step_executions WHERE step_id = 'second'", "running", timeout)
+                .await;
+        assert_eq!(second.as_deref(), Some("running"), "{}", db.kind);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // Nothing it reported is lost.
+        let first =
+            wait_for_value(&db.url, "SELECT status FROM step_executions WHERE step_id = 'first'", "succeeded", timeout)
+                .await;
+        assert_eq!(first.as_deref(), Some("succeeded"), "{}", db.kind);
+        db.drop_database().await;
+    }
+}
+
+#[tokio::test]
+async fn ctrl_c_cancels_the_run_and_records_what_was_stopped() {
+    let db = TestDb::sqlite();
+    let cwd = scratch_dir();
+    let child = braid()
+        .args(["run", slow_workflow(cwd.path()).to_str().unwrap(), "--agents", agents_dir().to_str().unwrap()])
+        .args(["--database-url", &db.url, "--output", "json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    sqlx::any::install_default_drivers();
+    let running = wait_for_value(
+        &db.url,
+        "SELECT status FROM step_executions WHERE step_id = 'second'",
+        "running",
+        std::time::Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(running.as_deref(), Some("running"));
+    let interrupted = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(interrupted.success());
+    let started = std::time::Instant::now();
+    let output = child.wait_with_output().unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "cancelling took {:?}", started.elapsed());
+    assert_eq!(output.status.code(), Some(1), "{}", String::from_utf8_lossy(&output.stderr));
+    let doc = stdout_json(&output);
+    assert_eq!(doc["status"], "cancelled");
+    let second = doc["steps"].as_array().unwrap().iter().find(|s| s["step_id"] == "second").unwrap().clone();
+    assert_eq!(second["status"], "cancelled");
+    assert_eq!(second["outcome"], "cancelled");
+}
