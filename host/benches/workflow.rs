@@ -28,7 +28,7 @@ fn plan(sandbox: &Sandbox, definition: Value) -> Arc<RunPlan> {
     let agents = AgentDirectory::new(braid_test_artifacts::agents_dir());
     workflow::validate(&workflow, &|r| agents.path_of(r).is_some()).unwrap();
     let resolved = agents.resolve(&workflow, sandbox).unwrap();
-    Arc::new(RunPlan { workflow: Arc::new(workflow), agents: resolved })
+    Arc::new(RunPlan { workflow: Arc::new(workflow), agents: resolved, workflow_digest: None })
 }
 
 fn fan_out() -> Value {

@@ -19,6 +19,7 @@
 
 pub mod cli;
 pub mod engine;
+pub mod metrics;
 pub mod registry;
 pub mod sandbox;
 pub mod store;

@@ -90,7 +90,7 @@ pub fn plan(definition: &Value) -> Arc<RunPlan> {
     let agents = AgentDirectory::new(agents_dir());
     workflow::validate(&workflow, &|r| agents.path_of(r).is_some()).unwrap_or_else(|e| panic!("{e}"));
     let resolved = agents.resolve(&workflow, &sandbox()).unwrap();
-    Arc::new(RunPlan { workflow: Arc::new(workflow), agents: resolved })
+    Arc::new(RunPlan { workflow: Arc::new(workflow), agents: resolved, workflow_digest: None })
 }
 
 /// Runs `definition` on `input`, recording into `store`; returns the run and its steps.

@@ -43,7 +43,7 @@ impl RunCommand {
 
         let sandbox = Arc::new(Sandbox::new(SandboxConfig::default())?);
         let resolved = agents.resolve(&definition, &sandbox)?;
-        let plan = Arc::new(RunPlan { workflow: Arc::new(definition), agents: resolved });
+        let plan = Arc::new(RunPlan { workflow: Arc::new(definition), agents: resolved, workflow_digest: None });
 
         let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
         runtime.block_on(async {

@@ -11,12 +11,13 @@
 mod parallel;
 mod scope;
 
+use crate::metrics::METRICS;
 use crate::sandbox::{self, ExecutionRequest, Limits, LogLine, Sandbox, StepContext};
 use crate::store::{LogRecord, Pending, Recorder, RunRecord, RunStatus, StepRecord, StepStatus, StoreError};
 use crate::workflow::{AgentStep, Scope, Step, StepKind, Workflow};
 use chrono::Utc;
 use futures::future::BoxFuture;
-use serde_json::Value;
+use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +32,8 @@ const RUNNING_ROW_AFTER: Duration = Duration::from_millis(50);
 pub struct ResolvedAgent {
     /// The agent's name (without a version).
     pub name: String,
+    /// The deployed version, when the agent came from the registry.
+    pub version: Option<String>,
     /// sha256 of the component's bytes, hex.
     pub digest: String,
     pub agent: sandbox::Agent,
@@ -41,6 +44,65 @@ pub struct RunPlan {
     pub workflow: Arc<Workflow>,
     /// Keyed by the agent reference as written in the workflow (`name` or `name@version`).
     pub agents: HashMap<String, Arc<ResolvedAgent>>,
+    /// sha256 of the deployed definition, when the workflow came from the registry.
+    pub workflow_digest: Option<String>,
+}
+
+impl RunPlan {
+    /// What each agent reference is pinned to, as recorded with the run.
+    pub fn pins(&self) -> Value {
+        let pins: serde_json::Map<String, Value> = self
+            .agents
+            .iter()
+            .map(|(reference, agent)| {
+                (reference.clone(), json!({ "name": agent.name, "version": agent.version, "digest": agent.digest }))
+            })
+            .collect();
+        Value::Object(pins)
+    }
+
+    /// A new run of this plan, not started yet.
+    pub fn new_run(&self, input: Value) -> RunRecord {
+        RunRecord {
+            id: Uuid::now_v7(),
+            workflow_name: self.workflow.name.clone(),
+            workflow_version: self.workflow.version.clone(),
+            status: RunStatus::Pending,
+            input: Some(input),
+            output: None,
+            error: None,
+            created_at: Utc::now(),
+            started_at: None,
+            finished_at: None,
+            workflow_digest: self.workflow_digest.clone(),
+            pinned_agents: Some(self.pins()),
+        }
+    }
+}
+
+/// How a run is stopped from outside: `cancel` ends it as `cancelled`; `interrupt` (a host
+/// shutting down) stops it too, but leaves it unfinished, to be resumed later.
+#[derive(Debug, Clone, Default)]
+pub struct RunControl {
+    interrupt: CancellationToken,
+    cancel: CancellationToken,
+}
+
+impl RunControl {
+    /// A run that only its own `cancel` stops.
+    pub fn new() -> Self {
+        RunControl::default()
+    }
+
+    /// A run that `shutdown` interrupts.
+    pub fn under(shutdown: &CancellationToken) -> Self {
+        RunControl { interrupt: shutdown.clone(), cancel: shutdown.child_token() }
+    }
+
+    /// Cancels the run: running instances are interrupted and recorded `cancelled`.
+    pub fn cancel(&self) {
+        self.cancel.cancel();
+    }
 }
 
 /// Runs workflows. Cheap to clone.
@@ -55,6 +117,9 @@ struct RunContext {
     engine: Engine,
     plan: Arc<RunPlan>,
     run_id: Uuid,
+    /// Rows of an earlier, interrupted attempt at this run, by step id: succeeded steps
+    /// are not run again.
+    previous: HashMap<String, StepRecord>,
 }
 
 /// Where a step execution sits: inside which block row, on which branch.
@@ -72,14 +137,25 @@ struct Ended {
     error: Option<String>,
 }
 
+impl Ended {
+    fn of_row(row: &StepRecord) -> Self {
+        Ended { status: row.status, output: row.output.clone(), error: row.error.clone() }
+    }
+}
+
 impl Engine {
     pub fn new(sandbox: Arc<Sandbox>, recorder: Recorder) -> Self {
         Engine { sandbox, recorder }
     }
 
-    /// Runs `plan` on `input` as run `run_id`, recording everything; cancelling `cancel`
-    /// stops the running instances and records what was stopped as cancelled. Returns the
-    /// run's final row. Fails only when recording itself fails.
+    /// The sandbox the engine runs agents in.
+    pub fn sandbox(&self) -> &Arc<Sandbox> {
+        &self.sandbox
+    }
+
+    /// Runs `plan` on `input` as a new run `run_id`, recording everything; cancelling
+    /// `cancel` stops the running instances and records what was stopped as cancelled.
+    /// Returns the run's final row. Fails only when recording itself fails.
     pub async fn run(
         &self,
         plan: Arc<RunPlan>,
@@ -87,31 +163,66 @@ impl Engine {
         input: Value,
         cancel: CancellationToken,
     ) -> Result<RunRecord, StoreError> {
-        let now = Utc::now();
-        let mut run = RunRecord {
-            id: run_id,
-            workflow_name: plan.workflow.name.clone(),
-            workflow_version: plan.workflow.version.clone(),
-            status: RunStatus::Running,
-            input: Some(input.clone()),
-            output: None,
-            error: None,
-            created_at: now,
-            started_at: Some(now),
-            finished_at: None,
-        };
-        self.recorder.run(run.clone()).committed().await?;
+        let run = RunRecord { id: run_id, ..plan.new_run(input) };
+        let control = RunControl { interrupt: CancellationToken::new(), cancel };
+        self.execute(plan, run, &control, &[]).await
+    }
 
-        let context = Arc::new(RunContext { engine: self.clone(), plan: plan.clone(), run_id });
-        let span = tracing::info_span!("run", %run_id, workflow = %plan.workflow.name);
-        let (ended, scope, last_row) =
-            run_sequence(context, plan.workflow.steps.clone(), Scope::new(&input), Placement::default(), cancel)
-                .instrument(span)
-                .await?;
+    /// Runs an accepted run (`run`, usually `pending`). `previous` holds the rows of an
+    /// earlier attempt that a host shutdown or crash cut short: steps that succeeded then
+    /// are not run again (their recorded outputs are used), and rows left unfinished are
+    /// closed as `cancelled`. Returns the run's row at the end: final, or still `running`
+    /// when `control` was interrupted (to be resumed).
+    pub async fn execute(
+        &self,
+        plan: Arc<RunPlan>,
+        mut run: RunRecord,
+        control: &RunControl,
+        previous: &[StepRecord],
+    ) -> Result<RunRecord, StoreError> {
+        run.status = RunStatus::Running;
+        run.started_at.get_or_insert_with(Utc::now);
+        run.error = None;
+        self.recorder.run(run.clone()).committed().await?;
+        let mut previous_by_step = HashMap::new();
+        for row in previous {
+            if !row.status.is_terminal() {
+                let mut closed = row.clone();
+                closed.status = StepStatus::Cancelled;
+                closed.error = Some("interrupted: the host stopped before it finished".into());
+                closed.finished_at = Some(Utc::now());
+                let _ = self.recorder.step(closed, Vec::new());
+            }
+            // Ids are time-ordered: the last row of a step id is its latest attempt.
+            previous_by_step.insert(row.step_id.clone(), row.clone());
+        }
+
+        let input = run.input.clone().unwrap_or(Value::Null);
+        let context = Arc::new(RunContext {
+            engine: self.clone(),
+            plan: plan.clone(),
+            run_id: run.id,
+            previous: previous_by_step,
+        });
+        let span = tracing::info_span!("run", run_id = %run.id, workflow = %plan.workflow.name);
+        let (ended, scope, last_row) = run_sequence(
+            context,
+            plan.workflow.steps.clone(),
+            Scope::new(&input),
+            Placement::default(),
+            control.cancel.clone(),
+        )
+        .instrument(span)
+        .await?;
         if let Some(last_row) = last_row {
             last_row.committed().await?;
         }
 
+        if control.interrupt.is_cancelled() && ended.status != StepStatus::Succeeded {
+            run.error = Some("interrupted: the host shut down; the run resumes when it starts again".into());
+            self.recorder.run(run.clone()).committed().await?;
+            return Ok(run);
+        }
         run.status = match ended.status {
             StepStatus::Succeeded => RunStatus::Succeeded,
             StepStatus::Cancelled => RunStatus::Cancelled,
@@ -132,6 +243,7 @@ impl Engine {
         }
         run.finished_at = Some(Utc::now());
         self.recorder.run(run.clone()).committed().await?;
+        METRICS.runs.with_label_values(&[run.status.as_str()]).inc();
         Ok(run)
     }
 }
@@ -189,6 +301,15 @@ async fn run_step(
     placement: &Placement,
     cancel: &CancellationToken,
 ) -> Result<StepEnd, StoreError> {
+    if let Some(done) = context.previous.get(&step.id).filter(|row| row.status == StepStatus::Succeeded) {
+        // Resuming: this step succeeded before the host stopped; use what it recorded.
+        let ended = Ended::of_row(done);
+        let views = match &step.kind {
+            StepKind::Agent(_) => vec![(step.id.clone(), scope::view(&ended))],
+            StepKind::Parallel(block) => parallel::recorded_views(context, step, block, &ended),
+        };
+        return Ok((ended, views, Pending::ready()));
+    }
     match &step.kind {
         StepKind::Agent(agent) => {
             let (ended, row) = run_agent(context, step, agent, scope, placement, cancel).await;
@@ -233,6 +354,12 @@ fn finish_row(context: &RunContext, mut row: StepRecord, ended: &Ended, logs: Ve
     row.output = ended.output.clone();
     row.error = ended.error.clone();
     row.finished_at = Some(Utc::now());
+    let outcome = row.outcome.as_deref().unwrap_or("");
+    METRICS.steps.with_label_values(&[&row.step_type, row.status.as_str(), outcome]).inc();
+    if let Some(started) = row.started_at {
+        let seconds = (Utc::now() - started).num_microseconds().unwrap_or(0) as f64 / 1e6;
+        METRICS.step_seconds.with_label_values(&[&row.step_type]).observe(seconds);
+    }
     context.engine.recorder.step(row, logs)
 }
 

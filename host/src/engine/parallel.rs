@@ -188,6 +188,34 @@ pub(super) async fn run(
     Ok((ended, views, row))
 }
 
+/// The scope views of a block that succeeded in an earlier attempt at the run: its own
+/// (branches rebuilt from the recorded rows) and those of the steps inside it.
+pub(super) fn recorded_views(
+    context: &RunContext,
+    step: &Step,
+    block: &ParallelBlock,
+    ended: &Ended,
+) -> Vec<(String, cel::Value)> {
+    let mut views = Vec::new();
+    let mut branch_views = Map::new();
+    for branch in block.branches.iter() {
+        let last = branch.steps.last().and_then(|last| context.previous.get(&last.id));
+        let (status, output, error) = match last {
+            Some(row) => (row.status, row.output.clone(), row.error.clone()),
+            None => (StepStatus::Cancelled, None, None),
+        };
+        branch_views
+            .insert(branch.name.clone(), json!({ "status": status.as_str(), "output": output, "error": error }));
+        for inner in branch.steps.iter().flat_map(step_ids) {
+            if let Some(row) = context.previous.get(&inner) {
+                views.push((inner, super::scope::view(&Ended::of_row(row))));
+            }
+        }
+    }
+    views.push((step.id.clone(), block_view(ended, branch_views)));
+    views
+}
+
 /// The ids of a step and of every step nested inside it.
 fn step_ids(step: &Step) -> Vec<String> {
     let mut ids = vec![step.id.clone()];

@@ -113,7 +113,7 @@ impl AgentDirectory {
             path: path.clone(),
             source,
         })?;
-        Ok(ResolvedAgent { name: agent_name(reference).to_owned(), digest: digest(&bytes), agent })
+        Ok(ResolvedAgent { name: agent_name(reference).to_owned(), version: None, digest: digest(&bytes), agent })
     }
 
     /// The folder.

@@ -53,7 +53,7 @@ pub(super) use insert_steps_as_values;
 macro_rules! sql_backend {
     (db: $db:ty, pool: $pool:ty, id: $id:ty, to_id: $to_id:expr, from_id: $from_id:expr, migrations: $migrations:literal) => {
         use super::backend::ROWS_PER_STATEMENT;
-        use super::records::{LogRecord, RunFilter, RunRecord, StepRecord};
+        use super::records::{AgentRecord, Inserted, LogRecord, RunFilter, RunRecord, StepRecord, WorkflowRecord};
         use super::{Batch, StoreError};
         use chrono::{DateTime, Utc};
         use sqlx::QueryBuilder;
@@ -82,8 +82,8 @@ macro_rules! sql_backend {
             execute_us = excluded.execute_us, fuel_consumed = excluded.fuel_consumed, \
             memory_peak_bytes = excluded.memory_peak_bytes";
 
-        const RUN_COLUMNS: &str =
-            "id, workflow_name, workflow_version, status, input, output, error, created_at, started_at, finished_at";
+        const RUN_COLUMNS: &str = "id, workflow_name, workflow_version, status, input, output, error, created_at, \
+            started_at, finished_at, workflow_digest, pinned_agents";
         const STEP_COLUMNS: &str = "id, run_id, step_id, step_type, parent_step_id, branch_name, item_index, \
             join_policy, agent_name, agent_digest, attempt, status, outcome, input, output, error, started_at, \
             finished_at, instantiate_us, execute_us, fuel_consumed, memory_peak_bytes";
@@ -123,12 +123,15 @@ macro_rules! sql_backend {
                         .push_bind(&run.error)
                         .push_bind(run.created_at)
                         .push_bind(run.started_at)
-                        .push_bind(run.finished_at);
+                        .push_bind(run.finished_at)
+                        .push_bind(&run.workflow_digest)
+                        .push_bind(json(&run.pinned_agents));
                 });
                 query.push(
                     " ON CONFLICT (id) DO UPDATE SET status = excluded.status, input = excluded.input, \
                      output = excluded.output, error = excluded.error, started_at = excluded.started_at, \
-                     finished_at = excluded.finished_at",
+                     finished_at = excluded.finished_at, workflow_digest = excluded.workflow_digest, \
+                     pinned_agents = excluded.pinned_agents",
                 );
                 query.build().execute(&mut *connection).await.map_err(StoreError::query)?;
             }
@@ -165,6 +168,8 @@ macro_rules! sql_backend {
             created_at: DateTime<Utc>,
             started_at: Option<DateTime<Utc>>,
             finished_at: Option<DateTime<Utc>>,
+            workflow_digest: Option<String>,
+            pinned_agents: Option<Json<serde_json::Value>>,
         }
 
         impl RunRow {
@@ -180,6 +185,8 @@ macro_rules! sql_backend {
                     created_at: self.created_at,
                     started_at: self.started_at,
                     finished_at: self.finished_at,
+                    workflow_digest: self.workflow_digest,
+                    pinned_agents: self.pinned_agents.map(|j| j.0),
                 })
             }
         }
@@ -297,6 +304,183 @@ macro_rules! sql_backend {
                     })
                 })
                 .collect()
+        }
+
+        /// Runs accepted or started but not finished (to resume at start-up), oldest first.
+        pub(super) async fn unfinished_runs(pool: &$pool) -> Result<Vec<RunRecord>, StoreError> {
+            let query = format!(
+                "SELECT {RUN_COLUMNS} FROM workflow_runs WHERE status IN ('pending', 'running') ORDER BY created_at, id"
+            );
+            let rows: Vec<RunRow> = sqlx::query_as(&query).fetch_all(pool).await.map_err(StoreError::query)?;
+            rows.into_iter().map(RunRow::into_record).collect()
+        }
+
+        #[derive(sqlx::FromRow)]
+        struct AgentRow {
+            name: String,
+            version: String,
+            digest: String,
+            size_bytes: i64,
+            created_at: DateTime<Utc>,
+        }
+
+        impl From<AgentRow> for AgentRecord {
+            fn from(row: AgentRow) -> Self {
+                AgentRecord {
+                    name: row.name,
+                    version: row.version,
+                    digest: row.digest,
+                    size_bytes: row.size_bytes,
+                    created_at: row.created_at,
+                }
+            }
+        }
+
+        /// Stores a new agent version (and its bytes, once per digest). Versions are
+        /// immutable: the same version with other bytes is a conflict.
+        pub(super) async fn insert_agent(pool: &$pool, agent: &AgentRecord, wasm: &[u8]) -> Result<Inserted, StoreError> {
+            if let Some(existing) = find_agent(pool, &agent.name, Some(&agent.version)).await? {
+                return Ok(same_or_conflict(existing.digest, &agent.digest));
+            }
+            let mut tx = pool.begin().await.map_err(StoreError::query)?;
+            let mut query = QueryBuilder::<$db>::new(
+                "INSERT INTO agent_components (digest, wasm, size_bytes, created_at) VALUES (",
+            );
+            query.push_bind(&agent.digest).push(", ").push_bind(wasm).push(", ").push_bind(agent.size_bytes);
+            query.push(", ").push_bind(agent.created_at).push(") ON CONFLICT (digest) DO NOTHING");
+            query.build().execute(&mut *tx).await.map_err(StoreError::query)?;
+            let mut query =
+                QueryBuilder::<$db>::new("INSERT INTO agents (name, version, digest, size_bytes, created_at) VALUES (");
+            query.push_bind(&agent.name).push(", ").push_bind(&agent.version).push(", ").push_bind(&agent.digest);
+            query.push(", ").push_bind(agent.size_bytes).push(", ").push_bind(agent.created_at).push(")");
+            let inserted = query.build().execute(&mut *tx).await;
+            match inserted {
+                Ok(_) => {
+                    tx.commit().await.map_err(StoreError::query)?;
+                    Ok(Inserted::Created)
+                }
+                // Lost a race with a concurrent deploy of the same version: judge against it.
+                Err(err) => {
+                    drop(tx);
+                    match find_agent(pool, &agent.name, Some(&agent.version)).await? {
+                        Some(existing) => Ok(same_or_conflict(existing.digest, &agent.digest)),
+                        None => Err(StoreError::query(err)),
+                    }
+                }
+            }
+        }
+
+        fn same_or_conflict(existing_digest: String, digest: &str) -> Inserted {
+            if existing_digest == digest { Inserted::AlreadyThere } else { Inserted::Conflict { existing_digest } }
+        }
+
+        /// One version of an agent, or its latest (the most recently deployed).
+        pub(super) async fn find_agent(
+            pool: &$pool,
+            name: &str,
+            version: Option<&str>,
+        ) -> Result<Option<AgentRecord>, StoreError> {
+            let mut query = QueryBuilder::<$db>::new(
+                "SELECT name, version, digest, size_bytes, created_at FROM agents WHERE name = ",
+            );
+            query.push_bind(name);
+            if let Some(version) = version {
+                query.push(" AND version = ").push_bind(version);
+            }
+            query.push(" ORDER BY created_at DESC, version DESC LIMIT 1");
+            let row: Option<AgentRow> = query.build_query_as().fetch_optional(pool).await.map_err(StoreError::query)?;
+            Ok(row.map(AgentRecord::from))
+        }
+
+        /// Every deployed agent version (of one agent, or of all), oldest first.
+        pub(super) async fn list_agents(pool: &$pool, name: Option<&str>) -> Result<Vec<AgentRecord>, StoreError> {
+            let mut query =
+                QueryBuilder::<$db>::new("SELECT name, version, digest, size_bytes, created_at FROM agents");
+            if let Some(name) = name {
+                query.push(" WHERE name = ").push_bind(name);
+            }
+            query.push(" ORDER BY name, created_at, version");
+            let rows: Vec<AgentRow> = query.build_query_as().fetch_all(pool).await.map_err(StoreError::query)?;
+            Ok(rows.into_iter().map(AgentRecord::from).collect())
+        }
+
+        /// The component bytes with this digest.
+        pub(super) async fn agent_wasm(pool: &$pool, digest: &str) -> Result<Option<Vec<u8>>, StoreError> {
+            let mut query = QueryBuilder::<$db>::new("SELECT wasm FROM agent_components WHERE digest = ");
+            query.push_bind(digest);
+            query.build_query_scalar().fetch_optional(pool).await.map_err(StoreError::query)
+        }
+
+        #[derive(sqlx::FromRow)]
+        struct WorkflowRow {
+            name: String,
+            version: String,
+            digest: String,
+            definition: Json<serde_json::Value>,
+            created_at: DateTime<Utc>,
+        }
+
+        impl From<WorkflowRow> for WorkflowRecord {
+            fn from(row: WorkflowRow) -> Self {
+                WorkflowRecord {
+                    name: row.name,
+                    version: row.version,
+                    digest: row.digest,
+                    definition: row.definition.0,
+                    created_at: row.created_at,
+                }
+            }
+        }
+
+        /// Stores a new workflow version; versions are immutable.
+        pub(super) async fn insert_workflow(pool: &$pool, workflow: &WorkflowRecord) -> Result<Inserted, StoreError> {
+            if let Some(existing) = find_workflow(pool, &workflow.name, Some(&workflow.version)).await? {
+                return Ok(same_or_conflict(existing.digest, &workflow.digest));
+            }
+            let mut query = QueryBuilder::<$db>::new(
+                "INSERT INTO workflows (name, version, digest, definition, created_at) VALUES (",
+            );
+            query.push_bind(&workflow.name).push(", ").push_bind(&workflow.version).push(", ");
+            query.push_bind(&workflow.digest).push(", ").push_bind(Json(&workflow.definition)).push(", ");
+            query.push_bind(workflow.created_at).push(")");
+            match query.build().execute(pool).await {
+                Ok(_) => Ok(Inserted::Created),
+                Err(err) => match find_workflow(pool, &workflow.name, Some(&workflow.version)).await? {
+                    Some(existing) => Ok(same_or_conflict(existing.digest, &workflow.digest)),
+                    None => Err(StoreError::query(err)),
+                },
+            }
+        }
+
+        /// One version of a workflow, or its latest.
+        pub(super) async fn find_workflow(
+            pool: &$pool,
+            name: &str,
+            version: Option<&str>,
+        ) -> Result<Option<WorkflowRecord>, StoreError> {
+            let mut query = QueryBuilder::<$db>::new(
+                "SELECT name, version, digest, definition, created_at FROM workflows WHERE name = ",
+            );
+            query.push_bind(name);
+            if let Some(version) = version {
+                query.push(" AND version = ").push_bind(version);
+            }
+            query.push(" ORDER BY created_at DESC, version DESC LIMIT 1");
+            let row: Option<WorkflowRow> =
+                query.build_query_as().fetch_optional(pool).await.map_err(StoreError::query)?;
+            Ok(row.map(WorkflowRecord::from))
+        }
+
+        /// Every deployed workflow version (of one workflow, or of all), oldest first.
+        pub(super) async fn list_workflows(pool: &$pool, name: Option<&str>) -> Result<Vec<WorkflowRecord>, StoreError> {
+            let mut query =
+                QueryBuilder::<$db>::new("SELECT name, version, digest, definition, created_at FROM workflows");
+            if let Some(name) = name {
+                query.push(" WHERE name = ").push_bind(name);
+            }
+            query.push(" ORDER BY name, created_at, version");
+            let rows: Vec<WorkflowRow> = query.build_query_as().fetch_all(pool).await.map_err(StoreError::query)?;
+            Ok(rows.into_iter().map(WorkflowRecord::from).collect())
         }
     };
 }

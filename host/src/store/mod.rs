@@ -16,7 +16,9 @@ mod postgres;
 pub mod records;
 mod sqlite;
 
-pub use records::{LogRecord, RunFilter, RunRecord, RunStatus, StepRecord, StepStatus};
+pub use records::{
+    AgentRecord, Inserted, LogRecord, RunFilter, RunRecord, RunStatus, StepRecord, StepStatus, WorkflowRecord,
+};
 
 use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -54,6 +56,16 @@ impl StoreError {
     fn query(err: sqlx::Error) -> Self {
         StoreError::Query(err.to_string())
     }
+}
+
+/// Calls the backend function of the store's database.
+macro_rules! dispatch {
+    ($store:expr, $function:ident($($arg:expr),*)) => {
+        match &$store.pool {
+            Pool::Postgres(pool) => postgres::$function(pool, $($arg),*).await,
+            Pool::Sqlite(pool) => sqlite::$function(pool, $($arg),*).await,
+        }
+    };
 }
 
 #[derive(Clone)]
@@ -136,34 +148,62 @@ impl Store {
 
     /// Recorded runs, newest first.
     pub async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>, StoreError> {
-        match &self.pool {
-            Pool::Postgres(pool) => postgres::list_runs(pool, filter).await,
-            Pool::Sqlite(pool) => sqlite::list_runs(pool, filter).await,
-        }
+        dispatch!(self, list_runs(filter))
     }
 
     /// One run, if it exists.
     pub async fn get_run(&self, id: Uuid) -> Result<Option<RunRecord>, StoreError> {
-        match &self.pool {
-            Pool::Postgres(pool) => postgres::get_run(pool, id).await,
-            Pool::Sqlite(pool) => sqlite::get_run(pool, id).await,
-        }
+        dispatch!(self, get_run(id))
     }
 
     /// A run's step executions, in the order they started.
     pub async fn run_steps(&self, run_id: Uuid) -> Result<Vec<StepRecord>, StoreError> {
-        match &self.pool {
-            Pool::Postgres(pool) => postgres::run_steps(pool, run_id).await,
-            Pool::Sqlite(pool) => sqlite::run_steps(pool, run_id).await,
-        }
+        dispatch!(self, run_steps(run_id))
     }
 
     /// The logs of a run's step executions.
     pub async fn run_logs(&self, run_id: Uuid) -> Result<Vec<LogRecord>, StoreError> {
-        match &self.pool {
-            Pool::Postgres(pool) => postgres::run_logs(pool, run_id).await,
-            Pool::Sqlite(pool) => sqlite::run_logs(pool, run_id).await,
-        }
+        dispatch!(self, run_logs(run_id))
+    }
+
+    /// Runs accepted or started but not finished, oldest first.
+    pub async fn unfinished_runs(&self) -> Result<Vec<RunRecord>, StoreError> {
+        dispatch!(self, unfinished_runs())
+    }
+
+    /// Stores a new agent version with its component bytes.
+    pub async fn insert_agent(&self, agent: &AgentRecord, wasm: &[u8]) -> Result<Inserted, StoreError> {
+        dispatch!(self, insert_agent(agent, wasm))
+    }
+
+    /// One version of an agent (`None`: the latest deployed).
+    pub async fn find_agent(&self, name: &str, version: Option<&str>) -> Result<Option<AgentRecord>, StoreError> {
+        dispatch!(self, find_agent(name, version))
+    }
+
+    /// Deployed agent versions, of one agent or of all.
+    pub async fn list_agents(&self, name: Option<&str>) -> Result<Vec<AgentRecord>, StoreError> {
+        dispatch!(self, list_agents(name))
+    }
+
+    /// The component bytes with this digest.
+    pub async fn agent_wasm(&self, digest: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        dispatch!(self, agent_wasm(digest))
+    }
+
+    /// Stores a new workflow version.
+    pub async fn insert_workflow(&self, workflow: &WorkflowRecord) -> Result<Inserted, StoreError> {
+        dispatch!(self, insert_workflow(workflow))
+    }
+
+    /// One version of a workflow (`None`: the latest deployed).
+    pub async fn find_workflow(&self, name: &str, version: Option<&str>) -> Result<Option<WorkflowRecord>, StoreError> {
+        dispatch!(self, find_workflow(name, version))
+    }
+
+    /// Deployed workflow versions, of one workflow or of all.
+    pub async fn list_workflows(&self, name: Option<&str>) -> Result<Vec<WorkflowRecord>, StoreError> {
+        dispatch!(self, list_workflows(name))
     }
 
     /// Closes the connections once queued writes are committed.
@@ -235,6 +275,13 @@ pub struct Recorder {
 pub struct Pending(oneshot::Receiver<Result<(), StoreError>>);
 
 impl Pending {
+    /// A write that needs no waiting (nothing was queued).
+    pub fn ready() -> Pending {
+        let (ack, pending) = oneshot::channel();
+        let _ = ack.send(Ok(()));
+        Pending(pending)
+    }
+
     /// Waits until the write is committed, or reports why it could not be.
     pub async fn committed(self) -> Result<(), StoreError> {
         self.0.await.unwrap_or(Err(StoreError::WriterStopped))

@@ -21,6 +21,42 @@ pub struct RunRecord {
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// sha256 of the workflow definition the run was pinned to (deployed workflows).
+    pub workflow_digest: Option<String>,
+    /// What each agent reference resolved to when the run started:
+    /// `{"<reference>": {"name", "version", "digest"}}`.
+    pub pinned_agents: Option<Value>,
+}
+
+/// An `agents` row: one deployed version of an agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentRecord {
+    pub name: String,
+    pub version: String,
+    pub digest: String,
+    pub size_bytes: i64,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A `workflows` row: one deployed version of a workflow.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkflowRecord {
+    pub name: String,
+    pub version: String,
+    pub digest: String,
+    pub definition: Value,
+    pub created_at: DateTime<Utc>,
+}
+
+/// What inserting an immutable, versioned row did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inserted {
+    /// The version is new.
+    Created,
+    /// The same version with the same content was already there.
+    AlreadyThere,
+    /// The version exists with other content (whose digest this is).
+    Conflict { existing_digest: String },
 }
 
 /// A `step_executions` row.
