@@ -231,7 +231,7 @@ pub(crate) struct Batch {
 impl Batch {
     fn add(&mut self, write: Write) {
         match write {
-            Write::Run(run) => upsert(&mut self.runs, &mut self.run_index, run.id, run),
+            Write::Run(run) => upsert(&mut self.runs, &mut self.run_index, run.id, *run),
             Write::Step(step, logs) => {
                 upsert(&mut self.steps, &mut self.step_index, step.id, *step);
                 self.logs.extend(logs);
@@ -256,7 +256,7 @@ fn upsert<T>(rows: &mut Vec<T>, index: &mut HashMap<Uuid, usize>, id: Uuid, row:
 }
 
 enum Write {
-    Run(RunRecord),
+    Run(Box<RunRecord>),
     Step(Box<StepRecord>, Vec<LogRecord>),
     Flush,
 }
@@ -305,7 +305,7 @@ impl Recorder {
 
     /// Inserts or updates a `workflow_runs` row.
     pub fn run(&self, run: RunRecord) -> Pending {
-        self.send(Write::Run(run))
+        self.send(Write::Run(Box::new(run)))
     }
 
     /// Inserts or updates a `step_executions` row, with log lines to add.
