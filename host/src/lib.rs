@@ -17,6 +17,7 @@
 //! The engine knows nothing of wasmtime or SQL; the sandbox knows nothing of workflows;
 //! the store knows nothing of either.
 
+pub mod api;
 pub mod cli;
 pub mod engine;
 pub mod metrics;

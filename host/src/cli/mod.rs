@@ -5,9 +5,11 @@
 
 mod call;
 mod migrate;
+mod registry;
 pub mod render;
 mod run;
 mod runs;
+mod serve;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::process::ExitCode;
@@ -24,8 +26,14 @@ pub struct Cli {
 enum Command {
     /// Call one agent once, in a fresh sandbox, without a database.
     Call(call::CallCommand),
-    /// Run a workflow file once and record it.
+    /// Run a workflow (a file, or a deployed NAME[@VERSION]) once and record it.
     Run(run::RunCommand),
+    /// Serve the HTTP API: deploys, runs, metrics.
+    Serve(serve::ServeCommand),
+    /// Deploy and list agents.
+    Agent(registry::AgentCommand),
+    /// Deploy and list workflows.
+    Workflow(registry::WorkflowCommand),
     /// Read recorded runs.
     Runs(runs::RunsCommand),
     /// Apply (or revert) the database migrations.
@@ -39,6 +47,15 @@ pub struct DatabaseArgs {
     /// postgres://... or sqlite://... (default: sqlite://braid.db in the current directory).
     #[arg(long, env = "BRAID_DATABASE_URL", default_value = crate::store::DEFAULT_DATABASE_URL)]
     pub database_url: String,
+}
+
+/// Where precompiled agents are cached (deployed agents only).
+#[derive(Debug, Clone, clap::Args)]
+pub struct RegistryArgs {
+    /// Folder for precompiled agent components, keyed by digest and engine; reused across
+    /// restarts so that a deployed agent is compiled once.
+    #[arg(long, env = "BRAID_CACHE_DIR", value_name = "DIR", default_value = ".braid-cache")]
+    pub cache_dir: std::path::PathBuf,
 }
 
 /// How results are printed.
@@ -78,6 +95,9 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Call(command) => command.execute(),
         Command::Run(command) => command.execute(),
+        Command::Serve(command) => command.execute(),
+        Command::Agent(command) => command.execute(),
+        Command::Workflow(command) => command.execute(),
         Command::Runs(command) => command.execute(),
         Command::Migrate(command) => command.execute(),
     };

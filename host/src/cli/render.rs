@@ -1,49 +1,9 @@
-//! Rendering recorded runs: the JSON documents of `braid run` / `braid runs show`, and the
-//! text tree of steps.
+//! Rendering recorded runs as text: the tree of steps. (The JSON document of a run is
+//! [`crate::store::run_document`], shared with the HTTP API.)
 
-use crate::store::{LogRecord, RunRecord, StepRecord};
-use serde_json::{Value, json};
+use crate::store::{RunRecord, StepRecord};
 use std::collections::HashMap;
 use uuid::Uuid;
-
-/// `{run_id, status, output, error, workflow, ..., steps: [...]}`; each step is its
-/// `step_executions` row with its `logs`.
-pub fn run_json(run: &RunRecord, steps: &[StepRecord], logs: &[LogRecord]) -> Value {
-    let mut logs_by_step: HashMap<Uuid, Vec<&LogRecord>> = HashMap::new();
-    for log in logs {
-        logs_by_step.entry(log.step_execution_id).or_default().push(log);
-    }
-    let steps: Vec<Value> = steps
-        .iter()
-        .map(|step| {
-            let mut value = serde_json::to_value(step).unwrap_or(Value::Null);
-            let lines: Vec<Value> = logs_by_step
-                .get(&step.id)
-                .map(|lines| {
-                    lines
-                        .iter()
-                        .map(|l| json!({ "seq": l.seq, "level": l.level, "source": l.source, "message": l.message, "logged_at": l.logged_at }))
-                        .collect()
-                })
-                .unwrap_or_default();
-            value["logs"] = Value::Array(lines);
-            value
-        })
-        .collect();
-    json!({
-        "run_id": run.id,
-        "workflow_name": run.workflow_name,
-        "workflow_version": run.workflow_version,
-        "status": run.status,
-        "input": run.input,
-        "output": run.output,
-        "error": run.error,
-        "created_at": run.created_at,
-        "started_at": run.started_at,
-        "finished_at": run.finished_at,
-        "steps": steps,
-    })
-}
 
 /// The run as a tree of steps with status, outcome and duration, then its output or error.
 pub fn run_text(run: &RunRecord, steps: &[StepRecord]) -> String {

@@ -1,8 +1,10 @@
-//! `braid run`: run a workflow file once, recording it (embedded SQLite by default).
+//! `braid run`: run a workflow once — a definition file with agents from a folder, or a
+//! deployed `NAME[@VERSION]` from the registry — recording it (embedded SQLite by default).
 
-use super::render::{run_json, run_text};
-use super::{DatabaseArgs, OutputFormat, Status};
-use crate::engine::{Engine, RunPlan};
+use super::registry::open_registry;
+use super::render::run_text;
+use super::{DatabaseArgs, OutputFormat, RegistryArgs, Status};
+use crate::engine::{Engine, RunControl, RunPlan};
 use crate::registry::AgentDirectory;
 use crate::sandbox::{Sandbox, SandboxConfig};
 use crate::store::{RunStatus, Store};
@@ -11,13 +13,12 @@ use anyhow::Context as _;
 use clap::Args;
 use std::path::PathBuf;
 use std::sync::Arc;
-use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 #[derive(Debug, Args)]
 pub struct RunCommand {
-    /// The workflow definition (JSON).
-    #[arg(value_name = "WORKFLOW.json")]
+    /// A workflow definition file (JSON), or the NAME[@VERSION] of a deployed workflow
+    /// (when no such file exists).
+    #[arg(value_name = "WORKFLOW.json|NAME[@VERSION]")]
     workflow: PathBuf,
     /// The run's input, as JSON text.
     #[arg(long, default_value = "{}")]
@@ -27,6 +28,8 @@ pub struct RunCommand {
     agents: PathBuf,
     #[command(flatten)]
     database: DatabaseArgs,
+    #[command(flatten)]
+    registry: RegistryArgs,
     /// How to print the result.
     #[arg(long, value_enum, default_value_t)]
     output: OutputFormat,
@@ -34,40 +37,73 @@ pub struct RunCommand {
 
 impl RunCommand {
     pub fn execute(self) -> anyhow::Result<Status> {
+        let input: serde_json::Value = serde_json::from_str(&self.input).context("--input is not valid JSON")?;
+        if !self.workflow.is_file() && is_workflow_name(&self.workflow) {
+            return self.run_deployed(input);
+        }
         let text = std::fs::read_to_string(&self.workflow)
             .with_context(|| format!("cannot read {}", self.workflow.display()))?;
         let definition = workflow::parse(&text)?;
         let agents = AgentDirectory::new(&self.agents);
         workflow::validate(&definition, &|reference| agents.path_of(reference).is_some())?;
-        let input: serde_json::Value = serde_json::from_str(&self.input).context("--input is not valid JSON")?;
-
         let sandbox = Arc::new(Sandbox::new(SandboxConfig::default())?);
         let resolved = agents.resolve(&definition, &sandbox)?;
         let plan = Arc::new(RunPlan { workflow: Arc::new(definition), agents: resolved, workflow_digest: None });
-
         let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
         runtime.block_on(async {
             let store = Store::open(&self.database.database_url).await?;
             let engine = Engine::new(sandbox, store.recorder().clone());
-            let cancel = CancellationToken::new();
-            let on_interrupt = cancel.clone();
-            tokio::spawn(async move {
-                if tokio::signal::ctrl_c().await.is_ok() {
-                    eprintln!("interrupted: cancelling the run");
-                    on_interrupt.cancel();
-                }
-            });
-            let run = engine.run(plan, Uuid::now_v7(), input, cancel).await?;
-            let steps = store.run_steps(run.id).await?;
-            match self.output {
-                OutputFormat::Json => {
-                    let logs = store.run_logs(run.id).await?;
-                    println!("{}", serde_json::to_string_pretty(&run_json(&run, &steps, &logs))?);
-                }
-                OutputFormat::Text => print!("{}", run_text(&run, &steps)),
-            }
-            store.close().await?;
-            Ok(if run.status == RunStatus::Succeeded { Status::Succeeded } else { Status::Failed })
+            self.run_plan(&store, &engine, plan, input).await
         })
     }
+
+    /// `braid run NAME[@VERSION]`: the deployed workflow, its agents pinned now.
+    fn run_deployed(&self, input: serde_json::Value) -> anyhow::Result<Status> {
+        let reference = self.workflow.to_string_lossy().into_owned();
+        let (name, version) = match reference.split_once('@') {
+            Some((name, version)) => (name.to_owned(), Some(version.to_owned())),
+            None => (reference.clone(), None),
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        runtime.block_on(async {
+            let (store, registry) = open_registry(&self.database, &self.registry).await?;
+            let plan = registry.plan(&name, version.as_deref()).await?;
+            let engine = Engine::new(registry.sandbox().clone(), store.recorder().clone());
+            self.run_plan(&store, &engine, plan, input).await
+        })
+    }
+
+    async fn run_plan(
+        &self,
+        store: &Store,
+        engine: &Engine,
+        plan: Arc<RunPlan>,
+        input: serde_json::Value,
+    ) -> anyhow::Result<Status> {
+        let control = RunControl::new();
+        let on_interrupt = control.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("interrupted: cancelling the run");
+                on_interrupt.cancel();
+            }
+        });
+        let run = engine.execute(plan.clone(), plan.new_run(input), &control, &[]).await?;
+        let steps = store.run_steps(run.id).await?;
+        match self.output {
+            OutputFormat::Json => {
+                let logs = store.run_logs(run.id).await?;
+                println!("{}", serde_json::to_string_pretty(&crate::store::run_document(&run, &steps, &logs))?);
+            }
+            OutputFormat::Text => print!("{}", run_text(&run, &steps)),
+        }
+        store.close().await?;
+        Ok(if run.status == RunStatus::Succeeded { Status::Succeeded } else { Status::Failed })
+    }
+}
+
+/// Whether `path` reads as `NAME[@VERSION]` rather than a file path.
+fn is_workflow_name(path: &std::path::Path) -> bool {
+    let text = path.to_string_lossy();
+    !text.contains('/') && !text.ends_with(".json") && !text.is_empty()
 }

@@ -1,6 +1,6 @@
 //! `braid runs list|show`: read back recorded runs.
 
-use super::render::{run_json, run_text};
+use super::render::run_text;
 use super::{DatabaseArgs, OutputFormat, Status};
 use crate::store::{RunFilter, RunStatus, Store};
 use anyhow::{Context as _, anyhow};
@@ -75,7 +75,10 @@ impl RunsCommand {
                     match output {
                         OutputFormat::Json => {
                             let logs = store.run_logs(id).await?;
-                            println!("{}", serde_json::to_string_pretty(&run_json(&run, &steps, &logs))?);
+                            println!(
+                                "{}",
+                                serde_json::to_string_pretty(&crate::store::run_document(&run, &steps, &logs))?
+                            );
                         }
                         OutputFormat::Text => print!("{}", run_text(&run, &steps)),
                     }

@@ -1,19 +1,23 @@
-//! Where agents come from, and how they are identified: by name (and version), and by the
-//! sha256 digest of their component bytes.
+//! Where agents and workflows come from, and how they are identified: by name and
+//! version, and by the sha256 digest of their bytes.
 //!
-//! For now this is a local folder of components (`braid run --agents DIR`): a workflow's
-//! `"agent": "word-count"` resolves to `DIR/word-count.wasm` or `DIR/word_count.wasm`
-//! (hyphens and underscores alike), and `"name@version"` to `DIR/name@version.wasm`.
-//! Every agent a workflow names is resolved, compiled and linked before its run starts,
-//! which pins the run to exactly those bytes.
+//! Two sources: a local folder of components for `braid run FILE --agents DIR`
+//! ([`AgentDirectory`]), and the deployed registry in the database ([`Registry`]), with
+//! its on-disk cache of precompiled components. Either way, every agent a workflow names is
+//! resolved, compiled (or loaded precompiled) and linked before its run starts, which pins
+//! the run to exactly those bytes.
 
-use crate::engine::ResolvedAgent;
-use crate::sandbox::{LoadError, Sandbox};
+mod deployed;
+mod local;
+
+pub use deployed::{DeployError, Deployed, PlanError, Registry};
+pub use local::AgentDirectory;
+
+use crate::sandbox::LoadError;
 use crate::workflow::{StepKind, Workflow};
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::collections::BTreeSet;
+use std::path::PathBuf;
 
 /// Why an agent could not be resolved.
 #[derive(Debug, thiserror::Error)]
@@ -66,58 +70,4 @@ pub fn agent_references(workflow: &Workflow) -> BTreeSet<String> {
     let mut found = BTreeSet::new();
     walk(&workflow.steps, &mut found);
     found
-}
-
-/// A folder of agent components.
-pub struct AgentDirectory {
-    dir: PathBuf,
-}
-
-impl AgentDirectory {
-    pub fn new(dir: impl Into<PathBuf>) -> Self {
-        AgentDirectory { dir: dir.into() }
-    }
-
-    /// The component file for `reference`, if there is one.
-    pub fn path_of(&self, reference: &str) -> Option<PathBuf> {
-        file_names(reference).into_iter().map(|name| self.dir.join(format!("{name}.wasm"))).find(|path| path.is_file())
-    }
-
-    /// Reads, compiles and links every agent `workflow` names (CPU-heavy: call from a
-    /// blocking context).
-    pub fn resolve(
-        &self,
-        workflow: &Workflow,
-        sandbox: &Sandbox,
-    ) -> Result<HashMap<String, Arc<ResolvedAgent>>, RegistryError> {
-        agent_references(workflow)
-            .into_iter()
-            .map(|reference| {
-                let agent = self.load(&reference, sandbox)?;
-                Ok((reference, Arc::new(agent)))
-            })
-            .collect()
-    }
-
-    fn load(&self, reference: &str, sandbox: &Sandbox) -> Result<ResolvedAgent, RegistryError> {
-        let path = self
-            .path_of(reference)
-            .ok_or_else(|| RegistryError::NotFound { reference: reference.to_owned(), dir: self.dir.clone() })?;
-        let bytes = std::fs::read(&path).map_err(|source| RegistryError::Read {
-            reference: reference.to_owned(),
-            path: path.clone(),
-            source,
-        })?;
-        let agent = sandbox.load(&bytes).map_err(|source| RegistryError::Load {
-            reference: reference.to_owned(),
-            path: path.clone(),
-            source,
-        })?;
-        Ok(ResolvedAgent { name: agent_name(reference).to_owned(), version: None, digest: digest(&bytes), agent })
-    }
-
-    /// The folder.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
 }

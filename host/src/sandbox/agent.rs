@@ -28,6 +28,13 @@ pub struct Agent {
     pub(super) pre: AgentPre<StepState>,
 }
 
+impl Agent {
+    /// The compiled component, serialized for [`Sandbox::load_precompiled`] (no compiling).
+    pub fn precompiled(&self) -> Result<Vec<u8>, LoadError> {
+        self.pre.instance_pre().component().serialize().map_err(|e| LoadError::Compile(format!("{e:#}")))
+    }
+}
+
 /// The component-model layer/version field that follows the magic bytes.
 const COMPONENT_VERSION: [u8; 4] = [0x0d, 0x00, 0x01, 0x00];
 const MAGIC: &[u8; 4] = b"\0asm";
@@ -44,6 +51,28 @@ impl Sandbox {
         }
         let component = Component::new(self.engine(), wasm).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
         self.link(&component)
+    }
+
+    /// Loads an agent from a file that [`Agent::precompiled`] wrote, without compiling.
+    ///
+    /// Only for files this host wrote itself (its cache): wasmtime trusts precompiled code.
+    /// Artifacts of another wasmtime version or configuration are refused, not run.
+    pub fn load_precompiled(&self, path: &std::path::Path) -> Result<Agent, LoadError> {
+        // SAFETY: the cache directory holds only artifacts this process family wrote with
+        // `Agent::precompiled`, keyed by the engine's compatibility hash; wasmtime checks
+        // the header and refuses incompatible artifacts.
+        let component = unsafe { Component::deserialize_file(self.engine(), path) }
+            .map_err(|e| LoadError::Compile(format!("precompiled artifact {}: {e:#}", path.display())))?;
+        self.link(&component)
+    }
+
+    /// A key that changes whenever precompiled artifacts of this engine could not be
+    /// loaded by another (wasmtime version, target, engine settings).
+    pub fn artifact_key(&self) -> String {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        self.engine().precompile_compatibility_hash().hash(&mut hasher);
+        format!("{:016x}", hasher.finish())
     }
 
     /// Links an already compiled component (see [`Sandbox::load`]).

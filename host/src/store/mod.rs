@@ -12,10 +12,12 @@
 //! [`records`].
 
 mod backend;
+mod document;
 mod postgres;
 pub mod records;
 mod sqlite;
 
+pub use document::run_document;
 pub use records::{
     AgentRecord, Inserted, LogRecord, RunFilter, RunRecord, RunStatus, StepRecord, StepStatus, WorkflowRecord,
 };

@@ -1,0 +1,107 @@
+//! The HTTP API (axum), JSON under `/v1`: deploy agents and workflows by name and version,
+//! start, read and cancel runs; `/healthz` and `/metrics` beside it.
+//!
+//! `router` builds the routes over an [`AppState`]; `serve` binds, resumes unfinished runs,
+//! serves until SIGTERM or Ctrl-C, then drains (see [`runner`]). Request bodies are read
+//! with explicit size limits so that every refusal, oversized bodies included, answers in
+//! the same JSON error shape.
+
+mod agents;
+mod error;
+pub mod runner;
+mod runs;
+mod workflows;
+
+pub use error::ApiError;
+
+use crate::metrics::METRICS;
+use crate::registry::Registry;
+use crate::sandbox::Sandbox;
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use runner::Runner;
+use std::sync::Arc;
+
+/// Largest agent component accepted by `PUT /v1/agents/...`.
+pub const MAX_AGENT_BYTES: usize = 64 << 20;
+/// Largest JSON body accepted elsewhere (a run's input is capped again by the sandbox).
+pub const MAX_JSON_BYTES: usize = 16 << 20;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub registry: Arc<Registry>,
+    pub runner: Arc<Runner>,
+    pub sandbox: Arc<Sandbox>,
+    /// When set, every `/v1` request must carry `Authorization: Bearer <token>`.
+    pub token: Option<Arc<str>>,
+}
+
+/// The API's routes.
+pub fn router(state: AppState) -> Router {
+    let v1 = Router::new()
+        .route("/agents", get(agents::list))
+        .route("/agents/{name}", get(agents::versions))
+        .route("/agents/{name}/{version}", put(agents::deploy).get(agents::get))
+        .route("/workflows", get(workflows::list))
+        .route("/workflows/{name}", get(workflows::versions))
+        .route("/workflows/{name}/{version}", put(workflows::deploy).get(workflows::get))
+        .route("/workflows/{name}/runs", post(runs::start))
+        .route("/runs", get(runs::list))
+        .route("/runs/{id}", get(runs::get))
+        .route("/runs/{id}/cancel", post(runs::cancel))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .nest("/v1", v1)
+        .route("/healthz", get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .method_not_allowed_fallback(|| async { ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed") })
+        // Handlers read bodies themselves, with their own limits and JSON errors.
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if let Some(token) = &state.token {
+        let given = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        let expected = format!("Bearer {token}");
+        if given.map(|g| constant_time_eq(g.as_bytes(), expected.as_bytes())) != Some(true) {
+            return ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong bearer token").into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// Compares without an early exit, so that timing does not reveal how much matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    METRICS.live_instances.set(state.sandbox.live_instances() as i64);
+    METRICS.instance_capacity.set(i64::from(state.sandbox.config().max_instances));
+    METRICS.pooling.set(i64::from(state.sandbox.is_pooling()));
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], METRICS.render()).into_response()
+}
+
+/// Reads a request body up to `limit` bytes, or answers 413.
+pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("the request body is over the limit of {limit} bytes"))
+    })
+}
+
+/// Reads a JSON body up to `limit` bytes.
+pub(crate) async fn read_json(body: Body, limit: usize) -> Result<serde_json::Value, ApiError> {
+    let bytes = read_body(body, limit).await?;
+    if bytes.is_empty() {
+        return Ok(serde_json::Value::Null);
+    }
+    serde_json::from_slice(&bytes).map_err(|err| ApiError::bad_request(format!("the body is not valid JSON: {err}")))
+}

@@ -1,0 +1,104 @@
+//! `braid serve`: the HTTP API, with deploys, runs and metrics (see [`crate::api`]).
+
+use super::{DatabaseArgs, RegistryArgs, Status};
+use crate::api::{self, AppState, runner::Runner};
+use crate::engine::Engine;
+use crate::registry::Registry;
+use crate::sandbox::{Sandbox, SandboxConfig};
+use crate::store::Store;
+use anyhow::{Context as _, bail};
+use clap::Args;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Args)]
+pub struct ServeCommand {
+    /// Address to listen on. Anything beyond loopback requires BRAID_API_TOKEN.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    #[command(flatten)]
+    database: DatabaseArgs,
+    #[command(flatten)]
+    registry: RegistryArgs,
+    /// On SIGTERM or Ctrl-C, how long running steps may take to finish before they are
+    /// interrupted (and their runs left to resume at the next start).
+    #[arg(long, value_name = "MS", default_value_t = 10_000)]
+    grace_period_ms: u64,
+    /// Most agent instances alive at once (the instance pool's size).
+    #[arg(long, value_name = "N", default_value_t = 128)]
+    max_instances: u32,
+}
+
+impl ServeCommand {
+    pub fn execute(self) -> anyhow::Result<Status> {
+        let token = std::env::var("BRAID_API_TOKEN").ok().filter(|t| !t.is_empty());
+        if token.is_none() && !self.listen.ip().is_loopback() {
+            bail!(
+                "refusing to listen on {} without a token: set BRAID_API_TOKEN (every /v1 request must then send \
+                 `Authorization: Bearer <token>`), or listen on a loopback address such as 127.0.0.1",
+                self.listen
+            );
+        }
+        let sandbox =
+            Arc::new(Sandbox::new(SandboxConfig { max_instances: self.max_instances, ..SandboxConfig::default() })?);
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        runtime.block_on(async move {
+            let store = Store::open(&self.database.database_url).await?;
+            let registry = Arc::new(Registry::new(store.clone(), sandbox.clone(), &self.registry.cache_dir));
+            let runner = Runner::new(Engine::new(sandbox.clone(), store.recorder().clone()), registry.clone());
+            let resumed = runner.resume_unfinished().await?;
+            let listener = tokio::net::TcpListener::bind(self.listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", self.listen))?;
+            let address = listener.local_addr()?;
+            println!("braid listening on http://{address}");
+            if resumed > 0 {
+                println!("resumed {resumed} unfinished runs");
+            }
+            std::io::stdout().flush()?;
+
+            let state = AppState { registry, runner: runner.clone(), sandbox, token: token.map(Arc::from) };
+            let stop = CancellationToken::new();
+            tokio::spawn(signal_stop(stop.clone()));
+            // Stop accepting and drain runs at the same time: a `?wait=true` request only
+            // ends once its run has finished or been interrupted.
+            let serve =
+                axum::serve(listener, api::router(state)).with_graceful_shutdown(stop.clone().cancelled_owned());
+            let drain = async {
+                stop.cancelled().await;
+                runner.shutdown(Duration::from_millis(self.grace_period_ms)).await;
+            };
+            let (served, ()) = tokio::join!(serve, drain);
+            served?;
+            store.close().await?;
+            println!("braid stopped");
+            Ok(Status::Succeeded)
+        })
+    }
+}
+
+/// Cancels `stop` on SIGTERM or Ctrl-C.
+async fn signal_stop(stop: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                stop.cancel();
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    stop.cancel();
+}

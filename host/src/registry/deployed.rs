@@ -1,0 +1,327 @@
+//! The deployed registry: agents and workflows stored by name and version in the database
+//! (agent bytes content-addressed by sha256), and an on-disk cache of precompiled
+//! components keyed by digest and the engine's artifact key, so that a restarted host
+//! loads what it compiled before instead of compiling again.
+//!
+//! Versions are immutable: deploying the same name and version again with the same bytes
+//! is a no-op, with other bytes a conflict. `"agent": "name"` means the latest deployed
+//! version (the most recently deployed), `"name@version"` pins one. A run pins the exact
+//! digests when it starts; deploying later never changes it.
+
+use super::{agent_name, agent_references, digest};
+use crate::engine::{ResolvedAgent, RunPlan};
+use crate::metrics::METRICS;
+use crate::sandbox::{LoadError, Sandbox};
+use crate::store::{AgentRecord, Inserted, RunRecord, Store, StoreError, WorkflowRecord};
+use crate::workflow::{self, InvalidWorkflow};
+use chrono::Utc;
+use serde_json::Value;
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+/// Why a deploy was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    #[error("invalid {what} {value:?}: use letters, digits, '.', '_' and '-' (at most 128)")]
+    BadName { what: &'static str, value: String },
+    #[error(transparent)]
+    NotAnAgent(#[from] LoadError),
+    #[error(
+        "{kind} {name}@{version} is already deployed with other content (digest {existing_digest}); versions are immutable"
+    )]
+    Conflict { kind: &'static str, name: String, version: String, existing_digest: String },
+    #[error(transparent)]
+    Invalid(#[from] InvalidWorkflow),
+    #[error("{0}")]
+    Mismatch(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Why a deployed workflow could not be made ready to run.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("no deployed workflow {0}")]
+    UnknownWorkflow(String),
+    #[error("no deployed agent {0}")]
+    UnknownAgent(String),
+    #[error("deployed workflow {name}@{version} no longer validates: {source}")]
+    Invalid { name: String, version: String, source: InvalidWorkflow },
+    #[error("agent {reference}: {source}")]
+    Load { reference: String, source: LoadError },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What a deploy did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deployed {
+    Created,
+    AlreadyThere,
+}
+
+/// The deployed registry of one host.
+pub struct Registry {
+    store: Store,
+    sandbox: Arc<Sandbox>,
+    cache_dir: PathBuf,
+    /// Agents ready to run, by digest: compiled at most once per process.
+    loaded: Mutex<HashMap<String, Arc<ResolvedAgent>>>,
+}
+
+fn check_name(what: &'static str, value: &str) -> Result<(), DeployError> {
+    let ok = !value.is_empty()
+        && value.len() <= 128
+        && value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok { Ok(()) } else { Err(DeployError::BadName { what, value: value.to_owned() }) }
+}
+
+impl Registry {
+    /// A registry over `store`, caching precompiled components in `cache_dir`.
+    pub fn new(store: Store, sandbox: Arc<Sandbox>, cache_dir: impl Into<PathBuf>) -> Self {
+        Registry { store, sandbox, cache_dir: cache_dir.into(), loaded: Mutex::new(HashMap::new()) }
+    }
+
+    /// Type-checks `wasm` against the agent world, precompiles it into the cache and stores
+    /// it as `name@version`.
+    pub async fn deploy_agent(
+        &self,
+        name: &str,
+        version: &str,
+        wasm: Vec<u8>,
+    ) -> Result<(AgentRecord, Deployed), DeployError> {
+        check_name("agent name", name)?;
+        check_name("agent version", version)?;
+        let record = AgentRecord {
+            name: name.to_owned(),
+            version: version.to_owned(),
+            digest: digest(&wasm),
+            size_bytes: wasm.len() as i64,
+            created_at: Utc::now(),
+        };
+        // An existing version is judged before compiling anything.
+        if let Some(existing) = self.store.find_agent(name, Some(version)).await? {
+            return judge("agent", existing.digest.clone(), &record.digest, name, version).map(|d| (existing, d));
+        }
+        self.compile_and_cache(&record.name, Some(&record.version), &record.digest, wasm.clone()).await?;
+        let deployed = match self.store.insert_agent(&record, &wasm).await? {
+            Inserted::Created => Deployed::Created,
+            Inserted::AlreadyThere => Deployed::AlreadyThere,
+            Inserted::Conflict { existing_digest } => {
+                return Err(conflict("agent", name, version, existing_digest));
+            }
+        };
+        Ok((record, deployed))
+    }
+
+    /// Validates a definition against the deployed agents and stores it as `name@version`.
+    /// A `name` or `version` inside the definition must match the path's.
+    pub async fn deploy_workflow(
+        &self,
+        name: &str,
+        version: &str,
+        mut definition: Value,
+    ) -> Result<(WorkflowRecord, Deployed), DeployError> {
+        check_name("workflow name", name)?;
+        check_name("workflow version", version)?;
+        let Some(fields) = definition.as_object_mut() else {
+            return Err(DeployError::Mismatch("a workflow definition must be a JSON object".into()));
+        };
+        for (key, expected) in [("name", name), ("version", version)] {
+            match fields.get(key).map(|v| v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string())) {
+                Some(given) if given != expected => {
+                    return Err(DeployError::Mismatch(format!(
+                        "the definition's {key} {given:?} does not match the {key} in the path {expected:?}"
+                    )));
+                }
+                Some(_) => {}
+                None => {
+                    fields.insert(key.to_owned(), Value::String(expected.to_owned()));
+                }
+            }
+        }
+        let parsed = workflow::parse(&definition.to_string())?;
+        let deployed_agents = self.store.list_agents(None).await?;
+        let known: BTreeSet<String> = deployed_agents
+            .iter()
+            .flat_map(|agent| [agent.name.clone(), format!("{}@{}", agent.name, agent.version)])
+            .collect();
+        workflow::validate(&parsed, &|reference| known.contains(reference))?;
+        let record = WorkflowRecord {
+            name: name.to_owned(),
+            version: version.to_owned(),
+            digest: digest(definition.to_string().as_bytes()),
+            definition,
+            created_at: Utc::now(),
+        };
+        match self.store.insert_workflow(&record).await? {
+            Inserted::Created => Ok((record, Deployed::Created)),
+            Inserted::AlreadyThere => Ok((record, Deployed::AlreadyThere)),
+            Inserted::Conflict { existing_digest } => Err(conflict("workflow", name, version, existing_digest)),
+        }
+    }
+
+    /// Makes `name` (at `version`, or its latest) ready to run, pinning each agent
+    /// reference to a digest now.
+    pub async fn plan(&self, name: &str, version: Option<&str>) -> Result<Arc<RunPlan>, PlanError> {
+        let label = version.map_or_else(|| name.to_owned(), |v| format!("{name}@{v}"));
+        let record = self.store.find_workflow(name, version).await?.ok_or(PlanError::UnknownWorkflow(label))?;
+        let parsed = workflow::parse(&record.definition.to_string()).map_err(|source| PlanError::Invalid {
+            name: record.name.clone(),
+            version: record.version.clone(),
+            source,
+        })?;
+        let mut agents = HashMap::new();
+        for reference in agent_references(&parsed) {
+            let (agent, pinned) = match reference.split_once('@') {
+                Some((agent, version)) => (agent, Some(version)),
+                None => (reference.as_str(), None),
+            };
+            let deployed = self
+                .store
+                .find_agent(agent, pinned)
+                .await?
+                .ok_or_else(|| PlanError::UnknownAgent(reference.clone()))?;
+            let ready = self.agent(&deployed.name, Some(&deployed.version), &deployed.digest).await?;
+            agents.insert(reference, ready);
+        }
+        Ok(Arc::new(RunPlan { workflow: Arc::new(parsed), agents, workflow_digest: Some(record.digest) }))
+    }
+
+    /// The plan an accepted run was pinned to: its workflow version and agent digests.
+    pub async fn plan_for_run(&self, run: &RunRecord) -> Result<Arc<RunPlan>, PlanError> {
+        let label = format!("{}@{}", run.workflow_name, run.workflow_version);
+        let record = self
+            .store
+            .find_workflow(&run.workflow_name, Some(&run.workflow_version))
+            .await?
+            .ok_or(PlanError::UnknownWorkflow(label))?;
+        let parsed = workflow::parse(&record.definition.to_string()).map_err(|source| PlanError::Invalid {
+            name: record.name.clone(),
+            version: record.version.clone(),
+            source,
+        })?;
+        let pins = run.pinned_agents.clone().unwrap_or(Value::Null);
+        let mut agents = HashMap::new();
+        for reference in agent_references(&parsed) {
+            let pin = &pins[&reference];
+            let digest = pin["digest"].as_str().ok_or_else(|| PlanError::UnknownAgent(reference.clone()))?;
+            let version = pin["version"].as_str();
+            agents.insert(reference.clone(), self.agent(agent_name(&reference), version, digest).await?);
+        }
+        Ok(Arc::new(RunPlan { workflow: Arc::new(parsed), agents, workflow_digest: Some(record.digest) }))
+    }
+
+    /// The agent with `digest`, ready to run: from memory, from the precompiled cache, or
+    /// compiled from the stored bytes (and cached).
+    async fn agent(&self, name: &str, version: Option<&str>, digest: &str) -> Result<Arc<ResolvedAgent>, PlanError> {
+        if let Some(ready) = self.lock_loaded().get(digest) {
+            return Ok(ready.clone());
+        }
+        let reference = format!("{name}@{}", version.unwrap_or("?"));
+        let cached = self.cache_path(digest);
+        if cached.is_file() {
+            let sandbox = self.sandbox.clone();
+            let path = cached.clone();
+            let loaded = tokio::task::spawn_blocking(move || sandbox.load_precompiled(&path)).await.map_err(|e| {
+                PlanError::Load { reference: reference.clone(), source: LoadError::Compile(e.to_string()) }
+            })?;
+            match loaded {
+                Ok(agent) => {
+                    METRICS.compiles.with_label_values(&["precompiled"]).inc();
+                    return Ok(self.remember(name, version, digest, agent));
+                }
+                // A damaged or foreign artifact is not fatal: compile again below.
+                Err(err) => tracing::warn!("ignoring cached artifact {}: {err}", cached.display()),
+            }
+        }
+        let wasm = self.store.agent_wasm(digest).await?.ok_or_else(|| PlanError::UnknownAgent(reference.clone()))?;
+        self.compile_and_cache(name, version, digest, wasm).await.map_err(|err| match err {
+            DeployError::NotAnAgent(source) => PlanError::Load { reference, source },
+            other => PlanError::Load { reference, source: LoadError::Compile(other.to_string()) },
+        })
+    }
+
+    /// Compiles and links `wasm` off the async threads, writes the precompiled artifact to
+    /// the cache and keeps the agent in memory.
+    async fn compile_and_cache(
+        &self,
+        name: &str,
+        version: Option<&str>,
+        digest: &str,
+        wasm: Vec<u8>,
+    ) -> Result<Arc<ResolvedAgent>, DeployError> {
+        let sandbox = self.sandbox.clone();
+        let (agent, artifact) = tokio::task::spawn_blocking(move || {
+            let agent = sandbox.load(&wasm)?;
+            let artifact = agent.precompiled()?;
+            Ok::<_, LoadError>((agent, artifact))
+        })
+        .await
+        .map_err(|e| LoadError::Compile(e.to_string()))??;
+        METRICS.compiles.with_label_values(&["compiled"]).inc();
+        if let Err(err) = self.write_artifact(digest, &artifact) {
+            // The cache only saves time: a host that cannot write it still works.
+            tracing::warn!("could not cache the precompiled agent {digest}: {err}");
+        }
+        Ok(self.remember(name, version, digest, agent))
+    }
+
+    fn write_artifact(&self, digest: &str, artifact: &[u8]) -> std::io::Result<()> {
+        std::fs::create_dir_all(&self.cache_dir)?;
+        let path = self.cache_path(digest);
+        // Write then rename, so that a reader never sees half an artifact.
+        let partial = path.with_extension(format!("partial-{}", std::process::id()));
+        std::fs::write(&partial, artifact)?;
+        std::fs::rename(&partial, &path)
+    }
+
+    fn cache_path(&self, digest: &str) -> PathBuf {
+        self.cache_dir.join(format!("{digest}-{}.cwasm", self.sandbox.artifact_key()))
+    }
+
+    fn remember(
+        &self,
+        name: &str,
+        version: Option<&str>,
+        digest: &str,
+        agent: crate::sandbox::Agent,
+    ) -> Arc<ResolvedAgent> {
+        let ready = Arc::new(ResolvedAgent {
+            name: name.to_owned(),
+            version: version.map(str::to_owned),
+            digest: digest.to_owned(),
+            agent,
+        });
+        self.lock_loaded().entry(digest.to_owned()).or_insert(ready).clone()
+    }
+
+    fn lock_loaded(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<ResolvedAgent>>> {
+        self.loaded.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The sandbox agents are loaded into.
+    pub fn sandbox(&self) -> &Arc<Sandbox> {
+        &self.sandbox
+    }
+
+    /// The store behind the registry.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+}
+
+fn judge(
+    kind: &'static str,
+    existing: String,
+    digest: &str,
+    name: &str,
+    version: &str,
+) -> Result<Deployed, DeployError> {
+    if existing == digest { Ok(Deployed::AlreadyThere) } else { Err(conflict(kind, name, version, existing)) }
+}
+
+fn conflict(kind: &'static str, name: &str, version: &str, existing_digest: String) -> DeployError {
+    DeployError::Conflict { kind, name: name.to_owned(), version: version.to_owned(), existing_digest }
+}
