@@ -72,6 +72,9 @@ async fn require_token(State(state): State<AppState>, request: Request, next: Ne
         let given = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
         let expected = format!("Bearer {token}");
         if given.map(|g| constant_time_eq(g.as_bytes(), expected.as_bytes())) != Some(true) {
+            // Read (and drop) what the client is sending, so that its connection stays
+            // usable for the next request instead of being cut mid-upload.
+            let _ = axum::body::to_bytes(request.into_body(), MAX_AGENT_BYTES).await;
             return ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong bearer token").into_response();
         }
     }

@@ -51,11 +51,13 @@ pub async fn start(
         .task
         .await
         .map_err(|err| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("the run's task failed: {err}")))??;
-    Ok((StatusCode::OK, Json(document(&state, run).await?)))
+    Ok((StatusCode::OK, Json(document(&state, run.id).await?)))
 }
 
-async fn document(state: &AppState, run: crate::store::RunRecord) -> Result<Value, ApiError> {
+/// The run's document as recorded (the same answer as `GET /v1/runs/{id}`).
+async fn document(state: &AppState, id: Uuid) -> Result<Value, ApiError> {
     let store = state.registry.store();
+    let run = store.get_run(id).await?.ok_or_else(|| ApiError::not_found(format!("no run {id}")))?;
     let steps = store.run_steps(run.id).await?;
     let logs = store.run_logs(run.id).await?;
     Ok(run_document(&run, &steps, &logs))
@@ -85,9 +87,7 @@ fn parse_id(id: &str) -> Result<Uuid, ApiError> {
 
 /// `GET /v1/runs/{id}`: the run and its step executions.
 pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    let id = parse_id(&id)?;
-    let run = state.registry.store().get_run(id).await?.ok_or_else(|| ApiError::not_found(format!("no run {id}")))?;
-    Ok(Json(document(&state, run).await?))
+    Ok(Json(document(&state, parse_id(&id)?).await?))
 }
 
 /// `POST /v1/runs/{id}/cancel`: 202 while it stops (instances are interrupted at once),
