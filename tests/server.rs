@@ -436,3 +436,26 @@ async fn shutdown_interrupts_what_it_must_and_the_next_start_resumes_without_rer
         db.drop_database().await;
     }
 }
+
+#[tokio::test]
+async fn what_the_cli_pushes_a_running_server_runs() {
+    let db = TestDb::postgres().await;
+    let cache = scratch();
+    let server = Server::start(&db.url, cache.path(), None, &[]);
+    let client = Client::new();
+    let path = braid_test_artifacts::agent_path("shout");
+    let pushed = braid()
+        .args(["agent", "push", path.to_str().unwrap(), "--name", "shout", "--version", "7", "--database-url", &db.url])
+        .arg("--cache-dir")
+        .arg(cache.path())
+        .output()
+        .unwrap();
+    assert!(pushed.status.success(), "{}", String::from_utf8_lossy(&pushed.stderr));
+    let workflow = json!({ "steps": [ { "id": "loud", "agent": "shout@7", "input": { "text": "${ input.text }" } } ] });
+    let (status, _) = put_workflow(&client, &server, "loud", "1", &workflow).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (_, run) = start_run(&client, &server, "loud", json!({ "input": { "text": "pushed by the cli" } }), true).await;
+    assert_eq!(run["output"], json!({ "text": "PUSHED BY THE CLI" }));
+    drop(server);
+    db.drop_database().await;
+}

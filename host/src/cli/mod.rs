@@ -16,7 +16,7 @@ use std::process::ExitCode;
 
 /// Braid: a WebAssembly step host for workflows of sandboxed agents.
 #[derive(Debug, Parser)]
-#[command(name = "braid", version, about, propagate_version = true)]
+#[command(name = "braid", version, about)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -107,5 +107,16 @@ pub fn main() -> ExitCode {
             eprintln!("error: {err:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
     }
 }
