@@ -57,9 +57,9 @@ pub async fn start(
 /// The run's document as recorded (the same answer as `GET /v1/runs/{id}`).
 async fn document(state: &AppState, id: Uuid) -> Result<Value, ApiError> {
     let store = state.registry.store();
-    let run = store.get_run(id).await?.ok_or_else(|| ApiError::not_found(format!("no run {id}")))?;
-    let steps = store.run_steps(run.id).await?;
-    let logs = store.run_logs(run.id).await?;
+    let (run, steps, logs) = tokio::join!(store.get_run(id), store.run_steps(id), store.run_logs(id));
+    let run = run?.ok_or_else(|| ApiError::not_found(format!("no run {id}")))?;
+    let (steps, logs) = (steps?, logs?);
     Ok(run_document(&run, &steps, &logs))
 }
 

@@ -183,7 +183,9 @@ impl Engine {
         run.status = RunStatus::Running;
         run.started_at.get_or_insert_with(Utc::now);
         run.error = None;
-        self.recorder.run(run.clone()).committed().await?;
+        // Not waited for: the accepted (or earlier) row already makes the run durable, and
+        // every later write of it lands after this one.
+        let _ = self.recorder.run(run.clone());
         let mut previous_by_step = HashMap::new();
         for row in previous {
             if !row.status.is_terminal() {
@@ -214,14 +216,10 @@ impl Engine {
         )
         .instrument(span)
         .await?;
-        if let Some(last_row) = last_row {
-            last_row.committed().await?;
-        }
 
         if control.interrupt.is_cancelled() && ended.status != StepStatus::Succeeded {
             run.error = Some("interrupted: the host shut down; the run resumes when it starts again".into());
-            self.recorder.run(run.clone()).committed().await?;
-            return Ok(run);
+            return self.finish(run, last_row).await;
         }
         run.status = match ended.status {
             StepStatus::Succeeded => RunStatus::Succeeded,
@@ -242,8 +240,18 @@ impl Engine {
             }
         }
         run.finished_at = Some(Utc::now());
-        self.recorder.run(run.clone()).committed().await?;
         METRICS.runs.with_label_values(&[run.status.as_str()]).inc();
+        self.finish(run, last_row).await
+    }
+
+    /// Writes the run's row after its last step's, and waits for both: queued together,
+    /// they usually share one commit.
+    async fn finish(&self, run: RunRecord, last_row: Option<Pending>) -> Result<RunRecord, StoreError> {
+        let run_row = self.recorder.run(run.clone());
+        if let Some(last_row) = last_row {
+            last_row.committed().await?;
+        }
+        run_row.committed().await?;
         Ok(run)
     }
 }

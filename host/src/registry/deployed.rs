@@ -13,7 +13,7 @@ use crate::engine::{ResolvedAgent, RunPlan};
 use crate::metrics::METRICS;
 use crate::sandbox::{LoadError, Sandbox};
 use crate::store::{AgentRecord, Inserted, RunRecord, Store, StoreError, WorkflowRecord};
-use crate::workflow::{self, InvalidWorkflow};
+use crate::workflow::{self, InvalidWorkflow, Workflow};
 use chrono::Utc;
 use serde_json::Value;
 use std::collections::{BTreeSet, HashMap};
@@ -68,6 +68,13 @@ pub struct Registry {
     cache_dir: PathBuf,
     /// Agents ready to run, by digest: compiled at most once per process.
     loaded: Mutex<HashMap<String, Arc<ResolvedAgent>>>,
+    /// Deployed definitions, parsed, by digest.
+    parsed: Mutex<HashMap<String, Arc<Workflow>>>,
+}
+
+/// Locks a cache; a panic elsewhere cannot leave a map of ready values inconsistent.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn check_name(what: &'static str, value: &str) -> Result<(), DeployError> {
@@ -80,7 +87,13 @@ fn check_name(what: &'static str, value: &str) -> Result<(), DeployError> {
 impl Registry {
     /// A registry over `store`, caching precompiled components in `cache_dir`.
     pub fn new(store: Store, sandbox: Arc<Sandbox>, cache_dir: impl Into<PathBuf>) -> Self {
-        Registry { store, sandbox, cache_dir: cache_dir.into(), loaded: Mutex::new(HashMap::new()) }
+        Registry {
+            store,
+            sandbox,
+            cache_dir: cache_dir.into(),
+            loaded: Mutex::new(HashMap::new()),
+            parsed: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Type-checks `wasm` against the agent world, precompiles it into the cache and stores
@@ -167,11 +180,7 @@ impl Registry {
     pub async fn plan(&self, name: &str, version: Option<&str>) -> Result<Arc<RunPlan>, PlanError> {
         let label = version.map_or_else(|| name.to_owned(), |v| format!("{name}@{v}"));
         let record = self.store.find_workflow(name, version).await?.ok_or(PlanError::UnknownWorkflow(label))?;
-        let parsed = workflow::parse(&record.definition.to_string()).map_err(|source| PlanError::Invalid {
-            name: record.name.clone(),
-            version: record.version.clone(),
-            source,
-        })?;
+        let parsed = self.parsed(&record)?;
         let mut agents = HashMap::new();
         for reference in agent_references(&parsed) {
             let (agent, pinned) = match reference.split_once('@') {
@@ -186,7 +195,7 @@ impl Registry {
             let ready = self.agent(&deployed.name, Some(&deployed.version), &deployed.digest).await?;
             agents.insert(reference, ready);
         }
-        Ok(Arc::new(RunPlan { workflow: Arc::new(parsed), agents, workflow_digest: Some(record.digest) }))
+        Ok(Arc::new(RunPlan { workflow: parsed, agents, workflow_digest: Some(record.digest) }))
     }
 
     /// The plan an accepted run was pinned to: its workflow version and agent digests.
@@ -197,11 +206,7 @@ impl Registry {
             .find_workflow(&run.workflow_name, Some(&run.workflow_version))
             .await?
             .ok_or(PlanError::UnknownWorkflow(label))?;
-        let parsed = workflow::parse(&record.definition.to_string()).map_err(|source| PlanError::Invalid {
-            name: record.name.clone(),
-            version: record.version.clone(),
-            source,
-        })?;
+        let parsed = self.parsed(&record)?;
         let pins = run.pinned_agents.clone().unwrap_or(Value::Null);
         let mut agents = HashMap::new();
         for reference in agent_references(&parsed) {
@@ -210,13 +215,28 @@ impl Registry {
             let version = pin["version"].as_str();
             agents.insert(reference.clone(), self.agent(agent_name(&reference), version, digest).await?);
         }
-        Ok(Arc::new(RunPlan { workflow: Arc::new(parsed), agents, workflow_digest: Some(record.digest) }))
+        Ok(Arc::new(RunPlan { workflow: parsed, agents, workflow_digest: Some(record.digest) }))
+    }
+
+    /// A deployed definition, parsed once per digest (deployed definitions never change).
+    fn parsed(&self, record: &WorkflowRecord) -> Result<Arc<Workflow>, PlanError> {
+        if let Some(parsed) = lock(&self.parsed).get(&record.digest) {
+            return Ok(parsed.clone());
+        }
+        let parsed = workflow::parse(&record.definition.to_string()).map_err(|source| PlanError::Invalid {
+            name: record.name.clone(),
+            version: record.version.clone(),
+            source,
+        })?;
+        let parsed = Arc::new(parsed);
+        lock(&self.parsed).insert(record.digest.clone(), parsed.clone());
+        Ok(parsed)
     }
 
     /// The agent with `digest`, ready to run: from memory, from the precompiled cache, or
     /// compiled from the stored bytes (and cached).
     async fn agent(&self, name: &str, version: Option<&str>, digest: &str) -> Result<Arc<ResolvedAgent>, PlanError> {
-        if let Some(ready) = self.lock_loaded().get(digest) {
+        if let Some(ready) = lock(&self.loaded).get(digest) {
             return Ok(ready.clone());
         }
         let reference = format!("{name}@{}", version.unwrap_or("?"));
@@ -294,11 +314,7 @@ impl Registry {
             digest: digest.to_owned(),
             agent,
         });
-        self.lock_loaded().entry(digest.to_owned()).or_insert(ready).clone()
-    }
-
-    fn lock_loaded(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<ResolvedAgent>>> {
-        self.loaded.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.loaded).entry(digest.to_owned()).or_insert(ready).clone()
     }
 
     /// The sandbox agents are loaded into.

@@ -94,9 +94,10 @@ impl Store {
     /// Opens the database at `url` without touching its schema (for `braid migrate`).
     pub async fn open_unmigrated(url: &str) -> Result<Store, StoreError> {
         let pool = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            // Few connections suffice: one writer commits for everybody, the rest read.
+            // One writer commits for everybody; the rest serve reads (run documents, plans)
+            // for concurrent API requests.
             let pool = PgPoolOptions::new()
-                .max_connections(8)
+                .max_connections(16)
                 .acquire_timeout(Duration::from_secs(10))
                 .connect(url)
                 .await
