@@ -43,6 +43,10 @@ pub async fn start(
         _ => return Err(ApiError::bad_request("the body must be an object: {\"input\": ..., \"version\": ...}")),
     };
     let plan = state.registry.plan(&name, version.as_deref()).await?;
+    plan.workflow.check_input(&input).map_err(|invalid| {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "the input does not match the workflow's input_schema")
+            .with_details(json!({ "problems": invalid.problems }))
+    })?;
     let started = state.runner.start(plan, input).await?;
     if !query.wait {
         return Ok((StatusCode::ACCEPTED, Json(json!({ "run_id": started.run.id }))));

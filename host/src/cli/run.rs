@@ -46,6 +46,7 @@ impl RunCommand {
         let definition = workflow::parse(&text)?;
         let agents = AgentDirectory::new(&self.agents);
         workflow::validate(&definition, &|reference| agents.path_of(reference).is_some())?;
+        definition.check_input(&input)?;
         let sandbox = Arc::new(Sandbox::new(SandboxConfig::default())?);
         let resolved = agents.resolve(&definition, &sandbox)?;
         let plan = Arc::new(RunPlan { workflow: Arc::new(definition), agents: resolved, workflow_digest: None });
@@ -68,6 +69,7 @@ impl RunCommand {
         runtime.block_on(async {
             let (store, registry) = open_registry(&self.database, &self.registry).await?;
             let plan = registry.plan(&name, version.as_deref()).await?;
+            plan.workflow.check_input(&input)?;
             let engine = Engine::new(registry.sandbox().clone(), store.recorder().clone());
             self.run_plan(&store, &engine, plan, input).await
         })

@@ -14,7 +14,7 @@ mod scope;
 use crate::metrics::METRICS;
 use crate::sandbox::{self, ExecutionRequest, Limits, LogLine, Sandbox, StepContext};
 use crate::store::{LogRecord, Pending, Recorder, RunRecord, RunStatus, StepRecord, StepStatus, StoreError};
-use crate::workflow::{AgentStep, Scope, Step, StepKind, Workflow};
+use crate::workflow::{AgentStep, RetryPolicy, Scope, Step, StepKind, Workflow};
 use chrono::Utc;
 use futures::future::BoxFuture;
 use serde_json::{Value, json};
@@ -217,12 +217,12 @@ impl Engine {
         .instrument(span)
         .await?;
 
-        if control.interrupt.is_cancelled() && ended.status != StepStatus::Succeeded {
+        if control.interrupt.is_cancelled() && !ended.status.is_success() {
             run.error = Some("interrupted: the host shut down; the run resumes when it starts again".into());
             return self.finish(run, last_row).await;
         }
         run.status = match ended.status {
-            StepStatus::Succeeded => RunStatus::Succeeded,
+            StepStatus::Succeeded | StepStatus::Skipped => RunStatus::Succeeded,
             StepStatus::Cancelled => RunStatus::Cancelled,
             _ => RunStatus::Failed,
         };
@@ -287,7 +287,7 @@ fn run_sequence(
                 scope.steps.insert(id, view);
             }
             last = ended;
-            if last.status != StepStatus::Succeeded {
+            if !last.status.is_success() {
                 let error = last.error.take().unwrap_or_default();
                 last.error = Some(format!("step {:?} {}: {error}", step.id, last.status));
                 break;
@@ -317,6 +317,27 @@ async fn run_step(
             StepKind::Parallel(block) => parallel::recorded_views(context, step, block, &ended),
         };
         return Ok((ended, views, Pending::ready()));
+    }
+    if let Some(condition) = &step.condition {
+        let decided = match condition.render(scope) {
+            Ok(Value::Bool(holds)) => Ok(holds),
+            Ok(other) => Err(format!("if: the condition gave {other}, not true or false")),
+            Err(err) => Err(format!("if: {err}")),
+        };
+        if decided != Ok(true) {
+            // A false condition skips the step; one that cannot be evaluated fails it.
+            let ended = match decided {
+                Ok(_) => Ended { status: StepStatus::Skipped, output: None, error: None },
+                Err(error) => failed(error),
+            };
+            let mut row = new_row(context, step, placement);
+            if let StepKind::Agent(agent) = &step.kind {
+                row.agent_name = context.plan.agents.get(&agent.agent).map(|a| a.name.clone());
+            }
+            let written = finish_row(context, row, &ended, Vec::new());
+            let view = scope::view(&ended);
+            return Ok((ended, vec![(step.id.clone(), view)], written));
+        }
     }
     match &step.kind {
         StepKind::Agent(agent) => {
@@ -400,6 +421,65 @@ async fn run_agent(
         return (ended, row);
     };
 
+    let retry = agent_step.retry.unwrap_or(RetryPolicy { max_attempts: 1, ..RetryPolicy::default() });
+    let mut backoff = backoff_delays(&retry);
+    let mut attempt = 1;
+    loop {
+        let mut attempt_row = row.clone();
+        attempt_row.id = Uuid::now_v7();
+        attempt_row.attempt = attempt as i32;
+        attempt_row.started_at = Some(Utc::now());
+        let (ended, retryable, written) =
+            attempt_agent(context, step, agent_step, &resolved, &input, attempt_row, placement, cancel).await;
+        let delay = backoff.next();
+        let retry_helps = ended.status == StepStatus::Failed && retryable && !cancel.is_cancelled();
+        match delay {
+            Some(delay) if retry_helps && attempt < retry.max_attempts => {
+                // This attempt's row is final: commit it before trying again.
+                if written.committed().await.is_err() {
+                    return (ended, Pending::ready());
+                }
+                tracing::info!(step = %step.id, attempt, ?delay, "retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = cancel.cancelled() => {
+                        return (Ended { status: StepStatus::Cancelled, output: None, error: Some("cancelled while waiting to retry".into()) }, Pending::ready());
+                    }
+                }
+                attempt += 1;
+            }
+            _ => return (ended, written),
+        }
+    }
+}
+
+/// The waits between attempts: exponential from the initial backoff, capped, with jitter
+/// when asked (backon).
+fn backoff_delays(retry: &RetryPolicy) -> impl Iterator<Item = Duration> {
+    use backon::BackoffBuilder;
+    let mut builder = backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(retry.initial_backoff_ms))
+        .with_max_delay(Duration::from_millis(retry.max_backoff_ms))
+        .with_max_times(retry.max_attempts.saturating_sub(1) as usize);
+    if retry.jitter {
+        builder = builder.with_jitter();
+    }
+    builder.build()
+}
+
+/// One attempt: executes the agent and records the attempt's row. Returns how it ended,
+/// whether a retry could help, and the row being committed.
+#[allow(clippy::too_many_arguments)]
+async fn attempt_agent(
+    context: &Arc<RunContext>,
+    step: &Step,
+    agent_step: &AgentStep,
+    resolved: &ResolvedAgent,
+    input: &Value,
+    mut row: StepRecord,
+    placement: &Placement,
+    cancel: &CancellationToken,
+) -> (Ended, bool, Pending) {
     let sandbox = &context.engine.sandbox;
     let defaults = sandbox.config().default_limits;
     let request = ExecutionRequest {
@@ -408,7 +488,7 @@ async fn run_agent(
             step_id: step.id.clone(),
             branch: placement.branch.clone(),
             item_index: None,
-            attempt: 1,
+            attempt: row.attempt as u32,
         },
         input: input.to_string(),
         limits: Some(Limits {
@@ -435,8 +515,8 @@ async fn run_agent(
         Ok(execution) => execution,
         Err(err) => {
             let ended = failed(err.to_string());
-            let row = finish_row(context, row, &ended, Vec::new());
-            return (ended, row);
+            let written = finish_row(context, row, &ended, Vec::new());
+            return (ended, false, written);
         }
     };
     row.outcome = Some(execution.outcome.as_str().to_owned());
@@ -454,8 +534,8 @@ async fn run_agent(
         error: execution.error,
     };
     let logs = log_records(row.id, execution.logs);
-    let row = finish_row(context, row, &ended, logs);
-    (ended, row)
+    let written = finish_row(context, row, &ended, logs);
+    (ended, execution.retryable, written)
 }
 
 fn failed(error: String) -> Ended {

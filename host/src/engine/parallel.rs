@@ -45,9 +45,10 @@ enum Verdict {
 
 impl Tally {
     fn record(&mut self, status: StepStatus) {
-        match status {
-            StepStatus::Succeeded => self.succeeded += 1,
-            _ => self.failed += 1,
+        if status.is_success() {
+            self.succeeded += 1;
+        } else {
+            self.failed += 1;
         }
     }
 
@@ -146,7 +147,7 @@ pub(super) async fn run(
             Some(result) => (result.ended.status, result.ended.output.clone(), result.ended.error.clone()),
             None => (StepStatus::Cancelled, None, Some("cancelled before it started".to_owned())),
         };
-        if status == StepStatus::Succeeded {
+        if status.is_success() {
             output.insert(branch.name.clone(), branch_output.clone().unwrap_or(Value::Null));
         } else if status == StepStatus::Failed {
             failures.push(format!("{}: {}", branch.name, error.as_deref().unwrap_or("failed")));

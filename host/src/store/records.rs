@@ -111,6 +111,11 @@ macro_rules! status_enum {
                 match self { $($name::$variant => $text),+ }
             }
 
+            /// Whether the status counts as success: succeeded, or skipped by its condition.
+            pub fn is_success(self) -> bool {
+                matches!(self.as_str(), "succeeded" | "skipped")
+            }
+
             /// Whether the status is final.
             pub fn is_terminal(self) -> bool {
                 !matches!(self.as_str(), "pending" | "running")

@@ -12,7 +12,9 @@ mod parse;
 mod validate;
 
 pub use expr::{ExprError, Scope, Template, cel_to_json, json_to_cel};
-pub use model::{AgentStep, Branch, JoinPolicy, ParallelBlock, Step, StepKind, Workflow};
+pub use model::{
+    AgentStep, Branch, InputSchema, InvalidInput, JoinPolicy, ParallelBlock, RetryPolicy, Step, StepKind, Workflow,
+};
 pub use parse::parse;
 pub use validate::validate;
 

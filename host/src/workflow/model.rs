@@ -13,8 +13,43 @@ pub struct Workflow {
     pub steps: Arc<[Step]>,
     /// The run's output; `None` makes it the last step's output.
     pub output: Option<Template>,
+    /// What a run's input must look like, if the definition says.
+    pub input_schema: Option<InputSchema>,
     /// The definition as given, for recording.
     pub source: serde_json::Value,
+}
+
+/// A compiled JSON Schema for run inputs.
+#[derive(Clone)]
+pub struct InputSchema(pub(super) Arc<jsonschema::Validator>);
+
+impl std::fmt::Debug for InputSchema {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("InputSchema")
+    }
+}
+
+/// Why a run's input was refused: one line per violation, each naming the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the input does not match the workflow's input_schema:\n  {}", .problems.join("\n  "))]
+pub struct InvalidInput {
+    pub problems: Vec<String>,
+}
+
+impl Workflow {
+    /// Checks a run's input against the workflow's `input_schema` (if any).
+    pub fn check_input(&self, input: &serde_json::Value) -> Result<(), InvalidInput> {
+        let Some(InputSchema(validator)) = &self.input_schema else { return Ok(()) };
+        let problems: Vec<String> = validator
+            .iter_errors(input)
+            .map(|error| {
+                let path = error.instance_path().to_string();
+                let field = if path.is_empty() { "input".to_owned() } else { format!("input{path}") };
+                format!("{field}: {error}")
+            })
+            .collect();
+        if problems.is_empty() { Ok(()) } else { Err(InvalidInput { problems }) }
+    }
 }
 
 /// One step: its id, where it sits in the document, and what it does.
@@ -23,6 +58,8 @@ pub struct Step {
     pub id: String,
     /// The JSON path of the step in the definition, for messages.
     pub path: String,
+    /// `if`: the step runs only when this CEL condition holds; otherwise it is `skipped`.
+    pub condition: Option<Template>,
     pub kind: StepKind,
 }
 
@@ -52,6 +89,27 @@ pub struct AgentStep {
     pub memory_mb: Option<u64>,
     pub fuel: Option<u64>,
     pub config: BTreeMap<String, String>,
+    /// The step's own `retry`, or the workflow's.
+    pub retry: Option<RetryPolicy>,
+}
+
+/// When and how often a failed agent step is tried again: exponential backoff from
+/// `initial_backoff_ms`, doubling up to `max_backoff_ms`, optionally with jitter. Only
+/// failures a retry could help are retried: guest errors the agent marks retryable,
+/// timeouts and traps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included (1 = no retry).
+    pub max_attempts: u32,
+    pub initial_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+    pub jitter: bool,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy { max_attempts: 3, initial_backoff_ms: 100, max_backoff_ms: 10_000, jitter: true }
+    }
 }
 
 /// Named branches run concurrently, at most `max_parallelism` at once.

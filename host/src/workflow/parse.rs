@@ -2,17 +2,18 @@
 //! fields, unknown fields and step types, expressions that do not parse) are collected,
 //! not returned one at a time, each with the JSON path of the field it is about.
 
-use super::model::{AgentStep, Branch, JoinPolicy, ParallelBlock, Step, StepKind, Workflow};
+use super::model::{AgentStep, Branch, InputSchema, JoinPolicy, ParallelBlock, RetryPolicy, Step, StepKind, Workflow};
 use super::{InvalidWorkflow, Problem, Template};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-const WORKFLOW_FIELDS: &[&str] = &["name", "version", "description", "steps", "output"];
-const STEP_FIELDS: &[&str] = &["id", "type"];
+const WORKFLOW_FIELDS: &[&str] = &["name", "version", "description", "input_schema", "retry", "steps", "output"];
+const STEP_FIELDS: &[&str] = &["id", "type", "if"];
 /// A branch in its short form is a step with a name.
-const BRANCH_STEP_FIELDS: &[&str] = &["id", "type", "name"];
-const AGENT_FIELDS: &[&str] = &["agent", "input", "timeout_ms", "memory_mb", "fuel", "config"];
+const BRANCH_STEP_FIELDS: &[&str] = &["id", "type", "if", "name"];
+const AGENT_FIELDS: &[&str] = &["agent", "input", "timeout_ms", "memory_mb", "fuel", "config", "retry"];
+const RETRY_FIELDS: &[&str] = &["max_attempts", "initial_backoff_ms", "max_backoff_ms", "jitter"];
 const PARALLEL_FIELDS: &[&str] = &["max_parallelism", "join_policy", "tolerated_failures", "branches"];
 const STEP_TYPES: &[&str] = &["agent", "parallel"];
 
@@ -21,7 +22,7 @@ pub fn parse(text: &str) -> Result<Workflow, InvalidWorkflow> {
     let document: Value = serde_json::from_str(text).map_err(|err| InvalidWorkflow {
         problems: vec![Problem { path: "$".into(), message: format!("not valid JSON: {err}") }],
     })?;
-    let mut parser = Parser { problems: Vec::new() };
+    let mut parser = Parser { problems: Vec::new(), default_retry: None };
     let workflow = parser.workflow(&document);
     match workflow {
         Some(workflow) if parser.problems.is_empty() => Ok(workflow),
@@ -31,6 +32,8 @@ pub fn parse(text: &str) -> Result<Workflow, InvalidWorkflow> {
 
 struct Parser {
     problems: Vec<Problem>,
+    /// The workflow's `retry`, for agent steps without their own.
+    default_retry: Option<RetryPolicy>,
 }
 
 /// Reads the fields of one JSON object, remembering which were used so that the rest can
@@ -123,9 +126,20 @@ impl Parser {
             _ => self.string(&fields, "version", true),
         };
         self.string(&fields, "description", false);
+        self.default_retry = fields.map.get("retry").and_then(|value| self.retry(value, "retry"));
         let steps = self.steps(fields.map.get("steps"), "steps");
         let output = fields.map.get("output").and_then(|value| self.template(value, "output"));
-        Some(Workflow { name: name?, version: version?, steps: steps?, output, source: document.clone() })
+        let input_schema = match fields.map.get("input_schema") {
+            None => None,
+            Some(schema) => match jsonschema::validator_for(schema) {
+                Ok(validator) => Some(InputSchema(Arc::new(validator))),
+                Err(err) => {
+                    self.problem("input_schema", format!("not a valid JSON Schema: {err}"));
+                    None
+                }
+            },
+        };
+        Some(Workflow { name: name?, version: version?, steps: steps?, output, input_schema, source: document.clone() })
     }
 
     fn steps(&mut self, value: Option<&Value>, path: &str) -> Option<Arc<[Step]>> {
@@ -177,7 +191,8 @@ impl Parser {
                 None
             }
         };
-        Some(Step { id: id?, path: path.to_owned(), kind: kind? })
+        let condition = fields.map.get("if").and_then(|value| self.condition(value, &fields.at("if")));
+        Some(Step { id: id?, path: path.to_owned(), condition, kind: kind? })
     }
 
     fn agent_step(&mut self, fields: &Fields) -> Option<AgentStep> {
@@ -190,7 +205,53 @@ impl Parser {
         let memory_mb = self.integer(fields, "memory_mb", 1);
         let fuel = self.integer(fields, "fuel", 1);
         let config = self.config(fields)?;
-        Some(AgentStep { agent: agent?, input: input?, timeout_ms, memory_mb, fuel, config })
+        let retry = match fields.map.get("retry") {
+            Some(value) => Some(self.retry(value, &fields.at("retry"))?),
+            None => self.default_retry,
+        };
+        Some(AgentStep { agent: agent?, input: input?, timeout_ms, memory_mb, fuel, config, retry })
+    }
+
+    /// A CEL condition: bare (`"input.n > 1"`) or wrapped (`"${ input.n > 1 }"`).
+    fn condition(&mut self, value: &Value, path: &str) -> Option<Template> {
+        let Value::String(text) = value else {
+            self.problem(path, format!("must be a CEL condition (a string), not {}", kind(value)));
+            return None;
+        };
+        let trimmed = text.trim();
+        let source = trimmed.strip_prefix("${").and_then(|rest| rest.strip_suffix('}')).unwrap_or(trimmed);
+        match Template::expression(source) {
+            Ok(template) => Some(template),
+            Err(errors) => {
+                for error in errors {
+                    self.problem(path, error.message);
+                }
+                None
+            }
+        }
+    }
+
+    fn retry(&mut self, value: &Value, path: &str) -> Option<RetryPolicy> {
+        let fields = self.object(value, path, "a retry policy")?;
+        self.unknown_fields(&fields, &[RETRY_FIELDS], "a retry policy");
+        let defaults = RetryPolicy::default();
+        let max_attempts =
+            self.integer(&fields, "max_attempts", 1).map_or(defaults.max_attempts, |n| n.min(100) as u32);
+        let initial_backoff_ms = self.integer(&fields, "initial_backoff_ms", 0).unwrap_or(defaults.initial_backoff_ms);
+        let max_backoff_ms =
+            self.integer(&fields, "max_backoff_ms", 0).unwrap_or(defaults.max_backoff_ms.max(initial_backoff_ms));
+        let jitter = match fields.map.get("jitter") {
+            None => defaults.jitter,
+            Some(Value::Bool(jitter)) => *jitter,
+            Some(other) => {
+                self.problem(fields.at("jitter"), format!("must be true or false, not {other}"));
+                defaults.jitter
+            }
+        };
+        if max_backoff_ms < initial_backoff_ms {
+            self.problem(fields.at("max_backoff_ms"), "must be at least initial_backoff_ms");
+        }
+        Some(RetryPolicy { max_attempts, initial_backoff_ms, max_backoff_ms, jitter })
     }
 
     fn config(&mut self, fields: &Fields) -> Option<BTreeMap<String, String>> {

@@ -55,6 +55,9 @@ impl Checker<'_> {
     /// step and grows as the sequence goes on.
     fn sequence(&mut self, steps: &[Step], visible: &mut Vec<String>) {
         for step in steps {
+            if let Some(condition) = &step.condition {
+                self.template(condition, &format!("{}.if", step.path), visible);
+            }
             match &step.kind {
                 StepKind::Agent(agent) => {
                     self.template(&agent.input, &format!("{}.input", step.path), visible);

@@ -59,6 +59,15 @@ impl braid_sdk::bindings::Guest for Misbehave {
                 message: field_str(&input, "message", "asked to fail").to_owned(),
                 retryable: input.get("retryable").and_then(Value::as_bool).unwrap_or(false),
             }),
+            // Fails with a retryable error until attempt `succeed_on`, then succeeds.
+            "flaky" => {
+                let succeed_on = field_u64(&input, "succeed_on", 2);
+                if u64::from(ctx.attempt) < succeed_on {
+                    Err(StepError { message: format!("flaky: attempt {} failed", ctx.attempt), retryable: true })
+                } else {
+                    Ok(json!({ "attempt": ctx.attempt }).to_string())
+                }
+            }
             "loop" => {
                 let mut n: u64 = 0;
                 loop {
