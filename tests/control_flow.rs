@@ -110,3 +110,120 @@ fn an_input_that_does_not_match_the_schema_is_refused_naming_the_field() {
     let broken = braid::workflow::parse(&json!({ "name": "x", "version": "1", "input_schema": { "type": 12 }, "steps": [ { "id": "a", "agent": "w" } ] }).to_string());
     assert!(broken.unwrap_err().problems[0].path == "input_schema");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn map_runs_one_instance_per_item_in_order_under_its_bound() {
+    for db in TestDb::both().await {
+        let store = open(&db).await;
+        let definition = json!({ "name": "mapped", "version": "1", "steps": [
+            { "id": "m", "type": "map", "items": "${ input.docs }", "max_parallelism": 2,
+              "step": { "agent": "misbehave", "input": { "action": "sleep", "ms": "${ item.ms }", "n": "${ index }" } } },
+            { "id": "after", "agent": "misbehave", "input": { "action": "ok", "all": "${ steps.m.output }" } } ] });
+        let docs: Vec<_> = [120, 40, 80, 10, 60].iter().map(|ms| json!({ "ms": ms })).collect();
+        let (run, steps) = run_workflow(&store, &definition, json!({ "docs": docs })).await;
+        assert_eq!(run.status, RunStatus::Succeeded, "{}: {:?}", db.kind, run.error);
+        let map_row = &rows(&steps, "m")[0];
+        assert_eq!(map_row.step_type, "map");
+        // Output in item order, whatever order the items finished in.
+        let expected: Vec<_> = [120, 40, 80, 10, 60].iter().map(|ms| json!({ "slept_ms": ms })).collect();
+        assert_eq!(map_row.output, Some(json!(expected)));
+        let items = rows(&steps, "m_item");
+        let mut indexes: Vec<_> = items.iter().map(|r| r.item_index.unwrap()).collect();
+        indexes.sort();
+        assert_eq!(indexes, [0, 1, 2, 3, 4]);
+        assert!(items.iter().all(|r| r.parent_step_id == Some(map_row.id)));
+        assert!(common::peak_overlap(&items) <= 2, "{}", db.kind);
+        assert_eq!(rows(&steps, "after")[0].input.as_ref().unwrap()["all"], json!(expected));
+
+        // A tolerated failure leaves null in its place.
+        let tolerant = json!({ "name": "mapped", "version": "2", "steps": [
+            { "id": "m", "type": "map", "items": "${ input.actions }", "tolerated_failures": 1,
+              "step": { "steps": [ { "id": "each", "agent": "misbehave", "input": { "action": "${ item }" } } ] } } ] });
+        let (run, steps) = run_workflow(&store, &tolerant, json!({ "actions": ["spin", "error", "spin"] })).await;
+        assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.error);
+        let output = rows(&steps, "m")[0].output.clone().unwrap();
+        assert_eq!(output[1], json!(null));
+        assert!(output[0]["sum"].is_number() && output[2]["sum"].is_number());
+        store.close().await.unwrap();
+        db.drop_database().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_10000_item_map_runs_with_every_item_recorded() {
+    let db = TestDb::postgres().await;
+    let store = open(&db).await;
+    let definition = json!({ "name": "wide", "version": "1", "steps": [
+        { "id": "wide", "type": "map", "items": "${ input.items }", "max_parallelism": 64,
+          "step": { "agent": "echo", "input": { "n": "${ item }" } } } ] });
+    let items: Vec<u32> = (0..10_000).collect();
+    let started = std::time::Instant::now();
+    let (run, steps) = run_workflow(&store, &definition, json!({ "items": items })).await;
+    let elapsed = started.elapsed();
+    assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.error);
+    assert_eq!(steps.len(), 10_001, "every item and the map are recorded");
+    let output = rows(&steps, "wide")[0].output.clone().unwrap();
+    assert_eq!(output.as_array().unwrap().len(), 10_000);
+    assert_eq!(output[9_999], json!({ "n": 9_999 }));
+    assert!(elapsed < std::time::Duration::from_secs(30), "took {elapsed:?}");
+    store.close().await.unwrap();
+    db.drop_database().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switch_runs_the_first_matching_case_and_records_which() {
+    for db in TestDb::both().await {
+        let store = open(&db).await;
+        let definition = json!({ "name": "decide", "version": "1", "steps": [
+            { "id": "s", "type": "switch", "cases": [
+                { "when": "input.n > 10", "steps": [ { "id": "big", "agent": "shout", "input": { "text": "big" } } ] },
+                { "when": "input.n > 5", "steps": [ { "id": "medium", "agent": "shout", "input": { "text": "medium" } } ] } ],
+              "default": [ { "id": "small", "agent": "shout", "input": { "text": "small" } } ] },
+            { "id": "after", "agent": "misbehave", "input": { "action": "ok", "case": "${ steps.s.case }", "out": "${ steps.s.output }" } } ] });
+        for (n, case, text) in [(20, "cases[0]", "BIG"), (7, "cases[1]", "MEDIUM"), (1, "default", "SMALL")] {
+            let (run, steps) = run_workflow(&store, &definition, json!({ "n": n })).await;
+            assert_eq!(run.status, RunStatus::Succeeded, "{}: {:?}", db.kind, run.error);
+            let switch_row = &rows(&steps, "s")[0];
+            assert_eq!(switch_row.step_type, "switch");
+            assert_eq!(switch_row.input, Some(json!({ "case": case })));
+            assert_eq!(switch_row.output, Some(json!({ "text": text })));
+            let after = rows(&steps, "after")[0].input.clone().unwrap();
+            assert_eq!(after["case"], case);
+            assert_eq!(
+                steps.iter().filter(|r| r.parent_step_id == Some(switch_row.id)).count(),
+                1,
+                "only one case ran"
+            );
+        }
+        store.close().await.unwrap();
+        db.drop_database().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loops_run_until_the_condition_holds_or_fail_at_max_iterations() {
+    for db in TestDb::both().await {
+        let store = open(&db).await;
+        let looping = |until: &str, on_max: &str| {
+            json!({ "name": "looping", "version": "1", "steps": [
+                { "id": "l", "type": "loop", "until": until, "max_iterations": 5, "on_max_iterations": on_max,
+                  "steps": [ { "id": "count", "agent": "misbehave", "input": { "action": "ok", "round": "${ iteration }" } } ] } ] })
+        };
+        let (run, steps) =
+            run_workflow(&store, &looping("steps.count.output.input.round >= 2", "fail"), json!({})).await;
+        assert_eq!(run.status, RunStatus::Succeeded, "{}: {:?}", db.kind, run.error);
+        let rounds: Vec<_> = rows(&steps, "count").iter().map(|r| r.item_index.unwrap()).collect();
+        assert_eq!(rounds, [0, 1, 2], "each iteration's rows carry the iteration");
+        assert_eq!(rows(&steps, "l")[0].output.as_ref().unwrap()["input"]["round"], 2);
+
+        let (run, steps) = run_workflow(&store, &looping("false", "fail"), json!({})).await;
+        assert_eq!(run.status, RunStatus::Failed);
+        assert_eq!(rows(&steps, "count").len(), 5);
+        assert!(rows(&steps, "l")[0].error.as_ref().unwrap().contains("max_iterations"));
+
+        let (run, _) = run_workflow(&store, &looping("false", "succeed"), json!({})).await;
+        assert_eq!(run.status, RunStatus::Succeeded);
+        store.close().await.unwrap();
+        db.drop_database().await;
+    }
+}

@@ -8,6 +8,8 @@
 //! the sandbox's; each block adds its own bound on running branches, so nesting never asks
 //! the pool for more than it holds — excess work waits.
 
+mod control;
+mod map;
 mod parallel;
 mod scope;
 
@@ -122,11 +124,13 @@ struct RunContext {
     previous: HashMap<String, StepRecord>,
 }
 
-/// Where a step execution sits: inside which block row, on which branch.
+/// Where a step execution sits: inside which block row, on which branch, for which item
+/// (of a map) or iteration (of a loop).
 #[derive(Debug, Clone, Default)]
 struct Placement {
     parent: Option<Uuid>,
     branch: Option<String>,
+    item_index: Option<i64>,
 }
 
 /// How a step or a sequence of steps ended.
@@ -187,6 +191,7 @@ impl Engine {
         // every later write of it lands after this one.
         let _ = self.recorder.run(run.clone());
         let mut previous_by_step = HashMap::new();
+        let reusable = reusable_steps(&plan.workflow.steps);
         for row in previous {
             if !row.status.is_terminal() {
                 let mut closed = row.clone();
@@ -196,7 +201,9 @@ impl Engine {
                 let _ = self.recorder.step(closed, Vec::new());
             }
             // Ids are time-ordered: the last row of a step id is its latest attempt.
-            previous_by_step.insert(row.step_id.clone(), row.clone());
+            if reusable.contains(&row.step_id) {
+                previous_by_step.insert(row.step_id.clone(), row.clone());
+            }
         }
 
         let input = run.input.clone().unwrap_or(Value::Null);
@@ -256,6 +263,26 @@ impl Engine {
     }
 }
 
+/// The steps whose recorded success a resumed run may reuse: agent steps and parallel
+/// blocks that run at most once per run (not inside a map or a loop, where the same step
+/// id runs many times). Maps, switches and loops themselves run again.
+fn reusable_steps(steps: &[Step]) -> std::collections::HashSet<String> {
+    fn walk(steps: &[Step], repeated: bool, found: &mut std::collections::HashSet<String>) {
+        for step in steps {
+            if !repeated && matches!(step.kind, StepKind::Agent(_) | StepKind::Parallel(_)) {
+                found.insert(step.id.clone());
+            }
+            let repeats = repeated || matches!(step.kind, StepKind::Map(_) | StepKind::Loop(_));
+            for (nested, _) in step.kind.nested() {
+                walk(nested, repeats, found);
+            }
+        }
+    }
+    let mut found = std::collections::HashSet::new();
+    walk(steps, false, &mut found);
+    found
+}
+
 /// What a sequence leaves behind: how it ended (with the last step's output), the scope
 /// with every step that ran, and the last step's row, still being committed.
 type SequenceEnd = (Ended, Scope, Option<Pending>);
@@ -313,17 +340,13 @@ async fn run_step(
         // Resuming: this step succeeded before the host stopped; use what it recorded.
         let ended = Ended::of_row(done);
         let views = match &step.kind {
-            StepKind::Agent(_) => vec![(step.id.clone(), scope::view(&ended))],
             StepKind::Parallel(block) => parallel::recorded_views(context, step, block, &ended),
+            _ => vec![(step.id.clone(), scope::view(&ended))],
         };
         return Ok((ended, views, Pending::ready()));
     }
     if let Some(condition) = &step.condition {
-        let decided = match condition.render(scope) {
-            Ok(Value::Bool(holds)) => Ok(holds),
-            Ok(other) => Err(format!("if: the condition gave {other}, not true or false")),
-            Err(err) => Err(format!("if: {err}")),
-        };
+        let decided = control::holds(condition, scope, "if");
         if decided != Ok(true) {
             // A false condition skips the step; one that cannot be evaluated fails it.
             let ended = match decided {
@@ -346,6 +369,9 @@ async fn run_step(
             Ok((ended, vec![(step.id.clone(), view)], row))
         }
         StepKind::Parallel(block) => parallel::run(context, step, block, scope, placement, cancel).await,
+        StepKind::Map(map) => map::run(context, step, map, scope, placement, cancel).await,
+        StepKind::Switch(switch) => control::switch(context, step, switch, scope, placement, cancel).await,
+        StepKind::Loop(repeat) => control::repeat(context, step, repeat, scope, placement, cancel).await,
     }
 }
 
@@ -358,7 +384,7 @@ fn new_row(context: &RunContext, step: &Step, placement: &Placement) -> StepReco
         step_type: step.kind.type_name().to_owned(),
         parent_step_id: placement.parent,
         branch_name: placement.branch.clone(),
-        item_index: None,
+        item_index: placement.item_index,
         join_policy: None,
         agent_name: None,
         agent_digest: None,
@@ -487,7 +513,7 @@ async fn attempt_agent(
             run_id: context.run_id.to_string(),
             step_id: step.id.clone(),
             branch: placement.branch.clone(),
-            item_index: None,
+            item_index: placement.item_index.and_then(|i| u32::try_from(i).ok()),
             attempt: row.attempt as u32,
         },
         input: input.to_string(),

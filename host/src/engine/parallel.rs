@@ -11,23 +11,108 @@ use super::{Ended, Placement, RunContext, StepEnd, finish_row, new_row, record_n
 use crate::store::Pending;
 use crate::store::{StepStatus, StoreError};
 use crate::workflow::{JoinPolicy, ParallelBlock, Scope, Step};
+use futures::future::BoxFuture;
 use serde_json::{Map, Value, json};
 use std::sync::Arc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-/// What a branch left behind.
-struct BranchResult {
-    index: usize,
-    ended: Ended,
-    /// The views of the steps it ran, for the scope after the block.
-    scope: Scope,
+/// What one unit of a fan-out (a branch, an item) left behind.
+pub(super) struct Finished {
+    pub ended: Ended,
+    /// The views of the steps it ran, when the caller keeps them (a parallel block does;
+    /// a map does not, so that 10,000 items do not hold 10,000 scopes).
+    pub scope: Option<Scope>,
     /// Its last step's row, still being committed.
-    last_row: Option<Pending>,
+    pub last_row: Option<Pending>,
+}
+
+/// How a fan-out ended: each unit's result (None: never started), the verdict and tally.
+pub(super) struct FanOutEnd {
+    pub results: Vec<Option<Finished>>,
+    pub verdict: Verdict,
+    pub tally: Tally,
+}
+
+/// Runs `count` units, at most `max_parallelism` at once, started lazily as earlier ones
+/// finish (so neither instances nor futures pile up), applying the join policy as they
+/// end. Once it has decided, the rest are cancelled; units never started are recorded by
+/// `not_started`. Returns when every started unit has ended and every row is committed.
+pub(super) async fn fan_out(
+    count: usize,
+    max_parallelism: u32,
+    policy: JoinPolicy,
+    tolerated: u32,
+    cancel: &CancellationToken,
+    mut start: impl FnMut(usize, CancellationToken) -> BoxFuture<'static, Result<Finished, StoreError>>,
+    mut not_started: impl FnMut(usize) -> Vec<Pending>,
+) -> Result<FanOutEnd, StoreError> {
+    let block_cancel = cancel.child_token();
+    let mut tally = Tally { policy, tolerated, total: count as u32, succeeded: 0, failed: 0 };
+    let mut verdict = Verdict::Undecided;
+    let mut results: Vec<Option<Finished>> = (0..count).map(|_| None).collect();
+    let mut running = JoinSet::new();
+    let mut pending: Vec<Pending> = Vec::new();
+    let mut next = 0;
+    loop {
+        while verdict == Verdict::Undecided && next < count && running.len() < max_parallelism as usize {
+            let task = start(next, block_cancel.clone());
+            let index = next;
+            running.spawn(async move { task.await.map(|finished| (index, finished)) });
+            next += 1;
+        }
+        let Some(joined) = running.join_next().await else { break };
+        let (index, mut finished) =
+            joined.map_err(|err| StoreError::Query(format!("a branch task failed: {err}")))??;
+        // Units stopped because the policy had already decided do not change the verdict.
+        if verdict == Verdict::Undecided
+            && !(finished.ended.status == StepStatus::Cancelled && block_cancel.is_cancelled())
+        {
+            tally.record(finished.ended.status);
+            verdict = tally.verdict();
+            if verdict != Verdict::Undecided {
+                block_cancel.cancel();
+            }
+        }
+        pending.extend(finished.last_row.take());
+        results[index] = Some(finished);
+    }
+    for index in next..count {
+        pending.extend(not_started(index));
+    }
+    // The block is done once every row inside it is committed.
+    for row in pending {
+        row.committed().await?;
+    }
+    Ok(FanOutEnd { results, verdict, tally })
+}
+
+/// The block's status and error from a fan-out's verdict.
+pub(super) fn block_ending(
+    end: &FanOutEnd,
+    policy: JoinPolicy,
+    cancel: &CancellationToken,
+    failures: &[String],
+) -> (StepStatus, Option<String>) {
+    if cancel.is_cancelled() {
+        return (StepStatus::Cancelled, Some("cancelled".to_owned()));
+    }
+    if end.verdict == Verdict::Succeeded {
+        return (StepStatus::Succeeded, None);
+    }
+    let detail = if failures.is_empty() { String::new() } else { format!(" ({})", failures.join("; ")) };
+    let error = format!(
+        "join policy {} not met: {} of {} succeeded, {} failed{detail}",
+        policy.label(),
+        end.tally.succeeded,
+        end.tally.total,
+        end.tally.failed
+    );
+    (StepStatus::Failed, Some(error))
 }
 
 /// The join policy's running tally.
-struct Tally {
+pub(super) struct Tally {
     policy: JoinPolicy,
     tolerated: u32,
     total: u32,
@@ -37,7 +122,7 @@ struct Tally {
 
 /// What the policy says after a branch ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Verdict {
+pub(super) enum Verdict {
     Undecided,
     Succeeded,
     Failed,
@@ -82,67 +167,41 @@ pub(super) async fn run(
     // The block's row must exist before its branches' rows point at it.
     let _ = context.engine.recorder.step(row.clone(), Vec::new());
 
-    let block_cancel = cancel.child_token();
     let branches = block.branches.clone();
-    let mut tally = Tally {
-        policy: block.join_policy,
-        tolerated: block.tolerated_failures,
-        total: branches.len() as u32,
-        succeeded: 0,
-        failed: 0,
+    let block_id = row.id;
+    let branch_placement = |index: usize| Placement {
+        parent: Some(block_id),
+        branch: Some(branches[index].name.clone()),
+        item_index: None,
     };
-    let mut verdict = Verdict::Undecided;
-    let mut results: Vec<Option<BranchResult>> = (0..branches.len()).map(|_| None).collect();
-    let mut running = JoinSet::new();
-    let mut pending: Vec<Pending> = Vec::new();
-    let mut next = 0;
-    loop {
-        while verdict == Verdict::Undecided && next < branches.len() && running.len() < block.max_parallelism as usize {
-            let branch = &branches[next];
-            let branch_placement = Placement { parent: Some(row.id), branch: Some(branch.name.clone()) };
+    let end = fan_out(
+        branches.len(),
+        block.max_parallelism,
+        block.join_policy,
+        block.tolerated_failures,
+        cancel,
+        |index, block_cancel| {
             let task = run_sequence(
                 context.clone(),
-                branch.steps.clone(),
+                branches[index].steps.clone(),
                 scope.clone(),
-                branch_placement,
-                block_cancel.clone(),
+                branch_placement(index),
+                block_cancel,
             );
-            let index = next;
-            running.spawn(async move {
-                task.await.map(|(ended, scope, last_row)| BranchResult { index, ended, scope, last_row })
-            });
-            next += 1;
-        }
-        let Some(joined) = running.join_next().await else { break };
-        let result = joined.map_err(|err| StoreError::Query(format!("a branch task failed: {err}")))??;
-        // Branches stopped because the policy had already decided do not change the verdict.
-        if verdict == Verdict::Undecided
-            && !(result.ended.status == StepStatus::Cancelled && block_cancel.is_cancelled())
-        {
-            tally.record(result.ended.status);
-            verdict = tally.verdict();
-            if verdict != Verdict::Undecided {
-                block_cancel.cancel();
-            }
-        }
-        let index = result.index;
-        pending.extend(results[index].insert(result).last_row.take());
-    }
-    // Branches the policy never needed: recorded as cancelled.
-    for branch in &branches[next..] {
-        let placement = Placement { parent: Some(row.id), branch: Some(branch.name.clone()) };
-        pending.extend(record_not_started(context, &branch.steps, &placement, StepStatus::Cancelled));
-    }
-    // The block is done once every row inside it is committed.
-    for row in pending {
-        row.committed().await?;
-    }
+            Box::pin(async move {
+                let (ended, scope, last_row) = task.await?;
+                Ok(Finished { ended, scope: Some(scope), last_row })
+            })
+        },
+        |index| record_not_started(context, &branches[index].steps, &branch_placement(index), StepStatus::Cancelled),
+    )
+    .await?;
 
     let mut output = Map::new();
     let mut branch_views = Map::new();
     let mut views = Vec::new();
     let mut failures = Vec::new();
-    for (branch, result) in branches.iter().zip(&results) {
+    for (branch, result) in branches.iter().zip(&end.results) {
         let (status, branch_output, error) = match result {
             Some(result) => (result.ended.status, result.ended.output.clone(), result.ended.error.clone()),
             None => (StepStatus::Cancelled, None, Some("cancelled before it started".to_owned())),
@@ -154,35 +213,16 @@ pub(super) async fn run(
         }
         branch_views
             .insert(branch.name.clone(), json!({ "status": status.as_str(), "output": branch_output, "error": error }));
-        if let Some(result) = result {
+        if let Some(scope) = result.as_ref().and_then(|r| r.scope.as_ref()) {
             // The steps each branch ran are visible after the block.
             for inner in branch.steps.iter().flat_map(step_ids) {
-                if let Some(view) = result.scope.steps.get(&inner) {
+                if let Some(view) = scope.steps.get(&inner) {
                     views.push((inner, view.clone()));
                 }
             }
         }
     }
-
-    let status = if cancel.is_cancelled() {
-        StepStatus::Cancelled
-    } else if verdict == Verdict::Succeeded {
-        StepStatus::Succeeded
-    } else {
-        StepStatus::Failed
-    };
-    let error = match status {
-        StepStatus::Succeeded => None,
-        StepStatus::Cancelled => Some("cancelled".to_owned()),
-        _ => Some(format!(
-            "join policy {} not met: {} of {} branches succeeded, {} failed{}",
-            block.join_policy.label(),
-            tally.succeeded,
-            tally.total,
-            tally.failed,
-            if failures.is_empty() { String::new() } else { format!(" ({})", failures.join("; ")) }
-        )),
-    };
+    let (status, error) = block_ending(&end, block.join_policy, cancel, &failures);
     let ended = Ended { status, output: Some(Value::Object(output)), error };
     let row = finish_row(context, row, &ended, Vec::new());
     views.push((step.id.clone(), block_view(&ended, branch_views)));
@@ -218,12 +258,10 @@ pub(super) fn recorded_views(
 }
 
 /// The ids of a step and of every step nested inside it.
-fn step_ids(step: &Step) -> Vec<String> {
+pub(super) fn step_ids(step: &Step) -> Vec<String> {
     let mut ids = vec![step.id.clone()];
-    if let crate::workflow::StepKind::Parallel(block) = &step.kind {
-        for branch in block.branches.iter() {
-            ids.extend(branch.steps.iter().flat_map(step_ids));
-        }
+    for (nested, _) in step.kind.nested() {
+        ids.extend(nested.iter().flat_map(step_ids));
     }
     ids
 }

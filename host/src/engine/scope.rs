@@ -25,3 +25,9 @@ fn view_json(ended: &Ended) -> Value {
         "error": ended.error,
     })
 }
+
+/// Binds `name` (`item`, `index`, `iteration`) in `scope`, replacing an outer binding.
+pub(super) fn bind(scope: &mut crate::workflow::Scope, name: &str, value: cel::Value) {
+    scope.extra.retain(|(bound, _)| bound != name);
+    scope.extra.push((name.to_owned(), value));
+}

@@ -59,11 +59,11 @@ pub fn agent_name(reference: &str) -> &str {
 pub fn agent_references(workflow: &Workflow) -> BTreeSet<String> {
     fn walk(steps: &[crate::workflow::Step], found: &mut BTreeSet<String>) {
         for step in steps {
-            match &step.kind {
-                StepKind::Agent(agent) => {
-                    found.insert(agent.agent.clone());
-                }
-                StepKind::Parallel(block) => block.branches.iter().for_each(|branch| walk(&branch.steps, found)),
+            if let StepKind::Agent(agent) = &step.kind {
+                found.insert(agent.agent.clone());
+            }
+            for (nested, _) in step.kind.nested() {
+                walk(nested, found);
             }
         }
     }

@@ -13,7 +13,8 @@ mod validate;
 
 pub use expr::{ExprError, Scope, Template, cel_to_json, json_to_cel};
 pub use model::{
-    AgentStep, Branch, InputSchema, InvalidInput, JoinPolicy, ParallelBlock, RetryPolicy, Step, StepKind, Workflow,
+    AgentStep, Branch, Case, InputSchema, InvalidInput, JoinPolicy, LoopBlock, MapBlock, ParallelBlock, RetryPolicy,
+    Step, StepKind, SwitchBlock, Workflow,
 };
 pub use parse::parse;
 pub use validate::validate;

@@ -67,6 +67,9 @@ pub struct Step {
 pub enum StepKind {
     Agent(AgentStep),
     Parallel(ParallelBlock),
+    Map(MapBlock),
+    Switch(SwitchBlock),
+    Loop(LoopBlock),
 }
 
 impl StepKind {
@@ -75,8 +78,62 @@ impl StepKind {
         match self {
             StepKind::Agent(_) => "agent",
             StepKind::Parallel(_) => "parallel",
+            StepKind::Map(_) => "map",
+            StepKind::Switch(_) => "switch",
+            StepKind::Loop(_) => "loop",
         }
     }
+
+    /// The step lists nested directly inside this step, with the variables each binds.
+    pub fn nested(&self) -> Vec<(&Arc<[Step]>, &'static [&'static str])> {
+        match self {
+            StepKind::Agent(_) => Vec::new(),
+            StepKind::Parallel(block) => block.branches.iter().map(|b| (&b.steps, &[][..])).collect(),
+            StepKind::Map(map) => vec![(&map.body, &["item", "index"][..])],
+            StepKind::Switch(switch) => switch
+                .cases
+                .iter()
+                .map(|c| (&c.steps, &[][..]))
+                .chain(switch.default.iter().map(|d| (d, &[][..])))
+                .collect(),
+            StepKind::Loop(repeat) => vec![(&repeat.body, &["iteration"][..])],
+        }
+    }
+}
+
+/// One sandboxed run of `body` per item of a list computed at run time.
+#[derive(Debug, Clone)]
+pub struct MapBlock {
+    pub items: Template,
+    pub max_parallelism: u32,
+    pub join_policy: JoinPolicy,
+    pub tolerated_failures: u32,
+    /// The steps run for each item (`item` and `index` in scope).
+    pub body: Arc<[Step]>,
+}
+
+/// The first case whose condition holds runs; otherwise the default, if any.
+#[derive(Debug, Clone)]
+pub struct SwitchBlock {
+    pub cases: Arc<[Case]>,
+    pub default: Option<Arc<[Step]>>,
+}
+
+/// A switch case.
+#[derive(Debug, Clone)]
+pub struct Case {
+    pub when: Template,
+    pub steps: Arc<[Step]>,
+}
+
+/// Runs `body` again and again until `until` holds (`iteration` in scope).
+#[derive(Debug, Clone)]
+pub struct LoopBlock {
+    pub body: Arc<[Step]>,
+    pub until: Template,
+    pub max_iterations: u32,
+    /// Whether reaching `max_iterations` without `until` holding fails the loop.
+    pub fail_at_max: bool,
 }
 
 /// Runs one agent with a templated input.

@@ -2,7 +2,10 @@
 //! fields, unknown fields and step types, expressions that do not parse) are collected,
 //! not returned one at a time, each with the JSON path of the field it is about.
 
-use super::model::{AgentStep, Branch, InputSchema, JoinPolicy, ParallelBlock, RetryPolicy, Step, StepKind, Workflow};
+use super::model::{
+    AgentStep, Branch, Case, InputSchema, JoinPolicy, LoopBlock, MapBlock, ParallelBlock, RetryPolicy, Step, StepKind,
+    SwitchBlock, Workflow,
+};
 use super::{InvalidWorkflow, Problem, Template};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -15,7 +18,12 @@ const BRANCH_STEP_FIELDS: &[&str] = &["id", "type", "if", "name"];
 const AGENT_FIELDS: &[&str] = &["agent", "input", "timeout_ms", "memory_mb", "fuel", "config", "retry"];
 const RETRY_FIELDS: &[&str] = &["max_attempts", "initial_backoff_ms", "max_backoff_ms", "jitter"];
 const PARALLEL_FIELDS: &[&str] = &["max_parallelism", "join_policy", "tolerated_failures", "branches"];
-const STEP_TYPES: &[&str] = &["agent", "parallel"];
+const MAP_FIELDS: &[&str] = &["items", "max_parallelism", "join_policy", "tolerated_failures", "step"];
+const SWITCH_FIELDS: &[&str] = &["cases", "default"];
+const LOOP_FIELDS: &[&str] = &["steps", "until", "max_iterations", "on_max_iterations"];
+const STEP_TYPES: &[&str] = &["agent", "parallel", "map", "switch", "loop"];
+/// A map runs this many items at once unless it says otherwise.
+const DEFAULT_MAP_PARALLELISM: u64 = 16;
 
 /// Parses a definition (JSON text), then validates its structure; see also [`super::validate`].
 pub fn parse(text: &str) -> Result<Workflow, InvalidWorkflow> {
@@ -156,15 +164,15 @@ impl Parser {
             return None;
         }
         let steps: Vec<Option<Step>> =
-            items.iter().enumerate().map(|(i, item)| self.step(item, &format!("{path}[{i}]"), None)).collect();
+            items.iter().enumerate().map(|(i, item)| self.step(item, &format!("{path}[{i}]"), None, None)).collect();
         steps.into_iter().collect::<Option<Vec<_>>>().map(Arc::from)
     }
 
     /// One step. `branch_name` is set for a branch's short form, whose name is also the
     /// step's id unless it has its own.
-    fn step(&mut self, value: &Value, path: &str, branch_name: Option<&str>) -> Option<Step> {
+    fn step(&mut self, value: &Value, path: &str, branch_name: Option<&str>, default_id: Option<&str>) -> Option<Step> {
         let fields = self.object(value, path, "a step")?;
-        let default_id = branch_name;
+        let default_id = default_id.or(branch_name);
         let common = if branch_name.is_some() { BRANCH_STEP_FIELDS } else { STEP_FIELDS };
         let id = match (fields.map.get("id"), default_id) {
             (None, Some(default)) => Some(default.to_owned()),
@@ -182,6 +190,19 @@ impl Parser {
             "parallel" => {
                 self.unknown_fields(&fields, &[common, PARALLEL_FIELDS], "a parallel step");
                 self.parallel_block(&fields).map(StepKind::Parallel)
+            }
+            "map" => {
+                self.unknown_fields(&fields, &[common, MAP_FIELDS], "a map step");
+                let id = fields.map.get("id").and_then(Value::as_str).or(default_id).unwrap_or("map").to_owned();
+                self.map_block(&fields, &id).map(StepKind::Map)
+            }
+            "switch" => {
+                self.unknown_fields(&fields, &[common, SWITCH_FIELDS], "a switch step");
+                self.switch_block(&fields).map(StepKind::Switch)
+            }
+            "loop" => {
+                self.unknown_fields(&fields, &[common, LOOP_FIELDS], "a loop step");
+                self.loop_block(&fields).map(StepKind::Loop)
             }
             other => {
                 self.problem(
@@ -289,6 +310,107 @@ impl Parser {
         Some(ParallelBlock { max_parallelism, join_policy: join_policy?, tolerated_failures, branches: branches? })
     }
 
+    fn map_block(&mut self, fields: &Fields, id: &str) -> Option<MapBlock> {
+        let items = match fields.map.get("items") {
+            Some(value @ Value::String(_)) => self.template(value, &fields.at("items")),
+            Some(other) => {
+                self.problem(fields.at("items"), format!("must be an expression giving a list, not {}", kind(other)));
+                None
+            }
+            None => {
+                self.problem(fields.at("items"), "is required");
+                None
+            }
+        };
+        let max_parallelism = match fields.map.get("max_parallelism") {
+            None => Some(DEFAULT_MAP_PARALLELISM),
+            Some(_) => self.integer(fields, "max_parallelism", 1),
+        };
+        let join_policy = self.join_policy(fields);
+        let tolerated_failures = self.integer(fields, "tolerated_failures", 0).unwrap_or(0) as u32;
+        // `step` is one agent step (its id defaults to `<map id>_item`) or `{ "steps": [...] }`.
+        let path = fields.at("step");
+        let body = match fields.map.get("step") {
+            None => {
+                self.problem(&path, "is required");
+                None
+            }
+            Some(Value::Object(step)) if step.contains_key("steps") => {
+                let inner = Fields { map: step, path: path.clone() };
+                self.unknown_fields(&inner, &[&["steps"]], "a map's step list");
+                self.steps(step.get("steps"), &inner.at("steps"))
+            }
+            Some(value) => {
+                let default_id = format!("{id}_item");
+                self.step(value, &path, None, Some(&default_id)).map(|step| Arc::from(vec![step]))
+            }
+        };
+        Some(MapBlock {
+            items: items?,
+            max_parallelism: max_parallelism? as u32,
+            join_policy: join_policy?,
+            tolerated_failures,
+            body: body?,
+        })
+    }
+
+    fn switch_block(&mut self, fields: &Fields) -> Option<SwitchBlock> {
+        let path = fields.at("cases");
+        let Some(Value::Array(items)) = fields.map.get("cases") else {
+            self.problem(&path, "is required: a list of { \"when\": <CEL>, \"steps\": [...] }");
+            return None;
+        };
+        let mut cases = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let case_path = format!("{path}[{i}]");
+            let Some(case) = self.object(item, &case_path, "a case") else { continue };
+            self.unknown_fields(&case, &[&["when", "steps"]], "a case");
+            let when = match case.map.get("when") {
+                Some(value) => self.condition(value, &case.at("when")),
+                None => {
+                    self.problem(case.at("when"), "is required");
+                    None
+                }
+            };
+            let steps = self.steps(case.map.get("steps"), &case.at("steps"));
+            if let (Some(when), Some(steps)) = (when, steps) {
+                cases.push(Case { when, steps });
+            }
+        }
+        let default = match fields.map.get("default") {
+            None => None,
+            Some(value) => Some(self.steps(Some(value), &fields.at("default"))?),
+        };
+        if cases.len() != items.len() {
+            return None;
+        }
+        Some(SwitchBlock { cases: Arc::from(cases), default })
+    }
+
+    fn loop_block(&mut self, fields: &Fields) -> Option<LoopBlock> {
+        let body = self.steps(fields.map.get("steps"), &fields.at("steps"));
+        let until = match fields.map.get("until") {
+            Some(value) => self.condition(value, &fields.at("until")),
+            None => {
+                self.problem(fields.at("until"), "is required");
+                None
+            }
+        };
+        let max_iterations = match fields.map.get("max_iterations") {
+            None => Some(10),
+            Some(_) => self.integer(fields, "max_iterations", 1),
+        };
+        let fail_at_max = match fields.map.get("on_max_iterations").map(|v| v.as_str()) {
+            None | Some(Some("fail")) => true,
+            Some(Some("succeed")) => false,
+            Some(_) => {
+                self.problem(fields.at("on_max_iterations"), "must be \"fail\" (the default) or \"succeed\"");
+                true
+            }
+        };
+        Some(LoopBlock { body: body?, until: until?, max_iterations: max_iterations?.min(100_000) as u32, fail_at_max })
+    }
+
     fn join_policy(&mut self, fields: &Fields) -> Option<JoinPolicy> {
         let path = fields.at("join_policy");
         match fields.map.get("join_policy") {
@@ -351,7 +473,7 @@ impl Parser {
             let steps = self.steps(fields.map.get("steps"), &fields.at("steps"));
             return Some(Branch { name: name?, steps: steps? });
         }
-        let step = self.step(value, path, name.as_deref());
+        let step = self.step(value, path, name.as_deref(), None);
         Some(Branch { name: name?, steps: Arc::from(vec![step?]) })
     }
 }

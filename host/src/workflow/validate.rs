@@ -13,9 +13,9 @@ pub fn validate(workflow: &Workflow, agent_exists: &dyn Fn(&str) -> bool) -> Res
     let mut checker = Checker { problems: Vec::new(), ids: BTreeMap::new(), agent_exists };
     checker.collect_ids(&workflow.steps);
     let mut visible = Vec::new();
-    checker.sequence(&workflow.steps, &mut visible);
+    checker.sequence(&workflow.steps, &mut visible, &[]);
     if let Some(output) = &workflow.output {
-        checker.template(output, "output", &visible);
+        checker.template(output, "output", &visible, &[]);
     }
     if checker.problems.is_empty() { Ok(()) } else { Err(InvalidWorkflow { problems: checker.problems }) }
 }
@@ -43,24 +43,53 @@ impl Checker<'_> {
                     self.ids.insert(step.id.clone(), step.path.clone());
                 }
             }
-            if let StepKind::Parallel(block) = &step.kind {
-                for branch in block.branches.iter() {
-                    self.collect_ids(&branch.steps);
-                }
+            for (nested, _) in step.kind.nested() {
+                self.collect_ids(nested);
             }
         }
     }
 
     /// Checks `steps` in order; `visible` holds the ids that have run before the current
     /// step and grows as the sequence goes on.
-    fn sequence(&mut self, steps: &[Step], visible: &mut Vec<String>) {
+    /// `vars` are the variables enclosing steps bind (`item`, `index`, `iteration`).
+    fn sequence(&mut self, steps: &[Step], visible: &mut Vec<String>, vars: &[&'static str]) {
         for step in steps {
             if let Some(condition) = &step.condition {
-                self.template(condition, &format!("{}.if", step.path), visible);
+                self.template(condition, &format!("{}.if", step.path), visible, vars);
             }
             match &step.kind {
+                StepKind::Map(map) => {
+                    self.template(&map.items, &format!("{}.items", step.path), visible, vars);
+                    self.block_settings(step, map.join_policy, map.tolerated_failures, None);
+                    // Each item's steps see their own earlier steps; after the map only the
+                    // map's output (a list) is in scope.
+                    let inner = [vars, &["item", "index"]].concat();
+                    self.sequence(&map.body, &mut visible.clone(), &inner);
+                }
+                StepKind::Switch(switch) => {
+                    let mut inside = Vec::new();
+                    for (i, case) in switch.cases.iter().enumerate() {
+                        self.template(&case.when, &format!("{}.cases[{i}].when", step.path), visible, vars);
+                        let mut case_visible = visible.clone();
+                        self.sequence(&case.steps, &mut case_visible, vars);
+                        inside.extend(case_visible.into_iter().skip(visible.len()));
+                    }
+                    if let Some(default) = &switch.default {
+                        let mut default_visible = visible.clone();
+                        self.sequence(default, &mut default_visible, vars);
+                        inside.extend(default_visible.into_iter().skip(visible.len()));
+                    }
+                    visible.extend(inside);
+                }
+                StepKind::Loop(repeat) => {
+                    let inner = [vars, &["iteration"]].concat();
+                    let mut body_visible = visible.clone();
+                    self.sequence(&repeat.body, &mut body_visible, &inner);
+                    self.template(&repeat.until, &format!("{}.until", step.path), &body_visible, &inner);
+                    visible.extend(body_visible.into_iter().skip(visible.len()));
+                }
                 StepKind::Agent(agent) => {
-                    self.template(&agent.input, &format!("{}.input", step.path), visible);
+                    self.template(&agent.input, &format!("{}.input", step.path), visible, vars);
                     if !(self.agent_exists)(&agent.agent) {
                         self.problem(format!("{}.agent", step.path), format!("unknown agent {:?}", agent.agent));
                     }
@@ -79,29 +108,10 @@ impl Checker<'_> {
                         // A branch sees what ran before the block and its own earlier steps,
                         // never a sibling's.
                         let mut branch_visible = visible.clone();
-                        self.sequence(&branch.steps, &mut branch_visible);
+                        self.sequence(&branch.steps, &mut branch_visible, vars);
                         inside.extend(branch_visible.into_iter().skip(visible.len()));
                     }
-                    if block.tolerated_failures > 0 && block.join_policy != JoinPolicy::All {
-                        self.problem(
-                            format!("{}.tolerated_failures", step.path),
-                            "applies only to the join policy \"all\"",
-                        );
-                    }
-                    if block.tolerated_failures > branch_count {
-                        self.problem(
-                            format!("{}.tolerated_failures", step.path),
-                            format!("{} is more than the block's {branch_count} branches", block.tolerated_failures),
-                        );
-                    }
-                    if let JoinPolicy::Quorum(n) = block.join_policy
-                        && n > branch_count
-                    {
-                        self.problem(
-                            format!("{}.join_policy.quorum", step.path),
-                            format!("{n} can never be reached with {branch_count} branches"),
-                        );
-                    }
+                    self.block_settings(step, block.join_policy, block.tolerated_failures, Some(branch_count));
                     visible.extend(inside);
                 }
             }
@@ -109,10 +119,34 @@ impl Checker<'_> {
         }
     }
 
-    fn template(&mut self, template: &Template, path: &str, visible: &[String]) {
+    /// Join settings that cannot work; `branches` is known for parallel blocks only (a
+    /// map's item count is known at run time).
+    fn block_settings(&mut self, step: &Step, policy: JoinPolicy, tolerated: u32, branches: Option<u32>) {
+        if tolerated > 0 && policy != JoinPolicy::All {
+            self.problem(format!("{}.tolerated_failures", step.path), "applies only to the join policy \"all\"");
+        }
+        let Some(branch_count) = branches else { return };
+        if tolerated > branch_count {
+            self.problem(
+                format!("{}.tolerated_failures", step.path),
+                format!("{tolerated} is more than the block's {branch_count} branches"),
+            );
+        }
+        if let JoinPolicy::Quorum(n) = policy
+            && n > branch_count
+        {
+            self.problem(
+                format!("{}.join_policy.quorum", step.path),
+                format!("{n} can never be reached with {branch_count} branches"),
+            );
+        }
+    }
+
+    fn template(&mut self, template: &Template, path: &str, visible: &[String], vars: &[&str]) {
         for variable in template.variables() {
-            if !VARIABLES.contains(&variable.as_str()) {
-                self.problem(path, format!("unknown variable `{variable}` (in scope: {})", VARIABLES.join(", ")));
+            if !VARIABLES.contains(&variable.as_str()) && !vars.contains(&variable.as_str()) {
+                let in_scope: Vec<&str> = VARIABLES.iter().chain(vars).copied().collect();
+                self.problem(path, format!("unknown variable `{variable}` (in scope: {})", in_scope.join(", ")));
             }
         }
         for id in template.step_references() {
@@ -171,9 +205,12 @@ mod tests {
         assert_eq!(found[0], "version: is required");
         assert_eq!(
             found[1],
-            "steps[0].colour: unknown field in an agent step (expected one of: id, type, agent, input, timeout_ms, memory_mb, fuel, config)"
+            "steps[0].colour: unknown field in an agent step (expected one of: id, type, if, agent, input, timeout_ms, memory_mb, fuel, config, retry)"
         );
-        assert_eq!(found[2], "steps[1].type: unknown step type \"teleport\" (expected one of: agent, parallel)");
+        assert_eq!(
+            found[2],
+            "steps[1].type: unknown step type \"teleport\" (expected one of: agent, parallel, map, switch, loop)"
+        );
         assert!(found[3].starts_with("steps[2].branches[0].input: expression `1 +` does not parse: "), "{}", found[3]);
         assert_eq!(found[4], "steps[2].max_parallelism: must be at least 1, not 0");
     }

@@ -1,0 +1,140 @@
+//! `switch` and `loop` steps: decisions and repetition, both over steps run in sequence.
+//!
+//! A switch runs the first case whose `when` holds (or its `default`); which case ran is
+//! recorded in the switch row's `input` (`{"case": "cases[1]"}`) and carried by the case's
+//! rows as `branch_name`. A loop runs its steps, then evaluates `until` with `iteration`
+//! (0-based) and the iteration's step outputs in scope; each iteration's rows carry the
+//! iteration as `item_index`.
+
+use super::map::fail;
+use super::scope::{bind, view};
+use super::{Ended, Placement, RunContext, StepEnd, finish_row, new_row, run_sequence};
+use crate::store::{StepStatus, StoreError};
+use crate::workflow::{LoopBlock, Scope, Step, SwitchBlock, Template};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// Evaluates a condition to a boolean, or says why it could not.
+pub(super) fn holds(condition: &Template, scope: &Scope, what: &str) -> Result<bool, String> {
+    match condition.render(scope) {
+        Ok(Value::Bool(holds)) => Ok(holds),
+        Ok(other) => Err(format!("{what}: the condition gave {other}, not true or false")),
+        Err(err) => Err(format!("{what}: {err}")),
+    }
+}
+
+pub(super) async fn switch(
+    context: &Arc<RunContext>,
+    step: &Step,
+    switch: &SwitchBlock,
+    scope: &Scope,
+    placement: &Placement,
+    cancel: &CancellationToken,
+) -> Result<StepEnd, StoreError> {
+    let mut row = new_row(context, step, placement);
+    let mut chosen = None;
+    for (i, case) in switch.cases.iter().enumerate() {
+        match holds(&case.when, scope, &format!("cases[{i}].when")) {
+            Ok(true) => {
+                chosen = Some((format!("cases[{i}]"), case.steps.clone()));
+                break;
+            }
+            Ok(false) => {}
+            Err(error) => return Ok(fail(context, step, row, error)),
+        }
+    }
+    if chosen.is_none() {
+        chosen = switch.default.clone().map(|steps| ("default".to_owned(), steps));
+    }
+    let label = chosen.as_ref().map_or("none", |(label, _)| label.as_str()).to_owned();
+    row.input = Some(json!({ "case": label }));
+    let Some((_, steps)) = chosen else {
+        // No case held and there is no default: nothing to do.
+        let ended = Ended { status: StepStatus::Succeeded, output: None, error: None };
+        let written = finish_row(context, row, &ended, Vec::new());
+        return Ok((ended.clone(), vec![(step.id.clone(), case_view(&ended, &label))], written));
+    };
+    let _ = context.engine.recorder.step(row.clone(), Vec::new());
+    let inner = Placement { parent: Some(row.id), branch: Some(label.clone()), item_index: placement.item_index };
+    let (ended, inner_scope, last_row) =
+        run_sequence(context.clone(), steps.clone(), scope.clone(), inner, cancel.clone()).await?;
+    if let Some(last_row) = last_row {
+        last_row.committed().await?;
+    }
+    let mut views = inner_views(&steps, &inner_scope);
+    let written = finish_row(context, row, &ended, Vec::new());
+    views.push((step.id.clone(), case_view(&ended, &label)));
+    Ok((ended, views, written))
+}
+
+/// A switch's view: as any step's, plus which case ran.
+fn case_view(ended: &Ended, label: &str) -> cel::Value {
+    let mut view = crate::workflow::cel_to_json(&view(ended)).unwrap_or(Value::Null);
+    view["case"] = Value::String(label.to_owned());
+    crate::workflow::json_to_cel(&view)
+}
+
+/// The views of the steps in `steps` (and inside them) that `scope` holds.
+fn inner_views(steps: &[Step], scope: &Scope) -> Vec<(String, cel::Value)> {
+    steps
+        .iter()
+        .flat_map(super::parallel::step_ids)
+        .filter_map(|id| scope.steps.get(&id).map(|view| (id, view.clone())))
+        .collect()
+}
+
+pub(super) async fn repeat(
+    context: &Arc<RunContext>,
+    step: &Step,
+    repeat: &LoopBlock,
+    scope: &Scope,
+    placement: &Placement,
+    cancel: &CancellationToken,
+) -> Result<StepEnd, StoreError> {
+    let row = new_row(context, step, placement);
+    let _ = context.engine.recorder.step(row.clone(), Vec::new());
+    let mut last = Ended { status: StepStatus::Succeeded, output: None, error: None };
+    let mut last_scope = scope.clone();
+    let mut done = false;
+    for iteration in 0..repeat.max_iterations {
+        let mut iteration_scope = scope.clone();
+        bind(&mut iteration_scope, "iteration", cel::Value::Int(i64::from(iteration)));
+        let inner = Placement {
+            parent: Some(row.id),
+            branch: placement.branch.clone(),
+            item_index: Some(i64::from(iteration)),
+        };
+        let (ended, inner_scope, last_row) =
+            run_sequence(context.clone(), repeat.body.clone(), iteration_scope, inner, cancel.clone()).await?;
+        if let Some(last_row) = last_row {
+            last_row.committed().await?;
+        }
+        last = ended;
+        last_scope = inner_scope;
+        if !last.status.is_success() {
+            let error = last.error.take().unwrap_or_default();
+            last.error = Some(format!("iteration {iteration}: {error}"));
+            break;
+        }
+        match holds(&repeat.until, &last_scope, "until") {
+            Ok(true) => {
+                done = true;
+                break;
+            }
+            Ok(false) => {}
+            Err(error) => {
+                last = super::failed(error);
+                break;
+            }
+        }
+    }
+    if last.status.is_success() && !done && repeat.fail_at_max {
+        last.status = StepStatus::Failed;
+        last.error = Some(format!("until did not hold after {} iterations (max_iterations)", repeat.max_iterations));
+    }
+    let mut views = inner_views(&repeat.body, &last_scope);
+    let written = finish_row(context, row, &last, Vec::new());
+    views.push((step.id.clone(), view(&last)));
+    Ok((last, views, written))
+}

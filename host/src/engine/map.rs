@@ -1,0 +1,87 @@
+//! `map` steps: one sandboxed run of the body per item of a list computed at run time,
+//! under `max_parallelism` and the same join policies as parallel blocks (the shared
+//! [`fan_out`]). Items start lazily as earlier ones finish, so a 10,000-item map holds at
+//! most `max_parallelism` instances and tasks at once, and its rows reach the database in
+//! group commits, not a round trip per item.
+
+use super::parallel::{Finished, block_ending, fan_out};
+use super::scope::{bind, view};
+use super::{Ended, Placement, RunContext, StepEnd, failed, finish_row, new_row, record_not_started, run_sequence};
+use crate::store::{StepStatus, StoreError};
+use crate::workflow::{MapBlock, Scope, Step, json_to_cel};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// At most this many item errors are quoted in a failed map's error.
+const QUOTED_FAILURES: usize = 5;
+
+pub(super) async fn run(
+    context: &Arc<RunContext>,
+    step: &Step,
+    map: &MapBlock,
+    scope: &Scope,
+    placement: &Placement,
+    cancel: &CancellationToken,
+) -> Result<StepEnd, StoreError> {
+    let mut row = new_row(context, step, placement);
+    row.join_policy = Some(map.join_policy.label());
+    let items = match map.items.render(scope) {
+        Ok(Value::Array(items)) => Arc::new(items),
+        Ok(other) => return Ok(fail(context, step, row, format!("items: expected a list, got {other}"))),
+        Err(err) => return Ok(fail(context, step, row, format!("items: {err}"))),
+    };
+    row.input = Some(json!({ "items": items.len() }));
+    let _ = context.engine.recorder.step(row.clone(), Vec::new());
+
+    let map_id = row.id;
+    let item_placement =
+        |index: usize| Placement { parent: Some(map_id), branch: None, item_index: Some(index as i64) };
+    let end = fan_out(
+        items.len(),
+        map.max_parallelism,
+        map.join_policy,
+        map.tolerated_failures,
+        cancel,
+        |index, map_cancel| {
+            let mut item_scope = scope.clone();
+            bind(&mut item_scope, "item", json_to_cel(&items[index]));
+            bind(&mut item_scope, "index", cel::Value::Int(index as i64));
+            let task = run_sequence(context.clone(), map.body.clone(), item_scope, item_placement(index), map_cancel);
+            Box::pin(async move {
+                let (ended, _, last_row) = task.await?;
+                Ok(Finished { ended, scope: None, last_row })
+            })
+        },
+        |index| record_not_started(context, &map.body, &item_placement(index), StepStatus::Cancelled),
+    )
+    .await?;
+
+    let mut failures = Vec::new();
+    let output: Vec<Value> = end
+        .results
+        .iter()
+        .enumerate()
+        .map(|(index, result)| match result {
+            Some(result) if result.ended.status.is_success() => result.ended.output.clone().unwrap_or(Value::Null),
+            Some(result) => {
+                if result.ended.status == StepStatus::Failed && failures.len() < QUOTED_FAILURES {
+                    failures.push(format!("item {index}: {}", result.ended.error.as_deref().unwrap_or("failed")));
+                }
+                Value::Null
+            }
+            None => Value::Null,
+        })
+        .collect();
+    let (status, error) = block_ending(&end, map.join_policy, cancel, &failures);
+    let ended = Ended { status, output: Some(Value::Array(output)), error };
+    let written = finish_row(context, row, &ended, Vec::new());
+    Ok((ended.clone(), vec![(step.id.clone(), view(&ended))], written))
+}
+
+/// Ends a block that could not start, with `error`.
+pub(super) fn fail(context: &RunContext, step: &Step, row: crate::store::StepRecord, error: String) -> StepEnd {
+    let ended = failed(error);
+    let written = finish_row(context, row, &ended, Vec::new());
+    (ended.clone(), vec![(step.id.clone(), view(&ended))], written)
+}
