@@ -227,3 +227,33 @@ async fn loops_run_until_the_condition_holds_or_fail_at_max_iterations() {
         db.drop_database().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn block_and_run_deadlines_interrupt_what_runs_and_say_they_timed_out() {
+    for db in TestDb::both().await {
+        let store = open(&db).await;
+        let sleeper =
+            |name: &str| json!({ "name": name, "agent": "misbehave", "input": { "action": "sleep", "ms": 30_000 } });
+        let block = json!({ "name": "deadlines", "version": "1", "steps": [
+            { "id": "fan", "type": "parallel", "timeout_ms": 300, "branches": [ sleeper("a"), sleeper("b") ] } ] });
+        let started = std::time::Instant::now();
+        let (run, steps) = run_workflow(&store, &block, json!({})).await;
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "{:?}", started.elapsed());
+        assert_eq!(run.status, RunStatus::Failed);
+        let fan = &rows(&steps, "fan")[0];
+        assert_eq!(fan.status, StepStatus::Failed);
+        assert_eq!(fan.error.as_deref(), Some("timed out after 300 ms"), "{}", db.kind);
+        assert_eq!(rows(&steps, "a")[0].status, StepStatus::Cancelled);
+
+        let whole = json!({ "name": "deadlines", "version": "2", "timeout_ms": 300, "steps": [
+            { "id": "slow", "agent": "misbehave", "input": { "action": "loop" }, "timeout_ms": 60_000 } ] });
+        let started = std::time::Instant::now();
+        let (run, steps) = run_workflow(&store, &whole, json!({})).await;
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        assert_eq!(run.status, RunStatus::Failed);
+        assert_eq!(run.error.as_deref(), Some("the run timed out after 300 ms"));
+        assert_eq!(rows(&steps, "slow")[0].outcome.as_deref(), Some("cancelled"));
+        store.close().await.unwrap();
+        db.drop_database().await;
+    }
+}

@@ -8,12 +8,11 @@
 
 use super::map::fail;
 use super::scope::{bind, view};
-use super::{Ended, Placement, RunContext, StepEnd, finish_row, new_row, run_sequence};
+use super::{Ended, Placement, RunContext, StepEnd, Stop, finish_row, new_row, run_sequence};
 use crate::store::{StepStatus, StoreError};
 use crate::workflow::{LoopBlock, Scope, Step, SwitchBlock, Template};
 use serde_json::{Value, json};
 use std::sync::Arc;
-use tokio_util::sync::CancellationToken;
 
 /// Evaluates a condition to a boolean, or says why it could not.
 pub(super) fn holds(condition: &Template, scope: &Scope, what: &str) -> Result<bool, String> {
@@ -30,7 +29,7 @@ pub(super) async fn switch(
     switch: &SwitchBlock,
     scope: &Scope,
     placement: &Placement,
-    cancel: &CancellationToken,
+    stop: &Stop,
 ) -> Result<StepEnd, StoreError> {
     let mut row = new_row(context, step, placement);
     let mut chosen = None;
@@ -57,8 +56,9 @@ pub(super) async fn switch(
     };
     let _ = context.engine.recorder.step(row.clone(), Vec::new());
     let inner = Placement { parent: Some(row.id), branch: Some(label.clone()), item_index: placement.item_index };
-    let (ended, inner_scope, last_row) =
-        run_sequence(context.clone(), steps.clone(), scope.clone(), inner, cancel.clone()).await?;
+    let (mut ended, inner_scope, last_row) =
+        run_sequence(context.clone(), steps.clone(), scope.clone(), inner, stop.token.clone()).await?;
+    stop.settle(&mut ended);
     if let Some(last_row) = last_row {
         last_row.committed().await?;
     }
@@ -90,7 +90,7 @@ pub(super) async fn repeat(
     repeat: &LoopBlock,
     scope: &Scope,
     placement: &Placement,
-    cancel: &CancellationToken,
+    stop: &Stop,
 ) -> Result<StepEnd, StoreError> {
     let row = new_row(context, step, placement);
     let _ = context.engine.recorder.step(row.clone(), Vec::new());
@@ -106,7 +106,7 @@ pub(super) async fn repeat(
             item_index: Some(i64::from(iteration)),
         };
         let (ended, inner_scope, last_row) =
-            run_sequence(context.clone(), repeat.body.clone(), iteration_scope, inner, cancel.clone()).await?;
+            run_sequence(context.clone(), repeat.body.clone(), iteration_scope, inner, stop.token.clone()).await?;
         if let Some(last_row) = last_row {
             last_row.committed().await?;
         }
@@ -129,6 +129,7 @@ pub(super) async fn repeat(
             }
         }
     }
+    stop.settle(&mut last);
     if last.status.is_success() && !done && repeat.fail_at_max {
         last.status = StepStatus::Failed;
         last.error = Some(format!("until did not hold after {} iterations (max_iterations)", repeat.max_iterations));

@@ -6,12 +6,13 @@
 
 use super::parallel::{Finished, block_ending, fan_out};
 use super::scope::{bind, view};
-use super::{Ended, Placement, RunContext, StepEnd, failed, finish_row, new_row, record_not_started, run_sequence};
+use super::{
+    Ended, Placement, RunContext, StepEnd, Stop, failed, finish_row, new_row, record_not_started, run_sequence,
+};
 use crate::store::{StepStatus, StoreError};
 use crate::workflow::{MapBlock, Scope, Step, json_to_cel};
 use serde_json::{Value, json};
 use std::sync::Arc;
-use tokio_util::sync::CancellationToken;
 
 /// At most this many item errors are quoted in a failed map's error.
 const QUOTED_FAILURES: usize = 5;
@@ -22,7 +23,7 @@ pub(super) async fn run(
     map: &MapBlock,
     scope: &Scope,
     placement: &Placement,
-    cancel: &CancellationToken,
+    stop: &Stop,
 ) -> Result<StepEnd, StoreError> {
     let mut row = new_row(context, step, placement);
     row.join_policy = Some(map.join_policy.label());
@@ -42,7 +43,7 @@ pub(super) async fn run(
         map.max_parallelism,
         map.join_policy,
         map.tolerated_failures,
-        cancel,
+        &stop.token,
         |index, map_cancel| {
             let mut item_scope = scope.clone();
             bind(&mut item_scope, "item", json_to_cel(&items[index]));
@@ -73,7 +74,7 @@ pub(super) async fn run(
             None => Value::Null,
         })
         .collect();
-    let (status, error) = block_ending(&end, map.join_policy, cancel, &failures);
+    let (status, error) = block_ending(&end, map.join_policy, stop, &failures);
     let ended = Ended { status, output: Some(Value::Array(output)), error };
     let written = finish_row(context, row, &ended, Vec::new());
     Ok((ended.clone(), vec![(step.id.clone(), view(&ended))], written))

@@ -133,6 +133,56 @@ struct Placement {
     item_index: Option<i64>,
 }
 
+/// How a block (or a run) is stopped: its cancellation token, which its own deadline (if
+/// any) also fires, so that a block past its deadline ends `failed` with "timed out"
+/// rather than `cancelled`.
+struct Stop {
+    token: CancellationToken,
+    deadline: Option<(u64, Arc<std::sync::atomic::AtomicBool>, tokio::task::JoinHandle<()>)>,
+}
+
+impl Stop {
+    /// A child of `cancel`, cancelled too after `timeout_ms`.
+    fn new(cancel: &CancellationToken, timeout_ms: Option<u64>) -> Self {
+        let token = cancel.child_token();
+        let deadline = timeout_ms.map(|ms| {
+            let fired = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let (flag, on_time) = (fired.clone(), token.clone());
+            let timer = tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                on_time.cancel();
+            });
+            (ms, fired, timer)
+        });
+        Stop { token, deadline }
+    }
+
+    /// "timed out after N ms", when the deadline is what stopped it.
+    fn timed_out(&self) -> Option<String> {
+        let (ms, fired, _) = self.deadline.as_ref()?;
+        fired.load(std::sync::atomic::Ordering::SeqCst).then(|| format!("timed out after {ms} ms"))
+    }
+
+    /// Turns an ending the deadline caused into a failure that says so.
+    fn settle(&self, ended: &mut Ended) {
+        if !ended.status.is_success()
+            && let Some(message) = self.timed_out()
+        {
+            ended.status = StepStatus::Failed;
+            ended.error = Some(message);
+        }
+    }
+}
+
+impl Drop for Stop {
+    fn drop(&mut self) {
+        if let Some((_, _, timer)) = &self.deadline {
+            timer.abort();
+        }
+    }
+}
+
 /// How a step or a sequence of steps ended.
 #[derive(Debug, Clone)]
 struct Ended {
@@ -214,15 +264,20 @@ impl Engine {
             previous: previous_by_step,
         });
         let span = tracing::info_span!("run", run_id = %run.id, workflow = %plan.workflow.name);
-        let (ended, scope, last_row) = run_sequence(
+        let stop = Stop::new(&control.cancel, plan.workflow.timeout_ms);
+        let (mut ended, scope, last_row) = run_sequence(
             context,
             plan.workflow.steps.clone(),
             Scope::new(&input),
             Placement::default(),
-            control.cancel.clone(),
+            stop.token.clone(),
         )
         .instrument(span)
         .await?;
+        if let Some(message) = stop.timed_out() {
+            ended.status = StepStatus::Failed;
+            ended.error = Some(format!("the run {message}"));
+        }
 
         if control.interrupt.is_cancelled() && !ended.status.is_success() {
             run.error = Some("interrupted: the host shut down; the run resumes when it starts again".into());
@@ -368,10 +423,16 @@ async fn run_step(
             let view = scope::view(&ended);
             Ok((ended, vec![(step.id.clone(), view)], row))
         }
-        StepKind::Parallel(block) => parallel::run(context, step, block, scope, placement, cancel).await,
-        StepKind::Map(map) => map::run(context, step, map, scope, placement, cancel).await,
-        StepKind::Switch(switch) => control::switch(context, step, switch, scope, placement, cancel).await,
-        StepKind::Loop(repeat) => control::repeat(context, step, repeat, scope, placement, cancel).await,
+        StepKind::Parallel(block) => {
+            parallel::run(context, step, block, scope, placement, &Stop::new(cancel, step.timeout_ms)).await
+        }
+        StepKind::Map(map) => map::run(context, step, map, scope, placement, &Stop::new(cancel, step.timeout_ms)).await,
+        StepKind::Switch(switch) => {
+            control::switch(context, step, switch, scope, placement, &Stop::new(cancel, step.timeout_ms)).await
+        }
+        StepKind::Loop(repeat) => {
+            control::repeat(context, step, repeat, scope, placement, &Stop::new(cancel, step.timeout_ms)).await
+        }
     }
 }
 

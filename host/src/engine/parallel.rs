@@ -7,7 +7,7 @@
 //! that never started are recorded `cancelled`.
 
 use super::scope::block_view;
-use super::{Ended, Placement, RunContext, StepEnd, finish_row, new_row, record_not_started, run_sequence};
+use super::{Ended, Placement, RunContext, StepEnd, Stop, finish_row, new_row, record_not_started, run_sequence};
 use crate::store::Pending;
 use crate::store::{StepStatus, StoreError};
 use crate::workflow::{JoinPolicy, ParallelBlock, Scope, Step};
@@ -91,10 +91,15 @@ pub(super) async fn fan_out(
 pub(super) fn block_ending(
     end: &FanOutEnd,
     policy: JoinPolicy,
-    cancel: &CancellationToken,
+    stop: &Stop,
     failures: &[String],
 ) -> (StepStatus, Option<String>) {
-    if cancel.is_cancelled() {
+    if end.verdict != Verdict::Succeeded
+        && let Some(message) = stop.timed_out()
+    {
+        return (StepStatus::Failed, Some(message));
+    }
+    if stop.token.is_cancelled() && end.verdict != Verdict::Succeeded {
         return (StepStatus::Cancelled, Some("cancelled".to_owned()));
     }
     if end.verdict == Verdict::Succeeded {
@@ -160,7 +165,7 @@ pub(super) async fn run(
     block: &ParallelBlock,
     scope: &Scope,
     placement: &Placement,
-    cancel: &CancellationToken,
+    stop: &Stop,
 ) -> Result<StepEnd, StoreError> {
     let mut row = new_row(context, step, placement);
     row.join_policy = Some(block.join_policy.label());
@@ -179,7 +184,7 @@ pub(super) async fn run(
         block.max_parallelism,
         block.join_policy,
         block.tolerated_failures,
-        cancel,
+        &stop.token,
         |index, block_cancel| {
             let task = run_sequence(
                 context.clone(),
@@ -222,7 +227,7 @@ pub(super) async fn run(
             }
         }
     }
-    let (status, error) = block_ending(&end, block.join_policy, cancel, &failures);
+    let (status, error) = block_ending(&end, block.join_policy, stop, &failures);
     let ended = Ended { status, output: Some(Value::Object(output)), error };
     let row = finish_row(context, row, &ended, Vec::new());
     views.push((step.id.clone(), block_view(&ended, branch_views)));

@@ -15,6 +15,8 @@ pub struct Workflow {
     pub output: Option<Template>,
     /// What a run's input must look like, if the definition says.
     pub input_schema: Option<InputSchema>,
+    /// The whole run's deadline.
+    pub timeout_ms: Option<u64>,
     /// The definition as given, for recording.
     pub source: serde_json::Value,
 }
@@ -60,6 +62,9 @@ pub struct Step {
     pub path: String,
     /// `if`: the step runs only when this CEL condition holds; otherwise it is `skipped`.
     pub condition: Option<Template>,
+    /// A block's own deadline (parallel, map, switch, loop); an agent step's is in
+    /// [`AgentStep::timeout_ms`].
+    pub timeout_ms: Option<u64>,
     pub kind: StepKind,
 }
 

@@ -11,16 +11,17 @@ use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-const WORKFLOW_FIELDS: &[&str] = &["name", "version", "description", "input_schema", "retry", "steps", "output"];
+const WORKFLOW_FIELDS: &[&str] =
+    &["name", "version", "description", "input_schema", "retry", "timeout_ms", "steps", "output"];
 const STEP_FIELDS: &[&str] = &["id", "type", "if"];
 /// A branch in its short form is a step with a name.
 const BRANCH_STEP_FIELDS: &[&str] = &["id", "type", "if", "name"];
 const AGENT_FIELDS: &[&str] = &["agent", "input", "timeout_ms", "memory_mb", "fuel", "config", "retry"];
 const RETRY_FIELDS: &[&str] = &["max_attempts", "initial_backoff_ms", "max_backoff_ms", "jitter"];
-const PARALLEL_FIELDS: &[&str] = &["max_parallelism", "join_policy", "tolerated_failures", "branches"];
-const MAP_FIELDS: &[&str] = &["items", "max_parallelism", "join_policy", "tolerated_failures", "step"];
-const SWITCH_FIELDS: &[&str] = &["cases", "default"];
-const LOOP_FIELDS: &[&str] = &["steps", "until", "max_iterations", "on_max_iterations"];
+const PARALLEL_FIELDS: &[&str] = &["max_parallelism", "join_policy", "tolerated_failures", "branches", "timeout_ms"];
+const MAP_FIELDS: &[&str] = &["items", "max_parallelism", "join_policy", "tolerated_failures", "step", "timeout_ms"];
+const SWITCH_FIELDS: &[&str] = &["cases", "default", "timeout_ms"];
+const LOOP_FIELDS: &[&str] = &["steps", "until", "max_iterations", "on_max_iterations", "timeout_ms"];
 const STEP_TYPES: &[&str] = &["agent", "parallel", "map", "switch", "loop"];
 /// A map runs this many items at once unless it says otherwise.
 const DEFAULT_MAP_PARALLELISM: u64 = 16;
@@ -147,7 +148,16 @@ impl Parser {
                 }
             },
         };
-        Some(Workflow { name: name?, version: version?, steps: steps?, output, input_schema, source: document.clone() })
+        let timeout_ms = self.integer(&fields, "timeout_ms", 1);
+        Some(Workflow {
+            name: name?,
+            version: version?,
+            steps: steps?,
+            output,
+            input_schema,
+            timeout_ms,
+            source: document.clone(),
+        })
     }
 
     fn steps(&mut self, value: Option<&Value>, path: &str) -> Option<Arc<[Step]>> {
@@ -213,7 +223,9 @@ impl Parser {
             }
         };
         let condition = fields.map.get("if").and_then(|value| self.condition(value, &fields.at("if")));
-        Some(Step { id: id?, path: path.to_owned(), condition, kind: kind? })
+        // An agent step's timeout_ms is its sandbox deadline (read with its fields).
+        let timeout_ms = if step_type == "agent" { None } else { self.integer(&fields, "timeout_ms", 1) };
+        Some(Step { id: id?, path: path.to_owned(), condition, timeout_ms, kind: kind? })
     }
 
     fn agent_step(&mut self, fields: &Fields) -> Option<AgentStep> {
