@@ -312,3 +312,44 @@ async fn ctrl_c_cancels_the_run_and_records_what_was_stopped() {
     assert_eq!(second["status"], "cancelled");
     assert_eq!(second["outcome"], "cancelled");
 }
+
+#[tokio::test]
+async fn braid_runs_cancel_stops_a_run_in_another_process() {
+    sqlx::any::install_default_drivers();
+    for db in TestDb::both().await {
+        let cwd = scratch_dir();
+        let child = braid()
+            .args(["run", slow_workflow(cwd.path()).to_str().unwrap(), "--agents", agents_dir().to_str().unwrap()])
+            .args(["--database-url", &db.url, "--output", "json"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let timeout = std::time::Duration::from_secs(20);
+        let running =
+            wait_for_value(&db.url, "SELECT status FROM step_executions WHERE step_id = 'second'", "running", timeout)
+                .await;
+        assert_eq!(running.as_deref(), Some("running"), "{}", db.kind);
+        let id = wait_for_value(
+            &db.url,
+            "SELECT CAST(id AS TEXT) FROM workflow_runs",
+            "",
+            std::time::Duration::from_millis(1),
+        )
+        .await
+        .unwrap();
+
+        let started = std::time::Instant::now();
+        let cancel = braid().args(["runs", "cancel", &id, "--database-url", &db.url]).output().unwrap();
+        assert!(cancel.status.success(), "{}", String::from_utf8_lossy(&cancel.stderr));
+        assert_eq!(String::from_utf8_lossy(&cancel.stdout).trim(), format!("run {id} cancelled"));
+        assert!(started.elapsed() < std::time::Duration::from_secs(2), "{:?}", started.elapsed());
+        let output = child.wait_with_output().unwrap();
+        assert_eq!(output.status.code(), Some(1));
+        let doc = stdout_json(&output);
+        assert_eq!(doc["status"], "cancelled");
+        let again = braid().args(["runs", "cancel", &id, "--database-url", &db.url]).output().unwrap();
+        assert_eq!(again.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&again.stderr).contains("already finished"));
+        db.drop_database().await;
+    }
+}

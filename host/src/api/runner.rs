@@ -20,6 +20,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
+/// How often a host checks for cancellations asked for from outside.
+const CANCEL_POLL: Duration = Duration::from_millis(200);
+
 pub struct Runner {
     engine: Engine,
     registry: Arc<Registry>,
@@ -73,6 +76,26 @@ impl Runner {
         })
     }
 
+    /// Polls for cancellations asked for from outside this process (`braid runs cancel`,
+    /// another host's API) and cancels the runs in flight here; stops with the runner.
+    pub fn watch_cancel_requests(self: &Arc<Self>) {
+        let runner = Arc::downgrade(self);
+        let store = self.registry.store().clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(CANCEL_POLL).await;
+                let Some(runner) = runner.upgrade() else { break };
+                let active: Vec<Uuid> = runner.lock_active().keys().copied().collect();
+                match store.cancel_requested(&active).await {
+                    Ok(requested) => requested.into_iter().for_each(|id| {
+                        runner.cancel(id);
+                    }),
+                    Err(err) => tracing::warn!("could not check for cancel requests: {err}"),
+                }
+            }
+        });
+    }
+
     /// Cancels a run in flight on this host; false when it is not running here.
     pub fn cancel(&self, id: Uuid) -> bool {
         match self.lock_active().get(&id) {
@@ -89,7 +112,18 @@ impl Runner {
     pub async fn resume_unfinished(self: &Arc<Self>) -> Result<usize, StoreError> {
         let store = self.registry.store().clone();
         let mut resumed = 0;
-        for run in store.unfinished_runs().await? {
+        let unfinished = store.unfinished_runs().await?;
+        let ids: Vec<Uuid> = unfinished.iter().map(|run| run.id).collect();
+        let cancelled = store.cancel_requested(&ids).await?;
+        for mut run in unfinished {
+            if cancelled.contains(&run.id) {
+                // Asked to stop while no host was running it: it ends here.
+                run.status = RunStatus::Cancelled;
+                run.error = Some("cancelled".into());
+                run.finished_at = Some(Utc::now());
+                store.recorder().run(run).committed().await?;
+                continue;
+            }
             match self.registry.plan_for_run(&run).await {
                 Ok(plan) => {
                     let previous = store.run_steps(run.id).await?;

@@ -94,8 +94,8 @@ pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Resul
     Ok(Json(document(&state, parse_id(&id)?).await?))
 }
 
-/// `POST /v1/runs/{id}/cancel`: 202 while it stops (instances are interrupted at once),
-/// 409 when it already finished.
+/// `POST /v1/runs/{id}/cancel`: 202 while it stops (instances are interrupted at once,
+/// here or on whichever host runs it), 409 when it already finished.
 pub async fn cancel(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -105,8 +105,10 @@ pub async fn cancel(
     if run.status.is_terminal() {
         return Err(ApiError::new(StatusCode::CONFLICT, format!("run {id} already finished ({})", run.status)));
     }
-    if !state.runner.cancel(id) {
-        return Err(ApiError::new(StatusCode::CONFLICT, format!("run {id} is not running on this host")));
+    // Recorded first, so that another host running it (or resuming it later) stops it too.
+    if !state.registry.store().request_cancel(id).await? {
+        return Err(ApiError::new(StatusCode::CONFLICT, format!("run {id} already finished")));
     }
+    state.runner.cancel(id);
     Ok((StatusCode::ACCEPTED, Json(json!({ "run_id": id, "status": "cancelling" }))))
 }

@@ -90,7 +90,21 @@ impl RunCommand {
                 on_interrupt.cancel();
             }
         });
-        let run = engine.execute(plan.clone(), plan.new_run(input), &control, &[]).await?;
+        let run = plan.new_run(input);
+        // `braid runs cancel` from another terminal reaches this run through the database.
+        let (watched, watcher, id) = (control.clone(), store.clone(), run.id);
+        let watch = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                if watcher.cancel_requested(&[id]).await.is_ok_and(|ids| !ids.is_empty()) {
+                    watched.cancel();
+                    break;
+                }
+            }
+        });
+        let run = engine.execute(plan.clone(), run, &control, &[]).await;
+        watch.abort();
+        let run = run?;
         let steps = store.run_steps(run.id).await?;
         match self.output {
             OutputFormat::Json => {

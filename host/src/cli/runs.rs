@@ -3,7 +3,7 @@
 use super::render::run_text;
 use super::{DatabaseArgs, OutputFormat, Status};
 use crate::store::{RunFilter, RunStatus, Store};
-use anyhow::{Context as _, anyhow};
+use anyhow::{Context as _, anyhow, bail};
 use clap::{Args, Subcommand};
 use serde_json::json;
 use uuid::Uuid;
@@ -31,6 +31,17 @@ enum RunsAction {
         database: DatabaseArgs,
         #[arg(long, value_enum, default_value_t)]
         output: OutputFormat,
+    },
+    /// Cancel a run, wherever it runs (a server, or `braid run` in another terminal):
+    /// running instances are interrupted and the run ends `cancelled`.
+    Cancel {
+        /// The run's id.
+        id: Uuid,
+        /// How long to wait for the run to stop.
+        #[arg(long, value_name = "MS", default_value_t = 5000)]
+        wait_ms: u64,
+        #[command(flatten)]
+        database: DatabaseArgs,
     },
     /// Show one run with its step executions.
     Show {
@@ -67,6 +78,30 @@ impl RunsCommand {
                         }
                     }
                     store.close().await?;
+                }
+                RunsAction::Cancel { id, wait_ms, database } => {
+                    let store = Store::open(&database.database_url).await?;
+                    let run = store.get_run(id).await?.ok_or_else(|| anyhow!("no run with id {id}"))?;
+                    if run.status.is_terminal() {
+                        bail!("run {id} already finished ({})", run.status);
+                    }
+                    store.request_cancel(id).await?;
+                    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(wait_ms);
+                    let status = loop {
+                        let status = store.get_run(id).await?.map(|run| run.status);
+                        if status.is_some_and(RunStatus::is_terminal) || std::time::Instant::now() > deadline {
+                            break status;
+                        }
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    };
+                    store.close().await?;
+                    match status {
+                        Some(status) if status.is_terminal() => println!("run {id} {status}"),
+                        _ => {
+                            println!("cancel requested: run {id} stops as soon as a host runs it");
+                            return Ok(Status::Failed);
+                        }
+                    }
                 }
                 RunsAction::Show { id, database, output } => {
                     let store = Store::open(&database.database_url).await?;

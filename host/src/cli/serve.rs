@@ -50,6 +50,7 @@ impl ServeCommand {
             let registry = Arc::new(Registry::new(store.clone(), sandbox.clone(), &self.registry.cache_dir));
             let runner = Runner::new(Engine::new(sandbox.clone(), store.recorder().clone()), registry.clone());
             let resumed = runner.resume_unfinished().await?;
+            runner.watch_cancel_requests();
             let listener = tokio::net::TcpListener::bind(self.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", self.listen))?;

@@ -315,6 +315,32 @@ macro_rules! sql_backend {
             rows.into_iter().map(RunRow::into_record).collect()
         }
 
+        /// Asks for a run to be cancelled; false when it does not exist or already finished.
+        pub(super) async fn request_cancel(pool: &$pool, id: Uuid) -> Result<bool, StoreError> {
+            let mut query = QueryBuilder::<$db>::new("UPDATE workflow_runs SET cancel_requested_at = ");
+            query.push_bind(chrono::Utc::now()).push(" WHERE id = ").push_bind(to_id(id));
+            query.push(" AND status IN ('pending', 'running')");
+            let done = query.build().execute(pool).await.map_err(StoreError::query)?;
+            Ok(done.rows_affected() > 0)
+        }
+
+        /// Which of `ids` someone asked to cancel.
+        pub(super) async fn cancel_requested(pool: &$pool, ids: &[Uuid]) -> Result<Vec<Uuid>, StoreError> {
+            if ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut query = QueryBuilder::<$db>::new(
+                "SELECT id FROM workflow_runs WHERE cancel_requested_at IS NOT NULL AND id IN (",
+            );
+            let mut list = query.separated(", ");
+            for id in ids {
+                list.push_bind(to_id(*id));
+            }
+            query.push(")");
+            let found: Vec<$id> = query.build_query_scalar().fetch_all(pool).await.map_err(StoreError::query)?;
+            found.into_iter().map(from_id).collect()
+        }
+
         #[derive(sqlx::FromRow)]
         struct AgentRow {
             name: String,

@@ -174,6 +174,17 @@ impl Store {
         dispatch!(self, unfinished_runs())
     }
 
+    /// Asks for a run to be cancelled by whichever host runs it; false when the run does
+    /// not exist or already finished.
+    pub async fn request_cancel(&self, id: Uuid) -> Result<bool, StoreError> {
+        dispatch!(self, request_cancel(id))
+    }
+
+    /// Which of `ids` someone asked to cancel.
+    pub async fn cancel_requested(&self, ids: &[Uuid]) -> Result<Vec<Uuid>, StoreError> {
+        dispatch!(self, cancel_requested(ids))
+    }
+
     /// Stores a new agent version with its component bytes.
     pub async fn insert_agent(&self, agent: &AgentRecord, wasm: &[u8]) -> Result<Inserted, StoreError> {
         dispatch!(self, insert_agent(agent, wasm))
