@@ -353,3 +353,35 @@ async fn braid_runs_cancel_stops_a_run_in_another_process() {
         db.drop_database().await;
     }
 }
+
+#[test]
+fn the_tour_example_exercises_every_step_type() {
+    let cwd = scratch_dir();
+    let output = braid()
+        .current_dir(cwd.path())
+        .arg("run")
+        .arg(examples_dir().join("tour.json"))
+        .args(["--agents", agents_dir().to_str().unwrap(), "--output", "json"])
+        .args(["--input", r#"{"docs": ["one two three", "four five"]}"#])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    let doc = stdout_json(&output);
+    assert_eq!(doc["output"]["case"], "default");
+    assert_eq!(doc["output"]["counts"][1]["words"], 2);
+    let types: std::collections::BTreeSet<&str> =
+        doc["steps"].as_array().unwrap().iter().map(|s| s["step_type"].as_str().unwrap()).collect();
+    assert_eq!(types.into_iter().collect::<Vec<_>>(), ["agent", "loop", "map", "parallel", "switch"]);
+    let skipped = doc["steps"].as_array().unwrap().iter().find(|s| s["step_id"] == "only-if-long").unwrap().clone();
+    assert_eq!(skipped["status"], "skipped");
+
+    let refused = braid()
+        .current_dir(cwd.path())
+        .arg("run")
+        .arg(examples_dir().join("tour.json"))
+        .args(["--agents", agents_dir().to_str().unwrap(), "--input", r#"{"docs": 5}"#])
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("input/docs: 5 is not of type \"array\""));
+}

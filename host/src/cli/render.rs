@@ -37,6 +37,8 @@ fn write_children(
 ) {
     for step in children.get(&parent).into_iter().flatten() {
         let branch = step.branch_name.as_ref().map(|b| format!("[{b}] ")).unwrap_or_default();
+        let item = step.item_index.map(|i| format!("#{i} ")).unwrap_or_default();
+        let attempt = if step.attempt > 1 { format!(" (attempt {})", step.attempt) } else { String::new() };
         let what = match (&step.agent_name, &step.join_policy) {
             (Some(agent), _) => format!("agent {agent}"),
             (None, Some(policy)) => format!("{} ({policy})", step.step_type),
@@ -44,7 +46,7 @@ fn write_children(
         };
         let outcome = step.outcome.as_ref().filter(|o| o.as_str() != step.status.as_str()).map(|o| format!(" ({o})"));
         text.push_str(&format!(
-            "{}{branch}{}  {what}  {}{}{}\n",
+            "{}{branch}{item}{}{attempt}  {what}  {}{}{}\n",
             "  ".repeat(depth),
             step.step_id,
             step.status,
