@@ -39,6 +39,12 @@ fn fan_out() -> Value {
         { "id": "fan", "type": "parallel", "max_parallelism": IN_FLIGHT, "branches": branches } ] })
 }
 
+fn map_items() -> Value {
+    json!({ "name": "map", "version": "1", "steps": [
+        { "id": "each", "type": "map", "items": "${ input.items }", "max_parallelism": IN_FLIGHT,
+          "step": { "agent": "echo", "input": { "n": "${ item }", "text": "${ input.text }" } } } ] })
+}
+
 fn chain() -> Value {
     let mut steps = vec![json!({ "id": "s0", "agent": "echo", "input": { "n": 0, "text": "${ input.text }" } })];
     for i in 1..CHAIN {
@@ -71,11 +77,18 @@ async fn sandbox_only(sandbox: &Arc<Sandbox>, plan: &RunPlan) -> f64 {
 
 struct Figures {
     branches_per_second: f64,
+    map_items_per_second: f64,
     chain_median: Duration,
     chain_best: Duration,
 }
 
-async fn measure(sandbox: &Arc<Sandbox>, url: &str, fan: &Arc<RunPlan>, chain: &Arc<RunPlan>) -> Figures {
+async fn measure(
+    sandbox: &Arc<Sandbox>,
+    url: &str,
+    fan: &Arc<RunPlan>,
+    chain: &Arc<RunPlan>,
+    map: &Arc<RunPlan>,
+) -> Figures {
     let store = Store::open(url).await.unwrap();
     let engine = Engine::new(sandbox.clone(), store.recorder().clone());
     let input = json!({ "text": "fan-out" });
@@ -89,6 +102,16 @@ async fn measure(sandbox: &Arc<Sandbox>, url: &str, fan: &Arc<RunPlan>, chain: &
     let recorded = store.run_steps(run.id).await.unwrap();
     assert_eq!(recorded.len(), BRANCHES + 1, "every branch and the block are recorded");
 
+    let items: Vec<usize> = (0..BRANCHES).collect();
+    let started = Instant::now();
+    let run = engine
+        .run(map.clone(), Uuid::now_v7(), json!({ "items": items, "text": "map" }), CancellationToken::new())
+        .await
+        .unwrap();
+    let map_elapsed = started.elapsed();
+    assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.error);
+    assert_eq!(store.run_steps(run.id).await.unwrap().len(), BRANCHES + 1, "every item and the map are recorded");
+
     let mut chain_times = Vec::new();
     for _ in 0..CHAIN_RUNS {
         let started = Instant::now();
@@ -100,6 +123,7 @@ async fn measure(sandbox: &Arc<Sandbox>, url: &str, fan: &Arc<RunPlan>, chain: &
     store.close().await.unwrap();
     Figures {
         branches_per_second: BRANCHES as f64 / elapsed.as_secs_f64(),
+        map_items_per_second: BRANCHES as f64 / map_elapsed.as_secs_f64(),
         chain_median: chain_times[CHAIN_RUNS / 2],
         chain_best: chain_times[0],
     }
@@ -114,6 +138,7 @@ fn main() {
     let sandbox = Arc::new(Sandbox::new(SandboxConfig::default()).unwrap());
     let fan = plan(&sandbox, fan_out());
     let chain = plan(&sandbox, chain());
+    let map = plan(&sandbox, map_items());
 
     let admin = std::env::var("BRAID_BENCH_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
@@ -128,8 +153,8 @@ fn main() {
         let mut admin_connection = sqlx::PgConnection::connect(&admin).await.unwrap();
         sqlx::query(&format!("CREATE DATABASE {database}")).execute(&mut admin_connection).await.unwrap();
         let sandbox_rate = sandbox_only(&sandbox, &fan).await;
-        let postgres = measure(&sandbox, &postgres_url, &fan, &chain).await;
-        let sqlite = measure(&sandbox, &sqlite_url, &fan, &chain).await;
+        let postgres = measure(&sandbox, &postgres_url, &fan, &chain, &map).await;
+        let sqlite = measure(&sandbox, &sqlite_url, &fan, &chain, &map).await;
         sqlx::query(&format!("DROP DATABASE {database} WITH (FORCE)")).execute(&mut admin_connection).await.unwrap();
         (sandbox_rate, postgres, sqlite)
     });
@@ -138,14 +163,17 @@ fn main() {
     println!(
         "fan-out: {BRANCHES} branches of `echo`, max_parallelism {IN_FLIGHT}; chain: {CHAIN} sequential steps (median of {CHAIN_RUNS})\n"
     );
-    println!("| setup | recorded branches/s | vs sandbox-only | 40-step chain, median | best |");
-    println!("|---|---|---|---|---|");
-    println!("| sandbox only (no workflow, no records) | {sandbox_rate:.0} | 1.00× | | |");
+    println!(
+        "| setup | recorded branches/s | vs sandbox-only | 10,000-item map, items/s | 40-step chain, median | best |"
+    );
+    println!("|---|---|---|---|---|---|");
+    println!("| sandbox only (no workflow, no records) | {sandbox_rate:.0} | 1.00× | | | |");
     for (name, f) in [("Postgres", &postgres), ("SQLite (WAL, synchronous=NORMAL)", &sqlite)] {
         println!(
-            "| {name} | {:.0} | {:.2}× | {:.1} ms | {:.1} ms |",
+            "| {name} | {:.0} | {:.2}× | {:.0} | {:.1} ms | {:.1} ms |",
             f.branches_per_second,
             f.branches_per_second / sandbox_rate,
+            f.map_items_per_second,
             f.chain_median.as_secs_f64() * 1e3,
             f.chain_best.as_secs_f64() * 1e3
         );

@@ -251,6 +251,30 @@ mod tests {
     }
 
     #[test]
+    fn map_loop_and_switch_scoping_is_checked() {
+        let found = problems(
+            r#"{ "name": "x", "version": "1", "steps": [
+                 { "id": "m", "type": "map", "items": "${ input.list }", "tolerated_failures": 1, "join_policy": "any",
+                   "step": { "agent": "w", "input": { "v": "${ item }", "i": "${ index }" } } },
+                 { "id": "outside", "agent": "w", "input": { "v": "${ item }", "inner": "${ steps.m_item.output }" } },
+                 { "id": "l", "type": "loop", "until": "iteration > 2 && steps.tick.output != null", "steps": [
+                     { "id": "tick", "agent": "w", "input": { "n": "${ iteration }" } } ] },
+                 { "id": "s", "type": "switch", "cases": [ { "when": "steps.tick.status == 'succeeded'", "steps": [ { "id": "yes", "agent": "w" } ] } ],
+                   "default": [ { "id": "no", "agent": "w", "input": "${ iteration }" } ] },
+                 { "id": "end", "agent": "w", "input": [ "${ steps.yes.output }", "${ steps.tick.output }", "${ steps.m.output }" ] } ] }"#,
+        );
+        assert_eq!(
+            found,
+            [
+                "steps[0].tolerated_failures: applies only to the join policy \"all\"",
+                "steps[1].input: unknown variable `item` (in scope: input, steps)",
+                "steps[1].input: refers to step \"m_item\" (at steps[0].step), which has not run by then",
+                "steps[3].default[0].input: unknown variable `iteration` (in scope: input, steps)",
+            ]
+        );
+    }
+
+    #[test]
     fn malformed_json_is_one_clear_problem() {
         assert_eq!(problems("{ nope")[0], "$: not valid JSON: key must be a string at line 1 column 3");
     }
