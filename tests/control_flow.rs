@@ -135,6 +135,11 @@ async fn map_runs_one_instance_per_item_in_order_under_its_bound() {
         assert!(common::peak_overlap(&items) <= 2, "{}", db.kind);
         assert_eq!(rows(&steps, "after")[0].input.as_ref().unwrap()["all"], json!(expected));
 
+        // An empty list is an empty output.
+        let (run, steps) = run_workflow(&store, &definition, json!({ "docs": [] })).await;
+        assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.error);
+        assert_eq!(rows(&steps, "m")[0].output, Some(json!([])));
+
         // A tolerated failure leaves null in its place.
         let tolerant = json!({ "name": "mapped", "version": "2", "steps": [
             { "id": "m", "type": "map", "items": "${ input.actions }", "tolerated_failures": 1,

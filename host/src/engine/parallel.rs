@@ -49,7 +49,12 @@ pub(super) async fn fan_out(
 ) -> Result<FanOutEnd, StoreError> {
     let block_cancel = cancel.child_token();
     let mut tally = Tally { policy, tolerated, total: count as u32, succeeded: 0, failed: 0 };
-    let mut verdict = Verdict::Undecided;
+    // Nothing to run (an empty map): done at once; only a quorum cannot be met.
+    let mut verdict = match (count, policy) {
+        (0, JoinPolicy::Quorum(_)) => Verdict::Failed,
+        (0, _) => Verdict::Succeeded,
+        _ => Verdict::Undecided,
+    };
     let mut results: Vec<Option<Finished>> = (0..count).map(|_| None).collect();
     let mut running = JoinSet::new();
     let mut pending: Vec<Pending> = Vec::new();
