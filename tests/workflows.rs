@@ -17,6 +17,13 @@ fn failing_branch(name: &str) -> Value {
     json!({ "name": name, "agent": "misbehave", "input": { "action": "error", "message": format!("{name} broke") } })
 }
 
+/// A branch that fails after `ms`, so that its siblings are surely running by then.
+fn failing_after(name: &str, ms: u64) -> Value {
+    json!({ "name": name, "steps": [
+        { "id": format!("{name}_wait"), "agent": "misbehave", "input": { "action": "sleep", "ms": ms } },
+        { "id": name, "agent": "misbehave", "input": { "action": "error", "message": format!("{name} broke") } } ] })
+}
+
 fn block(policy: Value, max_parallelism: u32, tolerated: u32, branches: Vec<Value>) -> Value {
     json!({ "name": "blocks", "version": "1", "steps": [
         { "id": "fan", "type": "parallel", "max_parallelism": max_parallelism, "join_policy": policy,
@@ -138,7 +145,7 @@ async fn join_all_waits_for_every_branch_even_when_one_fails_and_keeps_partial_r
 async fn fail_fast_cancels_the_running_branches() {
     for db in TestDb::both().await {
         let store = open(&db).await;
-        let branches = vec![sleep_branch("long", 30_000), failing_branch("broken"), sleep_branch("never", 10)];
+        let branches = vec![sleep_branch("long", 30_000), failing_after("broken", 200), sleep_branch("never", 10)];
         let started = std::time::Instant::now();
         let (run, steps) = run_workflow(&store, &block(json!("fail_fast"), 2, 0, branches), json!({})).await;
         assert!(started.elapsed() < std::time::Duration::from_secs(5), "cancellation was not prompt");
@@ -160,12 +167,13 @@ async fn fail_fast_cancels_the_running_branches() {
 async fn any_takes_the_first_success_and_cancels_the_rest() {
     for db in TestDb::both().await {
         let store = open(&db).await;
-        let branches = vec![failing_branch("broken"), sleep_branch("fast", 20), sleep_branch("slow", 30_000)];
+        // "fast" takes long enough that "slow" is surely running when it wins.
+        let branches = vec![failing_branch("broken"), sleep_branch("fast", 300), sleep_branch("slow", 30_000)];
         let (run, steps) = run_workflow(&store, &block(json!("any"), 3, 0, branches), json!({})).await;
         assert_eq!(run.status, RunStatus::Succeeded, "{}: {:?}", db.kind, run.error);
         assert_eq!(row(&steps, "slow").status, StepStatus::Cancelled);
         assert_eq!(row(&steps, "slow").outcome.as_deref(), Some("cancelled"));
-        assert_eq!(row(&steps, "fan").output, Some(json!({ "fast": { "slept_ms": 20 } })));
+        assert_eq!(row(&steps, "fan").output, Some(json!({ "fast": { "slept_ms": 300 } })));
 
         let all_fail = vec![failing_branch("a"), failing_branch("b")];
         let (run, _) = run_workflow(&store, &block(json!("any"), 2, 0, all_fail), json!({})).await;

@@ -1,6 +1,8 @@
-//! Running a workflow: steps in order, parallel blocks fanned out under their
-//! `max_parallelism`, join policies, cancellation, and recording every run and step
-//! execution as it happens.
+//! Running a workflow: steps in order (each possibly under an `if`), agent steps with
+//! retries ([`agent`]), parallel blocks and maps fanned out under their `max_parallelism`
+//! with join policies ([`parallel`], [`map`]), switches and loops ([`control`]), deadlines
+//! and cancellation, and recording every run and step execution as it happens. Interrupted
+//! runs resume without re-running the steps that succeeded.
 //!
 //! The engine knows nothing of wasmtime or SQL: it hands agent executions to the
 //! [`Sandbox`] and rows to the store's [`Recorder`]. A step's row is committed before any
@@ -8,15 +10,16 @@
 //! the sandbox's; each block adds its own bound on running branches, so nesting never asks
 //! the pool for more than it holds — excess work waits.
 
+mod agent;
 mod control;
 mod map;
 mod parallel;
 mod scope;
 
 use crate::metrics::METRICS;
-use crate::sandbox::{self, ExecutionRequest, Limits, LogLine, Sandbox, StepContext};
+use crate::sandbox::{self, Sandbox};
 use crate::store::{LogRecord, Pending, Recorder, RunRecord, RunStatus, StepRecord, StepStatus, StoreError};
-use crate::workflow::{AgentStep, RetryPolicy, Scope, Step, StepKind, Workflow};
+use crate::workflow::{Scope, Step, StepKind, Workflow};
 use chrono::Utc;
 use futures::future::BoxFuture;
 use serde_json::{Value, json};
@@ -26,9 +29,6 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
-
-/// How long an agent step runs before its "running" row is written.
-const RUNNING_ROW_AFTER: Duration = Duration::from_millis(50);
 
 /// An agent ready to run, with what identifies it in records.
 pub struct ResolvedAgent {
@@ -355,11 +355,16 @@ fn run_sequence(
     Box::pin(async move {
         let mut last = Ended { status: StepStatus::Succeeded, output: None, error: None };
         let mut last_row: Option<Pending> = None;
-        for step in steps.iter() {
+        for (index, step) in steps.iter().enumerate() {
             if let Some(row) = last_row.take() {
                 row.committed().await?;
             }
             if cancel.is_cancelled() {
+                // The steps this sequence will not start are recorded, so that every step
+                // of a cancelled branch or run stays visible.
+                for row in record_not_started(&context, &steps[index..], &placement, StepStatus::Cancelled) {
+                    row.committed().await?;
+                }
                 let ended = Ended { status: StepStatus::Cancelled, output: None, error: Some("cancelled".into()) };
                 return Ok((ended, scope, None));
             }
@@ -419,7 +424,7 @@ async fn run_step(
     }
     match &step.kind {
         StepKind::Agent(agent) => {
-            let (ended, row) = run_agent(context, step, agent, scope, placement, cancel).await;
+            let (ended, row) = agent::run(context, step, agent, scope, placement, cancel).await;
             let view = scope::view(&ended);
             Ok((ended, vec![(step.id.clone(), view)], row))
         }
@@ -479,176 +484,8 @@ fn finish_row(context: &RunContext, mut row: StepRecord, ended: &Ended, logs: Ve
     context.engine.recorder.step(row, logs)
 }
 
-async fn run_agent(
-    context: &Arc<RunContext>,
-    step: &Step,
-    agent_step: &AgentStep,
-    scope: &Scope,
-    placement: &Placement,
-    cancel: &CancellationToken,
-) -> (Ended, Pending) {
-    let mut row = new_row(context, step, placement);
-    let resolved = context.plan.agents.get(&agent_step.agent).cloned();
-    row.agent_name = Some(resolved.as_ref().map_or_else(|| agent_step.agent.clone(), |a| a.name.clone()));
-    row.agent_digest = resolved.as_ref().map(|a| a.digest.clone());
-
-    let input = match agent_step.input.render(scope) {
-        Ok(input) => input,
-        Err(err) => {
-            let ended = failed(format!("input{}: {err}", err.subpath));
-            let row = finish_row(context, row, &ended, Vec::new());
-            return (ended, row);
-        }
-    };
-    row.input = Some(input.clone());
-    let Some(resolved) = resolved else {
-        // Validation resolves every agent before a run; reaching this is a bug, not input.
-        let ended = failed(format!("agent {:?} was not resolved before the run", agent_step.agent));
-        let row = finish_row(context, row, &ended, Vec::new());
-        return (ended, row);
-    };
-
-    let retry = agent_step.retry.unwrap_or(RetryPolicy { max_attempts: 1, ..RetryPolicy::default() });
-    let mut backoff = backoff_delays(&retry);
-    let mut attempt = 1;
-    loop {
-        let mut attempt_row = row.clone();
-        attempt_row.id = Uuid::now_v7();
-        attempt_row.attempt = attempt as i32;
-        attempt_row.started_at = Some(Utc::now());
-        let (ended, retryable, written) =
-            attempt_agent(context, step, agent_step, &resolved, &input, attempt_row, placement, cancel).await;
-        let delay = backoff.next();
-        let retry_helps = ended.status == StepStatus::Failed && retryable && !cancel.is_cancelled();
-        match delay {
-            Some(delay) if retry_helps && attempt < retry.max_attempts => {
-                // This attempt's row is final: commit it before trying again.
-                if written.committed().await.is_err() {
-                    return (ended, Pending::ready());
-                }
-                tracing::info!(step = %step.id, attempt, ?delay, "retrying");
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    () = cancel.cancelled() => {
-                        return (Ended { status: StepStatus::Cancelled, output: None, error: Some("cancelled while waiting to retry".into()) }, Pending::ready());
-                    }
-                }
-                attempt += 1;
-            }
-            _ => return (ended, written),
-        }
-    }
-}
-
-/// The waits between attempts: exponential from the initial backoff, capped, with jitter
-/// when asked (backon).
-fn backoff_delays(retry: &RetryPolicy) -> impl Iterator<Item = Duration> {
-    use backon::BackoffBuilder;
-    let mut builder = backon::ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(retry.initial_backoff_ms))
-        .with_max_delay(Duration::from_millis(retry.max_backoff_ms))
-        .with_max_times(retry.max_attempts.saturating_sub(1) as usize);
-    if retry.jitter {
-        builder = builder.with_jitter();
-    }
-    builder.build()
-}
-
-/// One attempt: executes the agent and records the attempt's row. Returns how it ended,
-/// whether a retry could help, and the row being committed.
-#[allow(clippy::too_many_arguments)]
-async fn attempt_agent(
-    context: &Arc<RunContext>,
-    step: &Step,
-    agent_step: &AgentStep,
-    resolved: &ResolvedAgent,
-    input: &Value,
-    mut row: StepRecord,
-    placement: &Placement,
-    cancel: &CancellationToken,
-) -> (Ended, bool, Pending) {
-    let sandbox = &context.engine.sandbox;
-    let defaults = sandbox.config().default_limits;
-    let request = ExecutionRequest {
-        context: StepContext {
-            run_id: context.run_id.to_string(),
-            step_id: step.id.clone(),
-            branch: placement.branch.clone(),
-            item_index: placement.item_index.and_then(|i| u32::try_from(i).ok()),
-            attempt: row.attempt as u32,
-        },
-        input: input.to_string(),
-        limits: Some(Limits {
-            timeout: agent_step.timeout_ms.map_or(defaults.timeout, Duration::from_millis),
-            memory_bytes: agent_step.memory_mb.map_or(defaults.memory_bytes, |mb| mb.saturating_mul(1 << 20)),
-            fuel: agent_step.fuel.or(defaults.fuel),
-        }),
-        config: Arc::new(agent_step.config.clone()),
-        cancel: cancel.clone(),
-    };
-    // A step still running after a moment gets a "running" row, so that long steps are
-    // visible while they run. Quick steps skip it: their final row is their only write,
-    // which keeps a chain of short steps at one commit each. Nothing waits for it.
-    let running = sandbox.execute(&resolved.agent, request);
-    tokio::pin!(running);
-    let result = tokio::select! {
-        result = &mut running => result,
-        () = tokio::time::sleep(RUNNING_ROW_AFTER) => {
-            let _ = context.engine.recorder.step(row.clone(), Vec::new());
-            running.await
-        }
-    };
-    let execution = match result {
-        Ok(execution) => execution,
-        Err(err) => {
-            let ended = failed(err.to_string());
-            let written = finish_row(context, row, &ended, Vec::new());
-            return (ended, false, written);
-        }
-    };
-    row.outcome = Some(execution.outcome.as_str().to_owned());
-    row.instantiate_us = Some(micros(execution.instantiate));
-    row.execute_us = Some(micros(execution.execute));
-    row.fuel_consumed = execution.fuel_consumed.map(|fuel| i64::try_from(fuel).unwrap_or(i64::MAX));
-    row.memory_peak_bytes = Some(i64::try_from(execution.memory_peak_bytes).unwrap_or(i64::MAX));
-    let ended = Ended {
-        status: match execution.outcome {
-            sandbox::Outcome::Succeeded => StepStatus::Succeeded,
-            sandbox::Outcome::Cancelled => StepStatus::Cancelled,
-            _ => StepStatus::Failed,
-        },
-        output: execution.output,
-        error: execution.error,
-    };
-    let logs = log_records(row.id, execution.logs);
-    let written = finish_row(context, row, &ended, logs);
-    (ended, execution.retryable, written)
-}
-
 fn failed(error: String) -> Ended {
     Ended { status: StepStatus::Failed, output: None, error: Some(error) }
-}
-
-fn micros(duration: Duration) -> i64 {
-    i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
-}
-
-fn log_records(step_execution_id: Uuid, lines: Vec<LogLine>) -> Vec<LogRecord> {
-    lines
-        .into_iter()
-        .enumerate()
-        .map(|(seq, line)| LogRecord {
-            step_execution_id,
-            seq: seq as i32,
-            level: line.level.as_str().to_owned(),
-            source: serde_json::to_value(line.source)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default(),
-            message: line.message,
-            logged_at: line.logged_at.into(),
-        })
-        .collect()
 }
 
 /// Rows for steps that never started because their branch was cancelled first, so that
