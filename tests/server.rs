@@ -459,3 +459,25 @@ async fn what_the_cli_pushes_a_running_server_runs() {
     drop(server);
     db.drop_database().await;
 }
+
+#[tokio::test]
+async fn an_input_that_does_not_match_the_schema_is_refused_with_422() {
+    let db = TestDb::sqlite();
+    let cache = scratch();
+    let server = Server::start(&db.url, cache.path(), None, &[]);
+    let client = Client::new();
+    put_agent(&client, &server, "word-count", "1", agent_bytes("word-count")).await;
+    let typed = json!({ "input_schema": { "type": "object", "required": ["text"], "properties": { "text": { "type": "string" } } },
+        "steps": [ { "id": "count", "agent": "word-count", "input": { "text": "${ input.text }" } } ] });
+    let (status, _) = put_workflow(&client, &server, "typed", "1", &typed).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, body) = start_run(&client, &server, "typed", json!({ "input": { "text": 42 } }), true).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body["details"]["problems"][0].as_str().unwrap().starts_with("input/text:"), "{body}");
+    let runs = get_json(&client, &server, "/v1/runs").await;
+    assert_eq!(runs["runs"], json!([]), "nothing ran");
+    let (status, ok) = start_run(&client, &server, "typed", json!({ "input": { "text": "fine words" } }), true).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(ok["output"]["words"], 2);
+    drop(server);
+}
