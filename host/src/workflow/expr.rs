@@ -32,6 +32,8 @@ pub struct Template {
     steps: BTreeSet<String>,
     /// Whether some expression reads `steps` other than through a literal id.
     reads_all_steps: bool,
+    /// The top-level input fields read, or `None` when the input is read as a whole.
+    input_fields: Option<BTreeSet<String>>,
 }
 
 #[derive(Debug, Clone)]
@@ -92,6 +94,7 @@ impl Template {
             variables: BTreeSet::new(),
             steps: BTreeSet::new(),
             reads_all_steps: false,
+            input_fields: Some(BTreeSet::new()),
         };
         template.node = template.compile_node(value, String::new(), &mut errors);
         if errors.is_empty() { Ok(template) } else { Err(errors) }
@@ -152,6 +155,11 @@ impl Template {
         self.variables.extend(references.variables);
         self.steps.extend(references.steps);
         self.reads_all_steps |= references.whole_steps;
+        if references.whole_input {
+            self.input_fields = None;
+        } else if let Some(fields) = &mut self.input_fields {
+            fields.extend(references.input_fields);
+        }
         Ok(Arc::new(Compiled { source: source.trim().to_owned(), ast }))
     }
 
@@ -183,7 +191,19 @@ impl Template {
         }
         let mut context = Context::with_env(standard_env());
         if self.variables.contains("input") {
-            context.add_variable_from_value("input", scope.input.clone());
+            // Binding converts the value deeply: give expressions only the top-level input
+            // fields they read (a map over a 10,000-element input reads `input.text`, say).
+            let input = match (&self.input_fields, &scope.input) {
+                (Some(fields), Cel::Map(map)) => {
+                    let wanted = fields.iter().filter_map(|field| {
+                        let key = Key::from(field.clone());
+                        map.map.get(&key).map(|value| (key, value.clone()))
+                    });
+                    Cel::Map(Map { map: Arc::new(wanted.collect()) })
+                }
+                _ => scope.input.clone(),
+            };
+            context.add_variable_from_value("input", input);
         }
         if self.variables.contains("steps") {
             let visible: HashMap<Key, Cel> = scope
@@ -340,6 +360,10 @@ struct References {
     variables: BTreeSet<String>,
     steps: BTreeSet<String>,
     whole_steps: bool,
+    /// The top-level fields read as `input.<field>`.
+    input_fields: BTreeSet<String>,
+    /// Whether `input` is read other than through `input.<field>`.
+    whole_input: bool,
 }
 
 impl References {
@@ -348,14 +372,20 @@ impl References {
             Expr::Ident(name) => {
                 if !bound.contains(name) && !CEL_TYPE_NAMES.contains(&name.as_str()) {
                     self.variables.insert(name.clone());
-                    if name == "steps" {
-                        self.whole_steps = true;
+                    match name.as_str() {
+                        "steps" => self.whole_steps = true,
+                        "input" => self.whole_input = true,
+                        _ => {}
                     }
                 }
             }
             Expr::Select(select) => {
                 if Self::is_free_steps(&select.operand, bound) {
                     self.note_step(&select.field);
+                } else if matches!(&select.operand.expr, Expr::Ident(name) if name == "input" && !bound.contains(name))
+                {
+                    self.variables.insert("input".to_owned());
+                    self.input_fields.insert(select.field.clone());
                 } else {
                     self.walk(&select.operand, bound);
                 }
@@ -481,6 +511,16 @@ mod tests {
         assert_eq!(template.variables().iter().collect::<Vec<_>>(), ["input", "steps"]);
         assert!(!template.reads_all_steps());
         assert!(Template::compile(&json!("${ steps }")).unwrap().reads_all_steps());
+    }
+
+    #[test]
+    fn only_the_input_fields_read_are_bound_and_whole_reads_still_work() {
+        let fields = Template::compile(&json!({ "a": "${ input.text }", "b": "${ has(input.nowhere) }" })).unwrap();
+        assert_eq!(fields.render(&scope()).unwrap(), json!({ "a": "hi", "b": false }));
+        let whole = Template::compile(&json!("${ input }")).unwrap();
+        assert_eq!(whole.render(&scope()).unwrap(), json!({ "text": "hi", "items": [1, 2, 3] }));
+        let indexed = Template::compile(&json!("${ input['items'].size() }")).unwrap();
+        assert_eq!(indexed.render(&scope()).unwrap(), json!(3));
     }
 
     #[test]
