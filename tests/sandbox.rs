@@ -351,3 +351,18 @@ fn bytes_that_are_not_an_agent_are_refused_with_the_reason() {
 
     assert!(agent_path("echo").exists());
 }
+
+#[tokio::test]
+async fn the_on_demand_allocator_fallback_runs_agents_too() {
+    let on_demand = Sandbox::new(SandboxConfig {
+        max_instances: 2,
+        allocator: braid::sandbox::AllocatorChoice::OnDemand,
+        ..SandboxConfig::default()
+    })
+    .unwrap();
+    assert!(!on_demand.is_pooling());
+    let agent = on_demand.load(&agent_bytes("word-count")).unwrap();
+    let execution = on_demand.execute(&agent, request(json!({ "text": "still counts" }))).await.unwrap();
+    assert_eq!(execution.output, Some(json!({ "words": 2, "lines": 1, "chars": 12 })));
+    assert!(sandbox().is_pooling(), "this machine has the address space for the pool");
+}
