@@ -33,12 +33,16 @@ enum AgentAction {
         registry: RegistryArgs,
     },
     /// List deployed agents and their versions.
-    List {
-        #[command(flatten)]
-        database: DatabaseArgs,
-        #[arg(long, value_enum, default_value_t)]
-        output: OutputFormat,
-    },
+    List(ListArgs),
+}
+
+/// Where to list from, and how to print.
+#[derive(Debug, Args)]
+struct ListArgs {
+    #[command(flatten)]
+    database: DatabaseArgs,
+    #[arg(long, value_enum, default_value_t)]
+    output: OutputFormat,
 }
 
 #[derive(Debug, Args)]
@@ -63,12 +67,7 @@ enum WorkflowAction {
         registry: RegistryArgs,
     },
     /// List deployed workflows and their versions.
-    List {
-        #[command(flatten)]
-        database: DatabaseArgs,
-        #[arg(long, value_enum, default_value_t)]
-        output: OutputFormat,
-    },
+    List(ListArgs),
 }
 
 /// Opens the store and a registry over it, for one command.
@@ -104,7 +103,7 @@ impl AgentCommand {
                     println!("{} {}@{} ({})", deployed_word(deployed), agent.name, agent.version, agent.digest);
                     store.close().await?;
                 }
-                AgentAction::List { database, output } => {
+                AgentAction::List(ListArgs { database, output }) => {
                     let store = Store::open(&database.database_url).await?;
                     let agents = store.list_agents(None).await?;
                     match output {
@@ -148,7 +147,7 @@ impl WorkflowCommand {
                     println!("{} {}@{} ({})", deployed_word(deployed), workflow.name, workflow.version, workflow.digest);
                     store.close().await?;
                 }
-                WorkflowAction::List { database, output } => {
+                WorkflowAction::List(ListArgs { database, output }) => {
                     let store = Store::open(&database.database_url).await?;
                     let workflows = store.list_workflows(None).await?;
                     match output {
