@@ -34,6 +34,18 @@ fn run_example(name: &str, database: Option<&str>, cwd: &Path) -> Output {
     command.output().unwrap()
 }
 
+/// Writes `definition` into `cwd` and runs it there with the built agents.
+fn run_definition(cwd: &Path, definition: &Value, extra: &[&str]) -> Output {
+    let workflow = cwd.join("workflow.json");
+    std::fs::write(&workflow, definition.to_string()).unwrap();
+    braid()
+        .current_dir(cwd)
+        .args(["run", workflow.to_str().unwrap(), "--agents", agents_dir().to_str().unwrap()])
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
 fn scratch_dir() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
 }
@@ -109,19 +121,9 @@ fn without_a_database_url_runs_are_recorded_in_braid_db_in_the_current_directory
 #[test]
 fn a_failed_run_exits_1() {
     let cwd = scratch_dir();
-    let workflow = cwd.path().join("fails.json");
-    std::fs::write(
-        &workflow,
-        json!({ "name": "fails", "version": "1", "steps": [
-            { "id": "boom", "agent": "misbehave", "input": { "action": "panic", "message": "kaboom" } } ] })
-        .to_string(),
-    )
-    .unwrap();
-    let output = braid()
-        .current_dir(cwd.path())
-        .args(["run", workflow.to_str().unwrap(), "--agents", agents_dir().to_str().unwrap(), "--output", "json"])
-        .output()
-        .unwrap();
+    let fails = json!({ "name": "fails", "version": "1", "steps": [
+        { "id": "boom", "agent": "misbehave", "input": { "action": "panic", "message": "kaboom" } } ] });
+    let output = run_definition(cwd.path(), &fails, &["--output", "json"]);
     assert_eq!(output.status.code(), Some(1));
     let doc = stdout_json(&output);
     assert_eq!(doc["status"], "failed");
@@ -132,21 +134,11 @@ fn a_failed_run_exits_1() {
 #[test]
 fn an_invalid_definition_exits_2_listing_every_problem_and_runs_nothing() {
     let cwd = scratch_dir();
-    let workflow = cwd.path().join("invalid.json");
-    std::fs::write(
-        &workflow,
-        json!({ "name": "invalid", "version": "1", "steps": [
-            { "id": "a", "agent": "no-such-agent" },
-            { "id": "a", "type": "parallel", "max_parallelism": 0, "branches": [ { "name": "x", "agent": "word-count", "input": "${ steps.later.output }" } ] },
-            { "id": "later", "agent": "word-count", "typo": true } ] })
-        .to_string(),
-    )
-    .unwrap();
-    let output = braid()
-        .current_dir(cwd.path())
-        .args(["run", workflow.to_str().unwrap(), "--agents", agents_dir().to_str().unwrap()])
-        .output()
-        .unwrap();
+    let structurally_wrong = json!({ "name": "invalid", "version": "1", "steps": [
+        { "id": "a", "agent": "no-such-agent" },
+        { "id": "a", "type": "parallel", "max_parallelism": 0, "branches": [ { "name": "x", "agent": "word-count", "input": "${ steps.later.output }" } ] },
+        { "id": "later", "agent": "word-count", "typo": true } ] });
+    let output = run_definition(cwd.path(), &structurally_wrong, &[]);
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     for expected in ["steps[1].max_parallelism: must be at least 1", "steps[2].typo: unknown field"] {
@@ -155,20 +147,11 @@ fn an_invalid_definition_exits_2_listing_every_problem_and_runs_nothing() {
     assert!(!cwd.path().join("braid.db").exists(), "nothing may run (or be recorded) for an invalid definition");
 
     // Structure fixed, semantics still wrong: again every problem at once.
-    std::fs::write(
-        &workflow,
-        json!({ "name": "invalid", "version": "1", "steps": [
-            { "id": "a", "agent": "no-such-agent" },
-            { "id": "a", "type": "parallel", "branches": [ { "name": "x", "agent": "word-count", "input": "${ steps.later.output }" } ] },
-            { "id": "later", "agent": "word-count" } ] })
-        .to_string(),
-    )
-    .unwrap();
-    let output = braid()
-        .current_dir(cwd.path())
-        .args(["run", workflow.to_str().unwrap(), "--agents", agents_dir().to_str().unwrap()])
-        .output()
-        .unwrap();
+    let semantically_wrong = json!({ "name": "invalid", "version": "1", "steps": [
+        { "id": "a", "agent": "no-such-agent" },
+        { "id": "a", "type": "parallel", "branches": [ { "name": "x", "agent": "word-count", "input": "${ steps.later.output }" } ] },
+        { "id": "later", "agent": "word-count" } ] });
+    let output = run_definition(cwd.path(), &semantically_wrong, &[]);
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     for expected in [
