@@ -109,6 +109,7 @@ async fn the_agent_sees_its_context_and_config() {
             branch: Some("left".into()),
             item_index: Some(7),
             attempt: 3,
+            idempotency_key: "r-42/fetch".into(),
         },
         config: Arc::new(BTreeMap::from([("key".to_owned(), "granted".to_owned())])),
         ..request(json!({ "action": "ok" }))
@@ -121,6 +122,7 @@ async fn the_agent_sees_its_context_and_config() {
     assert_eq!(output["item_index"], 7);
     assert_eq!(output["attempt"], 3);
     assert_eq!(output["config"], "granted");
+    assert_eq!(output["idempotency_key"], "r-42/fetch");
     let missing = run(misbehave(), request(json!({ "action": "ok", "config_key": "other" }))).await;
     assert_eq!(missing.output.unwrap()["config"], Value::Null, "ungranted config is absent");
 }

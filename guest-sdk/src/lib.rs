@@ -85,6 +85,16 @@ pub struct Context {
     pub attempt: u32,
 }
 
+impl Context {
+    /// A key that is the same for every attempt of this step execution (retries, and runs
+    /// again after a host died) and differs for every other execution. Braid runs steps at
+    /// least once: hand this key to the services the agent calls (as an `Idempotency-Key`
+    /// header, say) so that a side effect happens once.
+    pub fn idempotency_key(&self) -> String {
+        host::idempotency_key()
+    }
+}
+
 impl From<StepContext> for Context {
     fn from(ctx: StepContext) -> Self {
         Context {

@@ -36,6 +36,9 @@ impl WasiView for BareState {
 impl bare::braid::agent::types::Host for BareState {}
 impl bare::braid::agent::host::Host for BareState {
     fn log(&mut self, _level: bare::braid::agent::host::LogLevel, _message: String) {}
+    fn idempotency_key(&mut self) -> String {
+        String::new()
+    }
     fn config(&mut self, _key: String) -> Option<String> {
         None
     }

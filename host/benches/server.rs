@@ -8,7 +8,8 @@
 //! default `postgres://postgres@127.0.0.1:5432/postgres`; a scratch database is created
 //! and dropped).
 
-use braid::api::{self, AppState, runner::Runner};
+use braid::api::{self, AppState};
+use braid::cluster::{HostConfig, Runner};
 use braid::engine::{Engine, RunControl};
 use braid::registry::Registry;
 use braid::sandbox::{Sandbox, SandboxConfig};
@@ -99,7 +100,8 @@ fn main() {
         let mib = misbehave.len() as f64 / (1 << 20) as f64;
 
         // Runs through the API, 16 clients, each waiting for its run.
-        let runner = Runner::new(engine.clone(), registry.clone());
+        let runner = Runner::new(engine.clone(), registry.clone(), HostConfig::new("bench"));
+        runner.start_host(true);
         let state = AppState { registry: registry.clone(), runner: runner.clone(), sandbox: sandbox.clone(), token: None };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
@@ -132,8 +134,8 @@ fn main() {
                 clients.spawn(async move {
                     for i in 0..RUNS / CLIENTS {
                         let plan = registry.plan("one", None).await.unwrap();
-                        let started = runner.start(plan, json!({ "i": i })).await.unwrap();
-                        let run = started.task.await.unwrap().unwrap();
+                        let started = runner.start(plan, json!({ "i": i }), None).await.unwrap();
+                        let run = runner.wait(started.run_id, started.task).await.unwrap();
                         let steps = store.run_steps(run.id).await.unwrap();
                         assert_eq!(steps.len(), 1);
                     }

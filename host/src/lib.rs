@@ -11,6 +11,7 @@
 //! * [`sandbox`]: wasmtime. The one engine, loading agent components, and one execution in
 //!   a fresh, limited, WASI-denied instance.
 //! * [`registry`]: where agents come from (a folder of components) and their digests.
+//! * [`cluster`]: hosts and ownership: leases, fencing epochs, claims, heartbeats.
 //! * [`store`]: sqlx. Runs, step executions and logs in Postgres or SQLite, batched writes.
 //! * [`cli`]: the `braid` command line, parsing and rendering; `main.rs` only calls it.
 //!
@@ -19,6 +20,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod cluster;
 pub mod engine;
 pub mod metrics;
 pub mod registry;

@@ -1,19 +1,19 @@
 //! The HTTP API (axum), JSON under `/v1`: deploy agents and workflows by name and version,
 //! start, read and cancel runs; `/healthz` and `/metrics` beside it.
 //!
-//! `router` builds the routes over an [`AppState`]; `serve` binds, resumes unfinished runs,
-//! serves until SIGTERM or Ctrl-C, then drains (see [`runner`]). Request bodies are read
+//! `router` builds the routes over an [`AppState`]; runs are executed by the host's
+//! [`Runner`] (see [`crate::cluster`]). Request bodies are read
 //! with explicit size limits so that every refusal, oversized bodies included, answers in
 //! the same JSON error shape.
 
 mod agents;
 mod error;
-pub mod runner;
 mod runs;
 mod workflows;
 
 pub use error::ApiError;
 
+use crate::cluster::Runner;
 use crate::metrics::METRICS;
 use crate::registry::Registry;
 use crate::sandbox::Sandbox;
@@ -24,7 +24,6 @@ use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
-use runner::Runner;
 use std::sync::Arc;
 
 /// Largest agent component accepted by `PUT /v1/agents/...`.
@@ -55,10 +54,11 @@ pub fn router(state: AppState) -> Router {
         .route("/runs", get(runs::list))
         .route("/runs/{id}", get(runs::get))
         .route("/runs/{id}/cancel", post(runs::cancel))
+        .route("/runs/{id}/redrive", post(runs::redrive))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .nest("/v1", v1)
-        .route("/healthz", get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }))
+        .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async { ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed") })
@@ -84,6 +84,29 @@ async fn require_token(State(state): State<AppState>, request: Request, next: Ne
 /// Compares without an early exit, so that timing does not reveal how much matched.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `GET /healthz`: 200 while the database answers (within 2 s), 503 otherwise.
+async fn healthz(State(state): State<AppState>) -> Response {
+    let checked = tokio::time::timeout(std::time::Duration::from_secs(2), state.registry.store().ping()).await;
+    let active = state.runner.active();
+    let host = &state.runner.config().host_id;
+    match checked {
+        Ok(Ok(())) => {
+            axum::Json(serde_json::json!({ "status": "ok", "database": "ok", "host_id": host, "active_runs": active }))
+                .into_response()
+        }
+        Ok(Err(err)) => {
+            tracing::warn!("health check: the database does not answer: {err}");
+            unhealthy(host, "the database does not answer")
+        }
+        Err(_) => unhealthy(host, "the database did not answer within 2 s"),
+    }
+}
+
+fn unhealthy(host: &str, database: &str) -> Response {
+    let body = serde_json::json!({ "status": "unavailable", "database": database, "host_id": host });
+    (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {

@@ -1,12 +1,13 @@
-//! `/v1/runs` and `POST /v1/workflows/{name}/runs`: start runs of deployed workflows, read
-//! them back with their step executions, cancel them.
+//! `/v1/runs` and `POST /v1/workflows/{name}/runs`: start runs of deployed workflows
+//! (idempotently with an `Idempotency-Key`), read them back with their step executions,
+//! cancel and redrive them.
 
 use super::{ApiError, AppState, MAX_JSON_BYTES, read_json};
 use crate::store::{RunFilter, RunStatus, run_document};
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -17,15 +18,32 @@ pub struct StartQuery {
     wait: bool,
 }
 
+/// Longest `Idempotency-Key` accepted.
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 255;
+
 /// `POST /v1/workflows/{name}/runs` with `{"input": ..., "version": optional}`: 202
 /// `{run_id}` once the run is accepted (durably); with `?wait=true`, the finished run's
-/// document (as `braid run --output json` prints it).
+/// document (as `braid run --output json` prints it). With an `Idempotency-Key` header,
+/// a key already used for this workflow answers 200 with that run instead of starting
+/// another.
 pub async fn start(
     State(state): State<AppState>,
     Path(name): Path<String>,
     Query(query): Query<StartQuery>,
+    headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(value) => match value.to_str() {
+            Ok(key) if !key.trim().is_empty() && key.len() <= MAX_IDEMPOTENCY_KEY_BYTES => Some(key.to_owned()),
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "the Idempotency-Key header must be 1 to {MAX_IDEMPOTENCY_KEY_BYTES} bytes of visible ASCII"
+                )));
+            }
+        },
+    };
     let request = read_json(body, MAX_JSON_BYTES).await?;
     let (input, version) = match &request {
         Value::Null => (Value::Null, None),
@@ -47,14 +65,12 @@ pub async fn start(
         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "the input does not match the workflow's input_schema")
             .with_details(json!({ "problems": invalid.problems }))
     })?;
-    let started = state.runner.start(plan, input).await?;
+    let started = state.runner.start(plan, input, key.as_deref()).await?;
+    let status = if started.created { StatusCode::ACCEPTED } else { StatusCode::OK };
     if !query.wait {
-        return Ok((StatusCode::ACCEPTED, Json(json!({ "run_id": started.run.id }))));
+        return Ok((status, Json(json!({ "run_id": started.run_id, "created": started.created }))));
     }
-    let run = started
-        .task
-        .await
-        .map_err(|err| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("the run's task failed: {err}")))??;
+    let run = state.runner.wait(started.run_id, started.task).await?;
     Ok((StatusCode::OK, Json(document(&state, run.id).await?)))
 }
 
@@ -111,4 +127,31 @@ pub async fn cancel(
     }
     state.runner.cancel(id);
     Ok((StatusCode::ACCEPTED, Json(json!({ "run_id": id, "status": "cancelling" }))))
+}
+
+/// `POST /v1/runs/{id}/redrive`: a failed or cancelled run runs again on its pinned
+/// workflow and agents, reusing every step that succeeded: 202 once it is queued (a host
+/// with room claims it), 409 when the run is still unfinished or succeeded.
+pub async fn redrive(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let id = parse_id(&id)?;
+    let store = state.registry.store();
+    match store.redrive(id).await? {
+        Some(run) => {
+            state.runner.wake();
+            Ok((
+                StatusCode::ACCEPTED,
+                Json(json!({ "run_id": id, "status": run.status, "redrive_count": run.redrive_count })),
+            ))
+        }
+        None => {
+            let run = store.get_run(id).await?.ok_or_else(|| ApiError::not_found(format!("no run {id}")))?;
+            Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!("run {id} is {}: only failed or cancelled runs can be redriven", run.status),
+            ))
+        }
+    }
 }

@@ -58,6 +58,32 @@ pub struct RegistryArgs {
     pub cache_dir: std::path::PathBuf,
 }
 
+/// How this process takes part in ownership, as a host executing runs.
+#[derive(Debug, Clone, clap::Args)]
+pub struct HostArgs {
+    /// This host's id, recorded as the owner of the runs it executes (default: hostname,
+    /// process id and a random suffix).
+    #[arg(long, env = "BRAID_HOST_ID", value_name = "ID")]
+    pub host_id: Option<String>,
+    /// How long a run's lease lasts without renewal; renewed every third of it. A host that
+    /// dies holds its runs this long before another host resumes them.
+    #[arg(long, value_name = "MS", default_value_t = 15_000, value_parser = clap::value_parser!(u64).range(300..=3_600_000))]
+    pub lease_ms: u64,
+}
+
+impl HostArgs {
+    /// The host's settings, executing at most `max_active_runs` runs at once.
+    pub fn config(&self, max_active_runs: Option<usize>) -> crate::cluster::HostConfig {
+        let host_id = self.host_id.clone().unwrap_or_else(crate::cluster::default_host_id);
+        let mut config = crate::cluster::HostConfig::new(host_id);
+        config.lease = std::time::Duration::from_millis(self.lease_ms);
+        if let Some(max) = max_active_runs {
+            config.max_active_runs = max;
+        }
+        config
+    }
+}
+
 /// How results are printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
 pub enum OutputFormat {

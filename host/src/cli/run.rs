@@ -3,9 +3,10 @@
 
 use super::registry::open_registry;
 use super::render::run_text;
-use super::{DatabaseArgs, OutputFormat, RegistryArgs, Status};
-use crate::engine::{Engine, RunControl, RunPlan};
-use crate::registry::AgentDirectory;
+use super::{DatabaseArgs, HostArgs, OutputFormat, RegistryArgs, Status};
+use crate::cluster::Runner;
+use crate::engine::{Engine, RunPlan};
+use crate::registry::{AgentDirectory, Registry};
 use crate::sandbox::{Sandbox, SandboxConfig};
 use crate::store::{RunStatus, Store};
 use crate::workflow;
@@ -30,6 +31,8 @@ pub struct RunCommand {
     database: DatabaseArgs,
     #[command(flatten)]
     registry: RegistryArgs,
+    #[command(flatten)]
+    host: HostArgs,
     /// How to print the result.
     #[arg(long, value_enum, default_value_t)]
     output: OutputFormat,
@@ -49,12 +52,17 @@ impl RunCommand {
         definition.check_input(&input)?;
         let sandbox = Arc::new(Sandbox::new(SandboxConfig::default())?);
         let resolved = agents.resolve(&definition, &sandbox)?;
-        let plan = Arc::new(RunPlan { workflow: Arc::new(definition), agents: resolved, workflow_digest: None });
+        let components = agents.components(&definition)?;
+        let document: serde_json::Value = serde_json::from_str(&text)?;
         let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
         runtime.block_on(async {
             let store = Store::open(&self.database.database_url).await?;
-            let engine = Engine::new(sandbox, store.recorder().clone());
-            self.run_plan(&store, &engine, plan, input).await
+            let registry = Arc::new(Registry::new(store.clone(), sandbox, &self.registry.cache_dir));
+            // Stored by digest, so that any host can resume the run if this process dies.
+            let digest = registry.keep_for_resume(&document, &components).await?;
+            let plan =
+                Arc::new(RunPlan { workflow: Arc::new(definition), agents: resolved, workflow_digest: Some(digest) });
+            self.run_plan(&store, registry, plan, input).await
         })
     }
 
@@ -70,52 +78,53 @@ impl RunCommand {
             let (store, registry) = open_registry(&self.database, &self.registry).await?;
             let plan = registry.plan(&name, version.as_deref()).await?;
             plan.workflow.check_input(&input)?;
-            let engine = Engine::new(registry.sandbox().clone(), store.recorder().clone());
-            self.run_plan(&store, &engine, plan, input).await
+            self.run_plan(&store, Arc::new(registry), plan, input).await
         })
     }
 
+    /// Runs `plan` as a host of its own: it owns the run under a lease it renews, notices
+    /// `braid runs cancel` from another terminal, and claims nothing else. Killed, it
+    /// leaves the run to any host on the same database once the lease expires.
     async fn run_plan(
         &self,
         store: &Store,
-        engine: &Engine,
+        registry: Arc<Registry>,
         plan: Arc<RunPlan>,
         input: serde_json::Value,
     ) -> anyhow::Result<Status> {
-        let control = RunControl::new();
-        let on_interrupt = control.clone();
+        let engine = Engine::new(registry.sandbox().clone(), store.recorder().clone());
+        let runner = Runner::new(engine, registry, self.host.config(Some(1)));
+        runner.start_host(false);
+        let started = runner.start(plan, input, None).await?;
+        let (on_interrupt, id) = (runner.clone(), started.run_id);
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {
                 eprintln!("interrupted: cancelling the run");
-                on_interrupt.cancel();
+                on_interrupt.cancel(id);
             }
         });
-        let run = plan.new_run(input);
-        // `braid runs cancel` from another terminal reaches this run through the database.
-        let (watched, watcher, id) = (control.clone(), store.clone(), run.id);
-        let watch = tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-                if watcher.cancel_requested(&[id]).await.is_ok_and(|ids| !ids.is_empty()) {
-                    watched.cancel();
-                    break;
-                }
-            }
-        });
-        let run = engine.execute(plan.clone(), run, &control, &[]).await;
-        watch.abort();
-        let run = run?;
-        let steps = store.run_steps(run.id).await?;
-        match self.output {
-            OutputFormat::Json => {
-                let logs = store.run_logs(run.id).await?;
-                println!("{}", serde_json::to_string_pretty(&crate::store::run_document(&run, &steps, &logs))?);
-            }
-            OutputFormat::Text => print!("{}", run_text(&run, &steps)),
-        }
+        let run = runner.wait(started.run_id, started.task).await?;
+        print_run(store, &run, self.output).await?;
         store.close().await?;
         Ok(if run.status == RunStatus::Succeeded { Status::Succeeded } else { Status::Failed })
     }
+}
+
+/// Prints a finished run as `braid run` does: its text tree, or its JSON document.
+pub(super) async fn print_run(
+    store: &Store,
+    run: &crate::store::RunRecord,
+    output: OutputFormat,
+) -> anyhow::Result<()> {
+    let steps = store.run_steps(run.id).await?;
+    match output {
+        OutputFormat::Json => {
+            let logs = store.run_logs(run.id).await?;
+            println!("{}", serde_json::to_string_pretty(&crate::store::run_document(run, &steps, &logs))?);
+        }
+        OutputFormat::Text => print!("{}", run_text(run, &steps)),
+    }
+    Ok(())
 }
 
 /// Whether `path` reads as `NAME[@VERSION]` rather than a file path.

@@ -1,11 +1,17 @@
-//! `braid runs list|show`: read back recorded runs.
+//! `braid runs list|show|cancel|resume|redrive`: read back recorded runs, stop them, and
+//! drive unfinished or failed ones to their end in this process.
 
+use super::registry::open_registry;
 use super::render::run_text;
-use super::{DatabaseArgs, OutputFormat, Status};
+use super::run::print_run;
+use super::{DatabaseArgs, HostArgs, OutputFormat, RegistryArgs, Status};
+use crate::cluster::Runner;
+use crate::engine::Engine;
 use crate::store::{RunFilter, RunStatus, Store};
 use anyhow::{Context as _, anyhow, bail};
 use clap::{Args, Subcommand};
 use serde_json::json;
+use std::sync::Arc;
 use uuid::Uuid;
 
 #[derive(Debug, Args)]
@@ -43,6 +49,23 @@ enum RunsAction {
         #[command(flatten)]
         database: DatabaseArgs,
     },
+    /// Finish an unfinished run here (its host died, or `braid run` was killed), once no
+    /// host holds its lease: what succeeded is reused, the rest runs.
+    Resume {
+        /// The run's id.
+        id: Uuid,
+        #[command(flatten)]
+        drive: DriveArgs,
+    },
+    /// Run a failed or cancelled run again, here, on exactly its pinned workflow and agents:
+    /// every step, branch, map item and loop iteration that succeeded is reused; what
+    /// failed or never ran runs again with the next attempt numbers.
+    Redrive {
+        /// The run's id.
+        id: Uuid,
+        #[command(flatten)]
+        drive: DriveArgs,
+    },
     /// Show one run with its step executions.
     Show {
         /// The run's id.
@@ -54,9 +77,67 @@ enum RunsAction {
     },
 }
 
+/// What `resume` and `redrive` need to execute a run here.
+#[derive(Debug, Args)]
+struct DriveArgs {
+    #[command(flatten)]
+    database: DatabaseArgs,
+    #[command(flatten)]
+    registry: RegistryArgs,
+    #[command(flatten)]
+    host: HostArgs,
+    #[arg(long, value_enum, default_value_t)]
+    output: OutputFormat,
+}
+
+/// Whether `drive` redrives the run first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Drive {
+    Resume,
+    Redrive,
+}
+
+impl DriveArgs {
+    /// Claims run `id` and executes it here to its end, printing it as `braid run` does.
+    async fn drive(&self, id: Uuid, how: Drive) -> anyhow::Result<Status> {
+        let (store, registry) = open_registry(&self.database, &self.registry).await?;
+        let run = store.get_run(id).await?.ok_or_else(|| anyhow!("no run with id {id}"))?;
+        if how == Drive::Redrive && store.redrive(id).await?.is_none() {
+            bail!("run {id} is {}: only failed or cancelled runs can be redriven", run.status);
+        }
+        if how == Drive::Resume && run.status.is_terminal() {
+            bail!(
+                "run {id} already finished ({}); `braid runs redrive` runs a failed or cancelled run again",
+                run.status
+            );
+        }
+        let engine = Engine::new(registry.sandbox().clone(), store.recorder().clone());
+        let runner = Runner::new(engine, Arc::new(registry), self.host.config(Some(1)));
+        runner.start_host(false);
+        let run = match runner.drive(id).await? {
+            Some(run) => run,
+            None if how == Drive::Redrive => {
+                // A running host claimed it first: follow it there.
+                eprintln!("run {id} was taken by another host; waiting for it to end");
+                runner.wait(id, None).await?
+            }
+            None => {
+                let run = store.get_run(id).await?.ok_or_else(|| anyhow!("no run with id {id}"))?;
+                bail!(
+                    "run {id} is held by host {} until its lease expires; try again after that (the lease is                      --lease-ms long, 15 s by default)",
+                    run.owner_host_id.as_deref().unwrap_or("?")
+                );
+            }
+        };
+        print_run(&store, &run, self.output).await?;
+        store.close().await?;
+        Ok(if run.status == RunStatus::Succeeded { Status::Succeeded } else { Status::Failed })
+    }
+}
+
 impl RunsCommand {
     pub fn execute(self) -> anyhow::Result<Status> {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
         runtime.block_on(async {
             match self.action {
                 RunsAction::List { workflow, status, limit, database, output } => {
@@ -86,6 +167,13 @@ impl RunsCommand {
                         bail!("run {id} already finished ({})", run.status);
                     }
                     store.request_cancel(id).await?;
+                    // When no host is executing it, this process closes it (claiming it
+                    // first, so that a host claiming it at the same moment cannot race).
+                    let host = crate::cluster::default_host_id();
+                    if let Some(claimed) = store.claim_run(id, &host, std::time::Duration::from_secs(30)).await? {
+                        let previous = store.run_steps(id).await?;
+                        crate::engine::close_cancelled(store.recorder(), claimed, &previous).await?;
+                    }
                     let deadline = std::time::Instant::now() + std::time::Duration::from_millis(wait_ms);
                     let status = loop {
                         let status = store.get_run(id).await?.map(|run| run.status);
@@ -103,6 +191,8 @@ impl RunsCommand {
                         }
                     }
                 }
+                RunsAction::Resume { id, drive } => return drive.drive(id, Drive::Resume).await,
+                RunsAction::Redrive { id, drive } => return drive.drive(id, Drive::Redrive).await,
                 RunsAction::Show { id, database, output } => {
                     let store = Store::open(&database.database_url).await?;
                     let run = store.get_run(id).await?.ok_or_else(|| anyhow!("no run with id {id}"))?;

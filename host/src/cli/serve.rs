@@ -1,7 +1,8 @@
 //! `braid serve`: the HTTP API, with deploys, runs and metrics (see [`crate::api`]).
 
-use super::{DatabaseArgs, RegistryArgs, Status};
-use crate::api::{self, AppState, runner::Runner};
+use super::{DatabaseArgs, HostArgs, RegistryArgs, Status};
+use crate::api::{self, AppState};
+use crate::cluster::Runner;
 use crate::engine::Engine;
 use crate::registry::Registry;
 use crate::sandbox::{Sandbox, SandboxConfig};
@@ -23,6 +24,12 @@ pub struct ServeCommand {
     database: DatabaseArgs,
     #[command(flatten)]
     registry: RegistryArgs,
+    #[command(flatten)]
+    host: HostArgs,
+    /// Most runs this host executes at once; more accepted runs wait in the database
+    /// (`pending`) for a host with room. Default: 64 per core.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    max_active_runs: Option<u64>,
     /// On SIGTERM or Ctrl-C, how long running steps may take to finish before they are
     /// interrupted (and their runs left to resume at the next start).
     #[arg(long, value_name = "MS", default_value_t = 10_000)]
@@ -48,17 +55,17 @@ impl ServeCommand {
         runtime.block_on(async move {
             let store = Store::open(&self.database.database_url).await?;
             let registry = Arc::new(Registry::new(store.clone(), sandbox.clone(), &self.registry.cache_dir));
-            let runner = Runner::new(Engine::new(sandbox.clone(), store.recorder().clone()), registry.clone());
-            let resumed = runner.resume_unfinished().await?;
-            runner.watch_cancel_requests();
+            let config = self.host.config(self.max_active_runs.map(|n| n as usize));
+            let runner = Runner::new(Engine::new(sandbox.clone(), store.recorder().clone()), registry.clone(), config);
             let listener = tokio::net::TcpListener::bind(self.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", self.listen))?;
             let address = listener.local_addr()?;
+            // Fully up (migrated, listening): only now may this host claim runs, unfinished
+            // ones of hosts that died included.
+            runner.start_host(true);
             println!("braid listening on http://{address}");
-            if resumed > 0 {
-                println!("resumed {resumed} unfinished runs");
-            }
+            println!("host {}", runner.config().host_id);
             std::io::stdout().flush()?;
 
             let state = AppState { registry, runner: runner.clone(), sandbox, token: token.map(Arc::from) };

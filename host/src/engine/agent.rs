@@ -46,19 +46,30 @@ pub(super) async fn run(
     };
 
     let retry = agent_step.retry.unwrap_or(RetryPolicy { max_attempts: 1, ..RetryPolicy::default() });
+    // `max_attempts` counts the attempts of this drive that failed, recorded ones included
+    // (an attempt cut off by its host dying did not fail, and does not count).
+    let key = row.step_key.clone().unwrap_or_default();
+    let failures = context.previous.failures(&key);
+    if failures >= retry.max_attempts
+        && let Some(latest) = context.previous.latest(&key).filter(|row| row.status == StepStatus::Failed)
+    {
+        return (Ended::of_row(latest), super::adopt(context, latest, placement));
+    }
+    let allowed = retry.max_attempts - failures;
     let mut backoff = backoff_delays(&retry);
-    let mut attempt = 1;
+    let mut attempt = row.attempt;
+    let mut made = 1;
     loop {
         let mut attempt_row = row.clone();
         attempt_row.id = Uuid::now_v7();
-        attempt_row.attempt = attempt as i32;
+        attempt_row.attempt = attempt;
         attempt_row.started_at = Some(Utc::now());
         let (ended, retryable, written) =
             attempt_agent(context, step, agent_step, &resolved, &input, attempt_row, placement, cancel).await;
         let delay = backoff.next();
         let retry_helps = ended.status == StepStatus::Failed && retryable && !cancel.is_cancelled();
         match delay {
-            Some(delay) if retry_helps && attempt < retry.max_attempts => {
+            Some(delay) if retry_helps && made < allowed => {
                 // This attempt's row is final: commit it before trying again.
                 if written.committed().await.is_err() {
                     return (ended, Pending::ready());
@@ -71,6 +82,7 @@ pub(super) async fn run(
                     }
                 }
                 attempt += 1;
+                made += 1;
             }
             _ => return (ended, written),
         }
@@ -112,7 +124,8 @@ async fn attempt_agent(
             step_id: step.id.clone(),
             branch: placement.branch.clone(),
             item_index: placement.item_index.and_then(|i| u32::try_from(i).ok()),
-            attempt: row.attempt as u32,
+            attempt: u32::try_from(row.attempt).unwrap_or(1),
+            idempotency_key: format!("{}/{}", context.run_id, row.step_key.as_deref().unwrap_or(&step.id)),
         },
         input: input.to_string(),
         limits: Some(Limits {
@@ -131,7 +144,7 @@ async fn attempt_agent(
     let result = tokio::select! {
         result = &mut running => result,
         () = tokio::time::sleep(RUNNING_ROW_AFTER) => {
-            let _ = context.engine.recorder.step(row.clone(), Vec::new());
+            let _ = context.write(row.clone(), Vec::new());
             running.await
         }
     };
@@ -144,6 +157,7 @@ async fn attempt_agent(
         }
     };
     row.outcome = Some(execution.outcome.as_str().to_owned());
+    row.queued_us = Some(micros(execution.queued));
     row.instantiate_us = Some(micros(execution.instantiate));
     row.execute_us = Some(micros(execution.execute));
     row.fuel_consumed = execution.fuel_consumed.map(|fuel| i64::try_from(fuel).unwrap_or(i64::MAX));

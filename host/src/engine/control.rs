@@ -54,8 +54,8 @@ pub(super) async fn switch(
         let written = finish_row(context, row, &ended, Vec::new());
         return Ok((ended.clone(), vec![(step.id.clone(), case_view(&ended, &label))], written));
     };
-    let _ = context.engine.recorder.step(row.clone(), Vec::new());
-    let inner = Placement { parent: Some(row.id), branch: Some(label.clone()), item_index: placement.item_index };
+    let _ = context.write(row.clone(), Vec::new());
+    let inner = Placement::inside(&row, Some(label.clone()), placement.item_index, &format!("/{label}"));
     let (mut ended, inner_scope, last_row) =
         run_sequence(context.clone(), steps.clone(), scope.clone(), inner, stop.token.clone()).await?;
     stop.settle(&mut ended);
@@ -69,7 +69,7 @@ pub(super) async fn switch(
 }
 
 /// A switch's view: as any step's, plus which case ran.
-fn case_view(ended: &Ended, label: &str) -> cel::Value {
+pub(super) fn case_view(ended: &Ended, label: &str) -> cel::Value {
     let mut view = crate::workflow::cel_to_json(&view(ended)).unwrap_or(Value::Null);
     view["case"] = Value::String(label.to_owned());
     crate::workflow::json_to_cel(&view)
@@ -93,18 +93,15 @@ pub(super) async fn repeat(
     stop: &Stop,
 ) -> Result<StepEnd, StoreError> {
     let row = new_row(context, step, placement);
-    let _ = context.engine.recorder.step(row.clone(), Vec::new());
+    let _ = context.write(row.clone(), Vec::new());
     let mut last = Ended { status: StepStatus::Succeeded, output: None, error: None };
     let mut last_scope = scope.clone();
     let mut done = false;
     for iteration in 0..repeat.max_iterations {
         let mut iteration_scope = scope.clone();
         bind(&mut iteration_scope, "iteration", cel::Value::Int(i64::from(iteration)));
-        let inner = Placement {
-            parent: Some(row.id),
-            branch: placement.branch.clone(),
-            item_index: Some(i64::from(iteration)),
-        };
+        let inner =
+            Placement::inside(&row, placement.branch.clone(), Some(i64::from(iteration)), &format!("[{iteration}]"));
         let (ended, inner_scope, last_row) =
             run_sequence(context.clone(), repeat.body.clone(), iteration_scope, inner, stop.token.clone()).await?;
         if let Some(last_row) = last_row {

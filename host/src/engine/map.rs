@@ -33,11 +33,10 @@ pub(super) async fn run(
         Err(err) => return Ok(fail(context, step, row, format!("items: {err}"))),
     };
     row.input = Some(json!({ "items": items.len() }));
-    let _ = context.engine.recorder.step(row.clone(), Vec::new());
+    let _ = context.write(row.clone(), Vec::new());
 
-    let map_id = row.id;
-    let item_placement =
-        |index: usize| Placement { parent: Some(map_id), branch: None, item_index: Some(index as i64) };
+    let anchor = row.clone();
+    let item_placement = |index: usize| Placement::inside(&anchor, None, Some(index as i64), &format!("[{index}]"));
     let end = fan_out(
         items.len(),
         map.max_parallelism,

@@ -14,14 +14,16 @@ mod agent;
 mod control;
 mod map;
 mod parallel;
+mod resume;
 mod scope;
 
 use crate::metrics::METRICS;
 use crate::sandbox::{self, Sandbox};
-use crate::store::{LogRecord, Pending, Recorder, RunRecord, RunStatus, StepRecord, StepStatus, StoreError};
+use crate::store::{Fence, LogRecord, Pending, Recorder, RunRecord, RunStatus, StepRecord, StepStatus, StoreError};
 use crate::workflow::{Scope, Step, StepKind, Workflow};
 use chrono::Utc;
 use futures::future::BoxFuture;
+use resume::Previous;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -46,7 +48,8 @@ pub struct RunPlan {
     pub workflow: Arc<Workflow>,
     /// Keyed by the agent reference as written in the workflow (`name` or `name@version`).
     pub agents: HashMap<String, Arc<ResolvedAgent>>,
-    /// sha256 of the deployed definition, when the workflow came from the registry.
+    /// sha256 of the definition the run starts with (stored by that digest, so that any
+    /// host can resume the run).
     pub workflow_digest: Option<String>,
 }
 
@@ -78,16 +81,21 @@ impl RunPlan {
             finished_at: None,
             workflow_digest: self.workflow_digest.clone(),
             pinned_agents: Some(self.pins()),
+            owner_host_id: None,
+            epoch: 0,
+            redrive_count: 0,
         }
     }
 }
 
 /// How a run is stopped from outside: `cancel` ends it as `cancelled`; `interrupt` (a host
-/// shutting down) stops it too, but leaves it unfinished, to be resumed later.
+/// shutting down) stops it too, but leaves it unfinished, to be resumed later; `lost` (the
+/// host no longer holds the run's lease) stops it without writing anything more.
 #[derive(Debug, Clone, Default)]
 pub struct RunControl {
     interrupt: CancellationToken,
     cancel: CancellationToken,
+    lost: CancellationToken,
 }
 
 impl RunControl {
@@ -98,12 +106,24 @@ impl RunControl {
 
     /// A run that `shutdown` interrupts.
     pub fn under(shutdown: &CancellationToken) -> Self {
-        RunControl { interrupt: shutdown.clone(), cancel: shutdown.child_token() }
+        RunControl { interrupt: shutdown.clone(), cancel: shutdown.child_token(), lost: CancellationToken::new() }
     }
 
     /// Cancels the run: running instances are interrupted and recorded `cancelled`.
     pub fn cancel(&self) {
         self.cancel.cancel();
+    }
+
+    /// Drops the run: another host took it over (or this one cannot renew its lease).
+    /// Running instances are interrupted and nothing more is written.
+    pub fn lose(&self) {
+        self.lost.cancel();
+        self.cancel.cancel();
+    }
+
+    /// Whether the run was dropped.
+    pub fn is_lost(&self) -> bool {
+        self.lost.is_cancelled()
     }
 }
 
@@ -112,6 +132,8 @@ impl RunControl {
 pub struct Engine {
     sandbox: Arc<Sandbox>,
     recorder: Recorder,
+    /// The host this engine runs in, recorded with every step execution.
+    host_id: Arc<str>,
 }
 
 /// Everything a running step needs, shared by all tasks of one run.
@@ -119,18 +141,36 @@ struct RunContext {
     engine: Engine,
     plan: Arc<RunPlan>,
     run_id: Uuid,
-    /// Rows of an earlier, interrupted attempt at this run, by step id: succeeded steps
-    /// are not run again.
-    previous: HashMap<String, StepRecord>,
+    /// The claim every write of this run carries.
+    fence: Fence,
+    /// Rows of earlier drives of this run, by step key: what succeeded is not run again.
+    previous: Previous,
+}
+
+impl RunContext {
+    /// Queues a step row (with its logs) under the run's fence.
+    fn write(&self, row: StepRecord, logs: Vec<LogRecord>) -> Pending {
+        self.engine.recorder.step(row, logs, &self.fence)
+    }
 }
 
 /// Where a step execution sits: inside which block row, on which branch, for which item
-/// (of a map) or iteration (of a loop).
+/// (of a map) or iteration (of a loop), and the key prefix of the steps placed there.
 #[derive(Debug, Clone, Default)]
 struct Placement {
     parent: Option<Uuid>,
     branch: Option<String>,
     item_index: Option<i64>,
+    /// `""` at the top, `block/branch/`, `map[3]/`, `loop[2]/`, `switch/cases[0]/`.
+    prefix: Arc<str>,
+}
+
+impl Placement {
+    /// Inside the block row `parent` (whose key is `key`), on `branch`, at `item_index`.
+    fn inside(parent: &StepRecord, branch: Option<String>, item_index: Option<i64>, segment: &str) -> Self {
+        let key = parent.step_key.as_deref().unwrap_or_default();
+        Placement { parent: Some(parent.id), branch, item_index, prefix: format!("{key}{segment}/").into() }
+    }
 }
 
 /// How a block (or a run) is stopped: its cancellation token, which its own deadline (if
@@ -199,7 +239,18 @@ impl Ended {
 
 impl Engine {
     pub fn new(sandbox: Arc<Sandbox>, recorder: Recorder) -> Self {
-        Engine { sandbox, recorder }
+        Engine { sandbox, recorder, host_id: crate::cluster::default_host_id().into() }
+    }
+
+    /// The same engine, recording `host_id` as the host of what it runs.
+    pub fn with_host_id(mut self, host_id: &str) -> Self {
+        self.host_id = host_id.into();
+        self
+    }
+
+    /// The host this engine runs in.
+    pub fn host_id(&self) -> &str {
+        &self.host_id
     }
 
     /// The sandbox the engine runs agents in.
@@ -207,9 +258,10 @@ impl Engine {
         &self.sandbox
     }
 
-    /// Runs `plan` on `input` as a new run `run_id`, recording everything; cancelling
-    /// `cancel` stops the running instances and records what was stopped as cancelled.
-    /// Returns the run's final row. Fails only when recording itself fails.
+    /// Runs `plan` on `input` as a new run `run_id` owned by this engine's host (with a
+    /// lease it does not renew: for runs that end within it, such as tests'), recording
+    /// everything; cancelling `cancel` stops the running instances and records what was
+    /// stopped as cancelled. Returns the run's final row. Fails only when recording fails.
     pub async fn run(
         &self,
         plan: Arc<RunPlan>,
@@ -217,16 +269,23 @@ impl Engine {
         input: Value,
         cancel: CancellationToken,
     ) -> Result<RunRecord, StoreError> {
-        let run = RunRecord { id: run_id, ..plan.new_run(input) };
-        let control = RunControl { interrupt: CancellationToken::new(), cancel };
+        let mut run = RunRecord { id: run_id, ..plan.new_run(input) };
+        run.owner_host_id = Some(self.host_id.to_string());
+        run.epoch = 1;
+        // Not waited for: the run's later writes, and its steps' (whose fence reads this
+        // row), land in the same commit or after it.
+        let _ = self.recorder.run(run.clone(), Some(Duration::from_secs(3600)), None);
+        let control = RunControl { cancel, ..RunControl::default() };
         self.execute(plan, run, &control, &[]).await
     }
 
-    /// Runs an accepted run (`run`, usually `pending`). `previous` holds the rows of an
-    /// earlier attempt that a host shutdown or crash cut short: steps that succeeded then
-    /// are not run again (their recorded outputs are used), and rows left unfinished are
-    /// closed as `cancelled`. Returns the run's row at the end: final, or still `running`
-    /// when `control` was interrupted (to be resumed).
+    /// Runs a run this host has claimed (`run.epoch` is its claim). `previous` holds the
+    /// rows of earlier drives of the run — a host that stopped or died, or a failed run
+    /// redriven: rows left unfinished are closed as `cancelled`, and what succeeded (a
+    /// step, a branch, a map item, a loop iteration, a whole block) is reused, not run
+    /// again; the rest runs with the next attempt numbers. Returns the run's row at the
+    /// end: final, or still `running` when `control` was interrupted (to be resumed);
+    /// [`StoreError::LeaseLost`] when another host took the run over.
     pub async fn execute(
         &self,
         plan: Arc<RunPlan>,
@@ -234,26 +293,52 @@ impl Engine {
         control: &RunControl,
         previous: &[StepRecord],
     ) -> Result<RunRecord, StoreError> {
+        let fence = Fence::with_token(run.epoch, control.lost.clone());
+        // A refused write (the epoch moved on) stops the run's instances at once.
+        let on_lost = {
+            let (lost, cancel) = (control.lost.clone(), control.cancel.clone());
+            tokio::spawn(async move {
+                lost.cancelled().await;
+                cancel.cancel();
+            })
+        };
+        let result = self.drive(plan, &mut run, control, previous, fence).await;
+        on_lost.abort();
+        if control.is_lost() {
+            return Err(StoreError::LeaseLost(run.id));
+        }
+        result
+    }
+
+    async fn drive(
+        &self,
+        plan: Arc<RunPlan>,
+        run: &mut RunRecord,
+        control: &RunControl,
+        previous: &[StepRecord],
+        fence: Fence,
+    ) -> Result<RunRecord, StoreError> {
         run.status = RunStatus::Running;
         run.started_at.get_or_insert_with(Utc::now);
         run.error = None;
-        // Not waited for: the accepted (or earlier) row already makes the run durable, and
+        run.owner_host_id = Some(self.host_id.to_string());
+        // Not waited for: the accepted (or claimed) row already makes the run durable, and
         // every later write of it lands after this one.
-        let _ = self.recorder.run(run.clone());
-        let mut previous_by_step = HashMap::new();
-        let reusable = reusable_steps(&plan.workflow.steps);
-        for row in previous {
-            if !row.status.is_terminal() {
-                let mut closed = row.clone();
-                closed.status = StepStatus::Cancelled;
-                closed.error = Some("interrupted: the host stopped before it finished".into());
-                closed.finished_at = Some(Utc::now());
-                let _ = self.recorder.step(closed, Vec::new());
-            }
-            // Ids are time-ordered: the last row of a step id is its latest attempt.
-            if reusable.contains(&row.step_id) {
-                previous_by_step.insert(row.step_id.clone(), row.clone());
-            }
+        let _ = self.recorder.run(run.clone(), None, Some(&fence));
+        let mut closing = Vec::new();
+        let mut rows = previous.to_vec();
+        for row in rows.iter_mut().filter(|row| !row.status.is_terminal()) {
+            // Left running by a host that stopped or died: it ends here.
+            row.status = StepStatus::Cancelled;
+            row.error = Some(format!(
+                "interrupted: its host ({}) stopped or died before it finished",
+                row.host_id.as_deref().unwrap_or("unknown")
+            ));
+            row.finished_at = Some(Utc::now());
+            closing.push(self.recorder.step(row.clone(), Vec::new(), &fence));
+        }
+        for closed in closing {
+            closed.committed().await?;
         }
 
         let input = run.input.clone().unwrap_or(Value::Null);
@@ -261,8 +346,12 @@ impl Engine {
             engine: self.clone(),
             plan: plan.clone(),
             run_id: run.id,
-            previous: previous_by_step,
+            fence: fence.clone(),
+            previous: Previous::new(&rows, run.started_at),
         });
+        if !context.previous.is_empty() {
+            tracing::info!(run_id = %run.id, "resuming: reusing what succeeded");
+        }
         let span = tracing::info_span!("run", run_id = %run.id, workflow = %plan.workflow.name);
         let stop = Stop::new(&control.cancel, plan.workflow.timeout_ms);
         let (mut ended, scope, last_row) = run_sequence(
@@ -279,19 +368,24 @@ impl Engine {
             ended.error = Some(format!("the run {message}"));
         }
 
+        if control.is_lost() {
+            return Err(StoreError::LeaseLost(run.id));
+        }
         if control.interrupt.is_cancelled() && !ended.status.is_success() {
             run.error = Some("interrupted: the host shut down; the run resumes when it starts again".into());
-            return self.finish(run, last_row).await;
+            // Released: any host may take it over at once.
+            run.owner_host_id = None;
+            return self.finish(run.clone(), last_row, &fence).await;
         }
         run.status = match ended.status {
             StepStatus::Succeeded | StepStatus::Skipped => RunStatus::Succeeded,
             StepStatus::Cancelled => RunStatus::Cancelled,
             _ => RunStatus::Failed,
         };
-        run.error = ended.error;
+        run.error = ended.error.take();
         if run.status == RunStatus::Succeeded {
             match &plan.workflow.output {
-                None => run.output = ended.output,
+                None => run.output = ended.output.take(),
                 Some(template) => match template.render(&scope) {
                     Ok(output) => run.output = Some(output),
                     Err(err) => {
@@ -303,39 +397,54 @@ impl Engine {
         }
         run.finished_at = Some(Utc::now());
         METRICS.runs.with_label_values(&[run.status.as_str()]).inc();
-        self.finish(run, last_row).await
+        self.finish(run.clone(), last_row, &fence).await
     }
 
-    /// Writes the run's row after its last step's, and waits for both: queued together,
-    /// they usually share one commit.
-    async fn finish(&self, run: RunRecord, last_row: Option<Pending>) -> Result<RunRecord, StoreError> {
-        let run_row = self.recorder.run(run.clone());
-        if let Some(last_row) = last_row {
-            last_row.committed().await?;
-        }
-        run_row.committed().await?;
-        Ok(run)
+    async fn finish(&self, run: RunRecord, last_row: Option<Pending>, fence: &Fence) -> Result<RunRecord, StoreError> {
+        finish(&self.recorder, run, last_row, fence).await
     }
 }
 
-/// The steps whose recorded success a resumed run may reuse: agent steps and parallel
-/// blocks that run at most once per run (not inside a map or a loop, where the same step
-/// id runs many times). Maps, switches and loops themselves run again.
-fn reusable_steps(steps: &[Step]) -> std::collections::HashSet<String> {
-    fn walk(steps: &[Step], repeated: bool, found: &mut std::collections::HashSet<String>) {
-        for step in steps {
-            if !repeated && matches!(step.kind, StepKind::Agent(_) | StepKind::Parallel(_)) {
-                found.insert(step.id.clone());
-            }
-            let repeats = repeated || matches!(step.kind, StepKind::Map(_) | StepKind::Loop(_));
-            for (nested, _) in step.kind.nested() {
-                walk(nested, repeats, found);
-            }
-        }
+/// Writes the run's row after its last step's, and waits for both: queued together, they
+/// usually share one commit.
+async fn finish(
+    recorder: &Recorder,
+    run: RunRecord,
+    last_row: Option<Pending>,
+    fence: &Fence,
+) -> Result<RunRecord, StoreError> {
+    let run_row = recorder.run(run.clone(), None, Some(fence));
+    if let Some(last_row) = last_row {
+        last_row.committed().await?;
     }
-    let mut found = std::collections::HashSet::new();
-    walk(steps, false, &mut found);
-    found
+    run_row.committed().await?;
+    Ok(run)
+}
+
+/// Ends a claimed run (`run.epoch` is the claim) that was asked to stop while no host ran
+/// it: its open rows and the run itself are closed as `cancelled`.
+pub async fn close_cancelled(
+    recorder: &Recorder,
+    mut run: RunRecord,
+    previous: &[StepRecord],
+) -> Result<RunRecord, StoreError> {
+    let fence = Fence::new(run.epoch);
+    let mut closing = Vec::new();
+    for row in previous.iter().filter(|row| !row.status.is_terminal()) {
+        let mut closed = row.clone();
+        closed.status = StepStatus::Cancelled;
+        closed.error = Some("cancelled".into());
+        closed.finished_at = Some(Utc::now());
+        closing.push(recorder.step(closed, Vec::new(), &fence));
+    }
+    for closed in closing {
+        closed.committed().await?;
+    }
+    run.status = RunStatus::Cancelled;
+    run.error = Some("cancelled".into());
+    run.finished_at = Some(Utc::now());
+    METRICS.runs.with_label_values(&[run.status.as_str()]).inc();
+    finish(recorder, run, None, &fence).await
 }
 
 /// What a sequence leaves behind: how it ended (with the last step's output), the scope
@@ -396,14 +505,14 @@ async fn run_step(
     placement: &Placement,
     cancel: &CancellationToken,
 ) -> Result<StepEnd, StoreError> {
-    if let Some(done) = context.previous.get(&step.id).filter(|row| row.status == StepStatus::Succeeded) {
-        // Resuming: this step succeeded before the host stopped; use what it recorded.
+    let key = resume::key(&placement.prefix, step);
+    if let Some(done) = context.previous.done(&key) {
+        // Resuming: this step succeeded (or was skipped) in an earlier drive; use what it
+        // recorded, wherever it sits.
         let ended = Ended::of_row(done);
-        let views = match &step.kind {
-            StepKind::Parallel(block) => parallel::recorded_views(context, step, block, &ended),
-            _ => vec![(step.id.clone(), scope::view(&ended))],
-        };
-        return Ok((ended, views, Pending::ready()));
+        let views = resume::recorded_views(&context.previous, step, &key);
+        let written = adopt(context, done, placement);
+        return Ok((ended, views, written));
     }
     if let Some(condition) = &step.condition {
         let decided = control::holds(condition, scope, "if");
@@ -441,8 +550,21 @@ async fn run_step(
     }
 }
 
-/// A fresh row for a step execution of `context`'s run.
+/// Attaches a row of an earlier drive that is reused to the block row it now belongs to,
+/// so that every execution of a block that ends is reachable from that block's row.
+fn adopt(context: &RunContext, row: &StepRecord, placement: &Placement) -> Pending {
+    if row.parent_step_id == placement.parent {
+        return Pending::ready();
+    }
+    let mut adopted = row.clone();
+    adopted.parent_step_id = placement.parent;
+    context.write(adopted, Vec::new())
+}
+
+/// A fresh row for a step execution of `context`'s run, numbered after the attempts
+/// recorded at its key.
 fn new_row(context: &RunContext, step: &Step, placement: &Placement) -> StepRecord {
+    let key = resume::key(&placement.prefix, step);
     StepRecord {
         id: Uuid::now_v7(),
         run_id: context.run_id,
@@ -454,7 +576,7 @@ fn new_row(context: &RunContext, step: &Step, placement: &Placement) -> StepReco
         join_policy: None,
         agent_name: None,
         agent_digest: None,
-        attempt: 1,
+        attempt: context.previous.next_attempt(&key),
         status: StepStatus::Running,
         outcome: None,
         input: None,
@@ -466,6 +588,9 @@ fn new_row(context: &RunContext, step: &Step, placement: &Placement) -> StepReco
         execute_us: None,
         fuel_consumed: None,
         memory_peak_bytes: None,
+        step_key: Some(key),
+        queued_us: None,
+        host_id: Some(context.engine.host_id.to_string()),
     }
 }
 
@@ -481,7 +606,7 @@ fn finish_row(context: &RunContext, mut row: StepRecord, ended: &Ended, logs: Ve
         let seconds = (Utc::now() - started).num_microseconds().unwrap_or(0) as f64 / 1e6;
         METRICS.step_seconds.with_label_values(&[&row.step_type]).observe(seconds);
     }
-    context.engine.recorder.step(row, logs)
+    context.write(row, logs)
 }
 
 fn failed(error: String) -> Ended {

@@ -175,14 +175,13 @@ pub(super) async fn run(
     let mut row = new_row(context, step, placement);
     row.join_policy = Some(block.join_policy.label());
     // The block's row must exist before its branches' rows point at it.
-    let _ = context.engine.recorder.step(row.clone(), Vec::new());
+    let _ = context.write(row.clone(), Vec::new());
 
     let branches = block.branches.clone();
-    let block_id = row.id;
-    let branch_placement = |index: usize| Placement {
-        parent: Some(block_id),
-        branch: Some(branches[index].name.clone()),
-        item_index: None,
+    let anchor = row.clone();
+    let branch_placement = |index: usize| {
+        let name = &branches[index].name;
+        Placement::inside(&anchor, Some(name.clone()), None, &format!("/{name}"))
     };
     let end = fan_out(
         branches.len(),
@@ -237,34 +236,6 @@ pub(super) async fn run(
     let row = finish_row(context, row, &ended, Vec::new());
     views.push((step.id.clone(), block_view(&ended, branch_views)));
     Ok((ended, views, row))
-}
-
-/// The scope views of a block that succeeded in an earlier attempt at the run: its own
-/// (branches rebuilt from the recorded rows) and those of the steps inside it.
-pub(super) fn recorded_views(
-    context: &RunContext,
-    step: &Step,
-    block: &ParallelBlock,
-    ended: &Ended,
-) -> Vec<(String, cel::Value)> {
-    let mut views = Vec::new();
-    let mut branch_views = Map::new();
-    for branch in block.branches.iter() {
-        let last = branch.steps.last().and_then(|last| context.previous.get(&last.id));
-        let (status, output, error) = match last {
-            Some(row) => (row.status, row.output.clone(), row.error.clone()),
-            None => (StepStatus::Cancelled, None, None),
-        };
-        branch_views
-            .insert(branch.name.clone(), json!({ "status": status.as_str(), "output": output, "error": error }));
-        for inner in branch.steps.iter().flat_map(step_ids) {
-            if let Some(row) = context.previous.get(&inner) {
-                views.push((inner, super::scope::view(&Ended::of_row(row))));
-            }
-        }
-    }
-    views.push((step.id.clone(), block_view(ended, branch_views)));
-    views
 }
 
 /// The ids of a step and of every step nested inside it.

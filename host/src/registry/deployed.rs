@@ -198,14 +198,29 @@ impl Registry {
         Ok(Arc::new(RunPlan { workflow: parsed, agents, workflow_digest: Some(record.digest) }))
     }
 
-    /// The plan an accepted run was pinned to: its workflow version and agent digests.
+    /// The plan a run was pinned to when it started — the exact definition (by digest) and
+    /// agent components (by digest) — however it was started (deployed, or from a file).
     pub async fn plan_for_run(&self, run: &RunRecord) -> Result<Arc<RunPlan>, PlanError> {
         let label = format!("{}@{}", run.workflow_name, run.workflow_version);
-        let record = self
-            .store
-            .find_workflow(&run.workflow_name, Some(&run.workflow_version))
-            .await?
-            .ok_or(PlanError::UnknownWorkflow(label))?;
+        let stored = match &run.workflow_digest {
+            Some(digest) => self.store.definition(digest).await?.map(|definition| WorkflowRecord {
+                name: run.workflow_name.clone(),
+                version: run.workflow_version.clone(),
+                digest: digest.clone(),
+                definition,
+                created_at: run.created_at,
+            }),
+            None => None,
+        };
+        let record = match stored {
+            Some(record) => record,
+            // Runs recorded before definitions were stored by digest.
+            None => self
+                .store
+                .find_workflow(&run.workflow_name, Some(&run.workflow_version))
+                .await?
+                .ok_or(PlanError::UnknownWorkflow(label))?,
+        };
         let parsed = self.parsed(&record)?;
         let pins = run.pinned_agents.clone().unwrap_or(Value::Null);
         let mut agents = HashMap::new();
@@ -216,6 +231,21 @@ impl Registry {
             agents.insert(reference.clone(), self.agent(agent_name(&reference), version, digest).await?);
         }
         Ok(Arc::new(RunPlan { workflow: parsed, agents, workflow_digest: Some(record.digest) }))
+    }
+
+    /// Stores what a run from a file needs to be resumed by any host: its definition and
+    /// its agents' components, by digest. Returns the definition's digest.
+    pub async fn keep_for_resume(
+        &self,
+        definition: &Value,
+        components: &[(String, Vec<u8>)],
+    ) -> Result<String, StoreError> {
+        let digest = digest(definition.to_string().as_bytes());
+        self.store.insert_definition(&digest, definition).await?;
+        for (component_digest, wasm) in components {
+            self.store.insert_component(component_digest, wasm).await?;
+        }
+        Ok(digest)
     }
 
     /// A deployed definition, parsed once per digest (deployed definitions never change).

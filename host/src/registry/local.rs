@@ -58,6 +58,20 @@ impl AgentDirectory {
         Ok(ResolvedAgent { name: agent_name(reference).to_owned(), version: None, digest: digest(&bytes), agent })
     }
 
+    /// The component bytes of every agent `workflow` names, with their digests.
+    pub fn components(&self, workflow: &Workflow) -> Result<Vec<(String, Vec<u8>)>, RegistryError> {
+        agent_references(workflow)
+            .into_iter()
+            .map(|reference| {
+                let path = self
+                    .path_of(&reference)
+                    .ok_or_else(|| RegistryError::NotFound { reference: reference.clone(), dir: self.dir.clone() })?;
+                let bytes = std::fs::read(&path).map_err(|source| RegistryError::Read { reference, path, source })?;
+                Ok((digest(&bytes), bytes))
+            })
+            .collect()
+    }
+
     /// The folder.
     pub fn dir(&self) -> &Path {
         &self.dir

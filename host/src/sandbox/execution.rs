@@ -28,6 +28,7 @@ pub(crate) struct StepState {
     logs: LogCapture,
     config: Arc<BTreeMap<String, String>>,
     deadline: Instant,
+    idempotency_key: String,
     cancel: CancellationToken,
     interrupted: Option<Interruption>,
 }
@@ -55,6 +56,10 @@ impl host::Host for StepState {
     fn config(&mut self, key: String) -> Option<String> {
         self.config.get(&key).cloned()
     }
+
+    fn idempotency_key(&mut self) -> String {
+        self.idempotency_key.clone()
+    }
 }
 
 impl Sandbox {
@@ -73,14 +78,18 @@ impl Sandbox {
             });
         }
 
-        // The deadline counts from here, so time spent waiting for a slot is included: a
-        // step's timeout is what its caller waits at most.
-        let deadline = Instant::now() + limits.timeout;
+        // Waiting for a slot is bounded on its own (`max_queue_wait`), and recorded: the
+        // step's deadline covers the agent's own time, so a burst of work that queues does
+        // not time out steps that never ran.
+        let queued_since = Instant::now();
+        let max_wait = self.config.max_queue_wait;
         let _slot = tokio::select! {
             slot = self.instance_slots.acquire() => slot.map_err(|e| ExecuteError::Host(e.to_string()))?,
-            () = request.cancel.cancelled() => return Ok(refused(Outcome::Cancelled, "cancelled while waiting for an instance slot")),
-            () = tokio::time::sleep_until(deadline.into()) => return Ok(refused(Outcome::Timeout, "timed out while waiting for an instance slot")),
+            () = request.cancel.cancelled() => return Ok(refused(Outcome::Cancelled, "cancelled while waiting for an instance slot", queued_since.elapsed())),
+            () = tokio::time::sleep(max_wait) => return Ok(refused(Outcome::Timeout, &format!("waited {} ms for an instance slot (the host's max queue wait)", max_wait.as_millis()), queued_since.elapsed())),
         };
+        let queued = queued_since.elapsed();
+        let deadline = Instant::now() + limits.timeout;
 
         let logs = LogCapture::new(self.config.max_log_bytes);
         let wasi = WasiCtx::builder().stdout(logs.pipe(LogSource::Stdout)).stderr(logs.pipe(LogSource::Stderr)).build();
@@ -91,6 +100,7 @@ impl Sandbox {
             logs: logs.clone(),
             config: request.config.clone(),
             deadline,
+            idempotency_key: request.context.idempotency_key.clone(),
             cancel: request.cancel.clone(),
             interrupted: None,
         };
@@ -150,6 +160,7 @@ impl Sandbox {
             error: None,
             retryable: false,
             logs: Vec::new(),
+            queued,
             instantiate,
             execute,
             fuel_consumed: Some(fuel_budget - fuel_left),
@@ -264,13 +275,14 @@ fn root_message(err: &wasmtime::Error) -> String {
 }
 
 /// An execution that never got an instance.
-fn refused(outcome: Outcome, message: &str) -> Execution {
+fn refused(outcome: Outcome, message: &str, queued: Duration) -> Execution {
     Execution {
         outcome,
         output: None,
         error: Some(message.to_owned()),
         retryable: outcome == Outcome::Timeout,
         logs: Vec::new(),
+        queued,
         instantiate: Duration::ZERO,
         execute: Duration::ZERO,
         fuel_consumed: None,

@@ -71,6 +71,9 @@ pub struct SandboxConfig {
     /// how often a busy guest yields to other tasks.
     pub epoch_tick: Duration,
     pub allocator: AllocatorChoice,
+    /// The longest an execution waits for an instance slot before it ends as `timeout`
+    /// (retryable). Separate from the step's own deadline, which starts once it has a slot.
+    pub max_queue_wait: Duration,
 }
 
 impl Default for SandboxConfig {
@@ -84,6 +87,7 @@ impl Default for SandboxConfig {
             max_log_bytes: 256 * 1024,
             epoch_tick: Duration::from_millis(5),
             allocator: AllocatorChoice::Auto,
+            max_queue_wait: Duration::from_secs(600),
         }
     }
 }
@@ -115,6 +119,8 @@ pub struct StepContext {
     pub item_index: Option<u32>,
     /// Counts from 1.
     pub attempt: u32,
+    /// The same for every attempt of one step execution (`host.idempotency-key`).
+    pub idempotency_key: String,
 }
 
 /// One execution to perform.

@@ -78,6 +78,9 @@ pub struct Execution {
     /// the rest (timeouts and traps may pass; invalid output and cancellation will not).
     pub retryable: bool,
     pub logs: Vec<LogLine>,
+    /// Time spent waiting for an instance slot (not part of the step's deadline).
+    #[serde(with = "duration_micros")]
+    pub queued: Duration,
     #[serde(with = "duration_micros")]
     pub instantiate: Duration,
     #[serde(with = "duration_micros")]

@@ -4,20 +4,26 @@
 //! migrations folder. Statements are built with `QueryBuilder`, which writes each
 //! database's own placeholders.
 
-/// Rows per multi-row statement: 22 columns × 1,000 rows stays below both databases'
+/// Rows per multi-row statement: 26 values × 1,000 rows stays below both databases'
 /// bind-parameter limits (65,535 for Postgres, 32,766 for SQLite).
 pub(super) const ROWS_PER_STATEMENT: usize = 1000;
 
-/// Step rows as a multi-row `VALUES` upsert (one bind parameter per value). The SQLite
-/// backend uses it; Postgres binds whole columns as arrays instead (see `postgres.rs`).
+/// Step rows as a multi-row `VALUES` list joined with the runs whose epoch they carry, so
+/// that a row of a host that lost the run's lease is not written (SQLite serializes
+/// writers, so the check and the write are atomic). Postgres binds whole columns as arrays
+/// instead (see `postgres.rs`). Returns the ids written.
 macro_rules! insert_steps_as_values {
     ($db:ty) => {
         async fn insert_steps(
             connection: &mut <$db as sqlx::Database>::Connection,
-            steps: &[StepRecord],
-        ) -> Result<(), StoreError> {
-            let mut query = QueryBuilder::<$db>::new(format!("INSERT INTO step_executions ({STEP_COLUMNS}) "));
-            query.push_values(steps, |mut row, step| {
+            steps: &[(StepRecord, i64)],
+        ) -> Result<Vec<Uuid>, StoreError> {
+            let selected = (1..=STEP_COLUMNS.split(", ").count()).map(|i| format!("t.column{i}")).collect::<Vec<_>>();
+            let mut query = QueryBuilder::<$db>::new(format!(
+                "INSERT INTO step_executions ({STEP_COLUMNS}) SELECT {} FROM (",
+                selected.join(", ")
+            ));
+            query.push_values(steps, |mut row, (step, epoch)| {
                 row.push_bind(to_id(step.id))
                     .push_bind(to_id(step.run_id))
                     .push_bind(&step.step_id)
@@ -39,11 +45,21 @@ macro_rules! insert_steps_as_values {
                     .push_bind(step.instantiate_us)
                     .push_bind(step.execute_us)
                     .push_bind(step.fuel_consumed)
-                    .push_bind(step.memory_peak_bytes);
+                    .push_bind(step.memory_peak_bytes)
+                    .push_bind(&step.step_key)
+                    .push_bind(step.queued_us)
+                    .push_bind(&step.host_id)
+                    .push_bind(*epoch);
             });
-            query.push(STEP_UPDATES);
-            query.build().execute(&mut *connection).await.map_err(StoreError::query)?;
-            Ok(())
+            // `WHERE true` keeps SQLite from reading ON CONFLICT as part of the join.
+            query.push(format!(
+                ") AS t JOIN workflow_runs r ON r.id = t.column2 AND r.epoch = t.column{} WHERE true",
+                selected.len() + 1
+            ));
+            query.push(STEP_UPDATES).push(" RETURNING id");
+            let ids: Vec<IdType> =
+                query.build_query_scalar().fetch_all(&mut *connection).await.map_err(StoreError::query)?;
+            ids.into_iter().map(from_id).collect()
         }
     };
 }
@@ -51,16 +67,24 @@ macro_rules! insert_steps_as_values {
 pub(super) use insert_steps_as_values;
 
 macro_rules! sql_backend {
-    (db: $db:ty, pool: $pool:ty, id: $id:ty, to_id: $to_id:expr, from_id: $from_id:expr, migrations: $migrations:literal) => {
+    (
+        db: $db:ty, pool: $pool:ty, id: $id:ty, to_id: $to_id:expr, from_id: $from_id:expr,
+        migrations: $migrations:literal, now: $now:literal, lease_until: ($lease_start:literal, $lease_end:literal),
+        skip_locked: $skip_locked:literal
+    ) => {
         use super::backend::ROWS_PER_STATEMENT;
         use super::records::{AgentRecord, Inserted, LogRecord, RunFilter, RunRecord, StepRecord, WorkflowRecord};
-        use super::{Batch, StoreError};
+        use super::{Batch, StoreError, Written};
         use chrono::{DateTime, Utc};
         use sqlx::QueryBuilder;
         use sqlx::types::Json;
+        use std::collections::HashSet;
         use uuid::Uuid;
 
         pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!($migrations);
+
+        #[allow(dead_code)]
+        type IdType = $id;
 
         fn to_id(id: Uuid) -> $id {
             ($to_id)(id)
@@ -74,23 +98,42 @@ macro_rules! sql_backend {
             value.as_ref().map(Json)
         }
 
-        /// Updated when a step row is written again (its final state after "running").
+        /// Pushes "now + `ms` milliseconds" in the database's clock (leases are judged by
+        /// the database's clock, never a host's).
+        fn push_lease_until(query: &mut QueryBuilder<'_, $db>, ms: i64) {
+            query.push($lease_start).push_bind(ms).push($lease_end);
+        }
+
+        /// Runs no host is executing: accepted and unowned, or owned under an expired lease.
+        const CLAIMABLE: &str = concat!(
+            "status IN ('pending', 'running') AND (owner_host_id IS NULL OR lease_expires_at IS NULL OR lease_expires_at < ",
+            $now,
+            ")"
+        );
+
+        /// Updated when a step row is written again (its final state after "running", or a
+        /// succeeded row that a resumed block adopts).
         const STEP_UPDATES: &str = " ON CONFLICT (id) DO UPDATE SET status = excluded.status, \
             outcome = excluded.outcome, input = excluded.input, output = excluded.output, error = excluded.error, \
             agent_digest = excluded.agent_digest, started_at = excluded.started_at, \
             finished_at = excluded.finished_at, instantiate_us = excluded.instantiate_us, \
             execute_us = excluded.execute_us, fuel_consumed = excluded.fuel_consumed, \
-            memory_peak_bytes = excluded.memory_peak_bytes";
+            memory_peak_bytes = excluded.memory_peak_bytes, parent_step_id = excluded.parent_step_id, \
+            queued_us = excluded.queued_us, host_id = excluded.host_id";
 
         const RUN_COLUMNS: &str = "id, workflow_name, workflow_version, status, input, output, error, created_at, \
-            started_at, finished_at, workflow_digest, pinned_agents";
+            started_at, finished_at, workflow_digest, pinned_agents, owner_host_id, epoch, redrive_count";
+        /// What a run write sets (redrive_count only changes through `redrive`).
+        const RUN_WRITE_COLUMNS: &str = "id, workflow_name, workflow_version, status, input, output, error, \
+            created_at, started_at, finished_at, workflow_digest, pinned_agents, owner_host_id, epoch, lease_expires_at";
         const STEP_COLUMNS: &str = "id, run_id, step_id, step_type, parent_step_id, branch_name, item_index, \
             join_policy, agent_name, agent_digest, attempt, status, outcome, input, output, error, started_at, \
-            finished_at, instantiate_us, execute_us, fuel_consumed, memory_peak_bytes";
+            finished_at, instantiate_us, execute_us, fuel_consumed, memory_peak_bytes, step_key, queued_us, host_id";
 
         /// Writes a batch atomically: runs, then steps, then logs, each as upserts of many
-        /// rows per statement.
-        pub(super) async fn write_batch(pool: &$pool, batch: &Batch) -> Result<(), StoreError> {
+        /// rows per statement. A write carrying a stale epoch is left out (the database
+        /// compares it with the run's row in the same statement), and its run reported.
+        pub(super) async fn write_batch(pool: &$pool, batch: &Batch) -> Result<Written, StoreError> {
             // One statement commits on its own: skipping BEGIN and COMMIT saves two round
             // trips, which is most of the cost of a sequential chain of short steps.
             let statements = [batch.runs.len(), batch.steps.len(), batch.logs.len()]
@@ -102,18 +145,20 @@ macro_rules! sql_backend {
                 return write_statements(&mut connection, batch).await;
             }
             let mut tx = pool.begin().await.map_err(StoreError::query)?;
-            write_statements(&mut tx, batch).await?;
-            tx.commit().await.map_err(StoreError::query)
+            let written = write_statements(&mut tx, batch).await?;
+            tx.commit().await.map_err(StoreError::query)?;
+            Ok(written)
         }
 
         /// The statements of a batch, on one connection (in a transaction or not).
         async fn write_statements(
             connection: &mut <$db as sqlx::Database>::Connection,
             batch: &Batch,
-        ) -> Result<(), StoreError> {
+        ) -> Result<Written, StoreError> {
+            let mut written = Written::default();
             for chunk in batch.runs.chunks(ROWS_PER_STATEMENT) {
-                let mut query = QueryBuilder::<$db>::new(format!("INSERT INTO workflow_runs ({RUN_COLUMNS}) "));
-                query.push_values(chunk, |mut row, run| {
+                let mut query = QueryBuilder::<$db>::new(format!("INSERT INTO workflow_runs ({RUN_WRITE_COLUMNS}) "));
+                query.push_values(chunk, |mut row, (run, lease_ms)| {
                     row.push_bind(to_id(run.id))
                         .push_bind(&run.workflow_name)
                         .push_bind(&run.workflow_version)
@@ -125,20 +170,42 @@ macro_rules! sql_backend {
                         .push_bind(run.started_at)
                         .push_bind(run.finished_at)
                         .push_bind(&run.workflow_digest)
-                        .push_bind(json(&run.pinned_agents));
+                        .push_bind(json(&run.pinned_agents))
+                        .push_bind(&run.owner_host_id)
+                        .push_bind(run.epoch);
+                    match lease_ms {
+                        Some(ms) => {
+                            row.push($lease_start).push_bind_unseparated(*ms).push_unseparated($lease_end);
+                        }
+                        None => {
+                            row.push("NULL");
+                        }
+                    }
                 });
+                // A write of a host whose epoch moved on changes nothing.
                 query.push(
                     " ON CONFLICT (id) DO UPDATE SET status = excluded.status, input = excluded.input, \
                      output = excluded.output, error = excluded.error, started_at = excluded.started_at, \
                      finished_at = excluded.finished_at, workflow_digest = excluded.workflow_digest, \
-                     pinned_agents = excluded.pinned_agents",
+                     pinned_agents = excluded.pinned_agents, owner_host_id = excluded.owner_host_id, \
+                     lease_expires_at = COALESCE(excluded.lease_expires_at, workflow_runs.lease_expires_at) \
+                     WHERE workflow_runs.epoch = excluded.epoch RETURNING id",
                 );
-                query.build().execute(&mut *connection).await.map_err(StoreError::query)?;
+                let ids: Vec<$id> =
+                    query.build_query_scalar().fetch_all(&mut *connection).await.map_err(StoreError::query)?;
+                let ids = ids.into_iter().map(from_id).collect::<Result<HashSet<Uuid>, _>>()?;
+                written.refused.extend(chunk.iter().map(|(run, _)| run.id).filter(|id| !ids.contains(id)));
             }
+            let mut steps_written = HashSet::new();
             for chunk in batch.steps.chunks(ROWS_PER_STATEMENT) {
-                insert_steps(connection, chunk).await?;
+                let ids: HashSet<Uuid> = insert_steps(connection, chunk).await?.into_iter().collect();
+                written.refused.extend(chunk.iter().filter(|(step, _)| !ids.contains(&step.id)).map(|(step, _)| step.run_id));
+                steps_written.extend(ids);
             }
-            for chunk in batch.logs.chunks(ROWS_PER_STATEMENT) {
+            // Logs go with their step row: none for a row that was refused.
+            let logs: Vec<&LogRecord> =
+                batch.logs.iter().filter(|log| steps_written.contains(&log.step_execution_id)).collect();
+            for chunk in logs.chunks(ROWS_PER_STATEMENT) {
                 let mut query = QueryBuilder::<$db>::new(
                     "INSERT INTO step_logs (step_execution_id, seq, level, source, message, logged_at) ",
                 );
@@ -153,7 +220,7 @@ macro_rules! sql_backend {
                 query.push(" ON CONFLICT (step_execution_id, seq) DO NOTHING");
                 query.build().execute(&mut *connection).await.map_err(StoreError::query)?;
             }
-            Ok(())
+            Ok(written)
         }
 
         #[derive(sqlx::FromRow)]
@@ -170,6 +237,9 @@ macro_rules! sql_backend {
             finished_at: Option<DateTime<Utc>>,
             workflow_digest: Option<String>,
             pinned_agents: Option<Json<serde_json::Value>>,
+            owner_host_id: Option<String>,
+            epoch: i64,
+            redrive_count: i32,
         }
 
         impl RunRow {
@@ -187,6 +257,9 @@ macro_rules! sql_backend {
                     finished_at: self.finished_at,
                     workflow_digest: self.workflow_digest,
                     pinned_agents: self.pinned_agents.map(|j| j.0),
+                    owner_host_id: self.owner_host_id,
+                    epoch: self.epoch,
+                    redrive_count: self.redrive_count,
                 })
             }
         }
@@ -215,6 +288,9 @@ macro_rules! sql_backend {
             execute_us: Option<i64>,
             fuel_consumed: Option<i64>,
             memory_peak_bytes: Option<i64>,
+            step_key: Option<String>,
+            queued_us: Option<i64>,
+            host_id: Option<String>,
         }
 
         impl StepRow {
@@ -242,6 +318,9 @@ macro_rules! sql_backend {
                     execute_us: self.execute_us,
                     fuel_consumed: self.fuel_consumed,
                     memory_peak_bytes: self.memory_peak_bytes,
+                    step_key: self.step_key,
+                    queued_us: self.queued_us,
+                    host_id: self.host_id,
                 })
             }
         }
@@ -306,13 +385,183 @@ macro_rules! sql_backend {
                 .collect()
         }
 
-        /// Runs accepted or started but not finished (to resume at start-up), oldest first.
-        pub(super) async fn unfinished_runs(pool: &$pool) -> Result<Vec<RunRecord>, StoreError> {
-            let query = format!(
-                "SELECT {RUN_COLUMNS} FROM workflow_runs WHERE status IN ('pending', 'running') ORDER BY created_at, id"
+        /// Claims up to `limit` runs no host is executing, oldest first, for `host`: each
+        /// claim bumps the run's epoch and gives `host` the lease for `lease_ms`. Postgres
+        /// skips rows another host is claiming at the same moment (`SKIP LOCKED`); SQLite
+        /// serializes writers.
+        pub(super) async fn claim_runs(
+            pool: &$pool,
+            host: &str,
+            lease_ms: i64,
+            limit: i64,
+        ) -> Result<Vec<RunRecord>, StoreError> {
+            let mut query = QueryBuilder::<$db>::new("UPDATE workflow_runs SET owner_host_id = ");
+            query.push_bind(host).push(", epoch = epoch + 1, lease_expires_at = ");
+            push_lease_until(&mut query, lease_ms);
+            query.push(format!(" WHERE id IN (SELECT id FROM workflow_runs WHERE {CLAIMABLE} ORDER BY created_at, id LIMIT "));
+            query.push_bind(limit).push(concat!($skip_locked, ")"));
+            query.push(format!(" RETURNING {RUN_COLUMNS}"));
+            let rows: Vec<RunRow> = query.build_query_as().fetch_all(pool).await.map_err(StoreError::query)?;
+            let mut runs = rows.into_iter().map(RunRow::into_record).collect::<Result<Vec<_>, _>>()?;
+            runs.sort_by_key(|run| (run.created_at, run.id));
+            Ok(runs)
+        }
+
+        /// Claims run `id` for `host` if no host is executing it.
+        pub(super) async fn claim_run(
+            pool: &$pool,
+            id: Uuid,
+            host: &str,
+            lease_ms: i64,
+        ) -> Result<Option<RunRecord>, StoreError> {
+            let mut query = QueryBuilder::<$db>::new("UPDATE workflow_runs SET owner_host_id = ");
+            query.push_bind(host).push(", epoch = epoch + 1, lease_expires_at = ");
+            push_lease_until(&mut query, lease_ms);
+            query.push(" WHERE id = ").push_bind(to_id(id));
+            query.push(format!(" AND {CLAIMABLE} RETURNING {RUN_COLUMNS}"));
+            let row: Option<RunRow> = query.build_query_as().fetch_optional(pool).await.map_err(StoreError::query)?;
+            row.map(RunRow::into_record).transpose()
+        }
+
+        /// Extends the leases `host` holds on `ids` (the runs it is executing); returns
+        /// those it still holds, with their epochs (a run missing was taken over).
+        pub(super) async fn renew_leases(
+            pool: &$pool,
+            host: &str,
+            ids: &[Uuid],
+            lease_ms: i64,
+        ) -> Result<Vec<(Uuid, i64)>, StoreError> {
+            if ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut query = QueryBuilder::<$db>::new("UPDATE workflow_runs SET lease_expires_at = ");
+            push_lease_until(&mut query, lease_ms);
+            query.push(" WHERE owner_host_id = ").push_bind(host);
+            query.push(" AND status IN ('pending', 'running') AND id IN (");
+            let mut list = query.separated(", ");
+            for id in ids {
+                list.push_bind(to_id(*id));
+            }
+            query.push(") RETURNING id, epoch");
+            let rows: Vec<($id, i64)> = query.build_query_as().fetch_all(pool).await.map_err(StoreError::query)?;
+            rows.into_iter().map(|(id, epoch)| Ok((from_id(id)?, epoch))).collect()
+        }
+
+        /// Sends a failed or cancelled run back to `pending` (unowned, its epoch bumped so
+        /// that nothing of an earlier owner lands), counting the redrive. None when the run
+        /// is not failed or cancelled.
+        pub(super) async fn redrive(pool: &$pool, id: Uuid) -> Result<Option<RunRecord>, StoreError> {
+            let mut query = QueryBuilder::<$db>::new(
+                "UPDATE workflow_runs SET status = 'pending', redrive_count = redrive_count + 1, error = NULL, \
+                 output = NULL, started_at = NULL, finished_at = NULL, cancel_requested_at = NULL, \
+                 owner_host_id = NULL, lease_expires_at = NULL, epoch = epoch + 1 WHERE id = ",
             );
-            let rows: Vec<RunRow> = sqlx::query_as(&query).fetch_all(pool).await.map_err(StoreError::query)?;
-            rows.into_iter().map(RunRow::into_record).collect()
+            query.push_bind(to_id(id));
+            query.push(format!(" AND status IN ('failed', 'cancelled') RETURNING {RUN_COLUMNS}"));
+            let row: Option<RunRow> = query.build_query_as().fetch_optional(pool).await.map_err(StoreError::query)?;
+            row.map(RunRow::into_record).transpose()
+        }
+
+        /// Accepts `run` under `key` (per workflow) unless the key already names a run:
+        /// returns the run the key names, and whether it was created now.
+        pub(super) async fn insert_run_once(
+            pool: &$pool,
+            run: &RunRecord,
+            key: &str,
+        ) -> Result<(Uuid, bool), StoreError> {
+            let mut tx = pool.begin().await.map_err(StoreError::query)?;
+            let mut query = QueryBuilder::<$db>::new(format!("INSERT INTO workflow_runs ({RUN_WRITE_COLUMNS}) VALUES ("));
+            let mut values = query.separated(", ");
+            values
+                .push_bind(to_id(run.id))
+                .push_bind(&run.workflow_name)
+                .push_bind(&run.workflow_version)
+                .push_bind(run.status.as_str())
+                .push_bind(json(&run.input))
+                .push_bind(json(&run.output))
+                .push_bind(&run.error)
+                .push_bind(run.created_at)
+                .push_bind(run.started_at)
+                .push_bind(run.finished_at)
+                .push_bind(&run.workflow_digest)
+                .push_bind(json(&run.pinned_agents))
+                .push_bind(&run.owner_host_id)
+                .push_bind(run.epoch)
+                .push("NULL");
+            query.push(")");
+            query.build().execute(&mut *tx).await.map_err(StoreError::query)?;
+            let mut query = QueryBuilder::<$db>::new(
+                "INSERT INTO run_idempotency_keys (workflow_name, idempotency_key, run_id, created_at) VALUES (",
+            );
+            query.push_bind(&run.workflow_name).push(", ").push_bind(key).push(", ").push_bind(to_id(run.id));
+            query.push(", ").push_bind(run.created_at).push(") ON CONFLICT (workflow_name, idempotency_key) DO NOTHING");
+            if query.build().execute(&mut *tx).await.map_err(StoreError::query)?.rows_affected() == 1 {
+                tx.commit().await.map_err(StoreError::query)?;
+                return Ok((run.id, true));
+            }
+            // The key is taken (by a run committed before ours): that run is the answer.
+            drop(tx);
+            let mut query = QueryBuilder::<$db>::new(
+                "SELECT run_id FROM run_idempotency_keys WHERE workflow_name = ",
+            );
+            query.push_bind(&run.workflow_name).push(" AND idempotency_key = ").push_bind(key);
+            let existing: $id = query.build_query_scalar().fetch_one(pool).await.map_err(StoreError::query)?;
+            Ok((from_id(existing)?, false))
+        }
+
+        /// Stores a definition by digest (once).
+        pub(super) async fn insert_definition(
+            pool: &$pool,
+            digest: &str,
+            definition: &serde_json::Value,
+        ) -> Result<(), StoreError> {
+            let mut query =
+                QueryBuilder::<$db>::new("INSERT INTO workflow_definitions (digest, definition, created_at) VALUES (");
+            query.push_bind(digest).push(", ").push_bind(Json(definition)).push(", ").push_bind(Utc::now());
+            query.push(") ON CONFLICT (digest) DO NOTHING");
+            query.build().execute(pool).await.map_err(StoreError::query)?;
+            Ok(())
+        }
+
+        /// The definition with this digest.
+        pub(super) async fn definition(pool: &$pool, digest: &str) -> Result<Option<serde_json::Value>, StoreError> {
+            let mut query = QueryBuilder::<$db>::new("SELECT definition FROM workflow_definitions WHERE digest = ");
+            query.push_bind(digest);
+            let found: Option<Json<serde_json::Value>> =
+                query.build_query_scalar().fetch_optional(pool).await.map_err(StoreError::query)?;
+            Ok(found.map(|json| json.0))
+        }
+
+        /// Stores component bytes by digest, unless they are there already.
+        pub(super) async fn insert_component(pool: &$pool, digest: &str, wasm: &[u8]) -> Result<(), StoreError> {
+            let mut query = QueryBuilder::<$db>::new("SELECT COUNT(*) FROM agent_components WHERE digest = ");
+            query.push_bind(digest);
+            let count: i64 = query.build_query_scalar().fetch_one(pool).await.map_err(StoreError::query)?;
+            if count > 0 {
+                return Ok(());
+            }
+            let mut connection = pool.acquire().await.map_err(StoreError::query)?;
+            insert_component_bytes(&mut connection, digest, wasm).await
+        }
+
+        async fn insert_component_bytes(
+            connection: &mut <$db as sqlx::Database>::Connection,
+            digest: &str,
+            wasm: &[u8],
+        ) -> Result<(), StoreError> {
+            let mut query = QueryBuilder::<$db>::new(
+                "INSERT INTO agent_components (digest, wasm, size_bytes, created_at) VALUES (",
+            );
+            query.push_bind(digest).push(", ").push_bind(wasm).push(", ").push_bind(wasm.len() as i64);
+            query.push(", ").push_bind(Utc::now()).push(") ON CONFLICT (digest) DO NOTHING");
+            query.build().execute(&mut *connection).await.map_err(StoreError::query)?;
+            Ok(())
+        }
+
+        /// Whether the database answers.
+        pub(super) async fn ping(pool: &$pool) -> Result<(), StoreError> {
+            sqlx::query("SELECT 1").execute(pool).await.map_err(StoreError::query)?;
+            Ok(())
         }
 
         /// Asks for a run to be cancelled; false when it does not exist or already finished.
@@ -369,12 +618,7 @@ macro_rules! sql_backend {
                 return Ok(same_or_conflict(existing.digest, &agent.digest));
             }
             let mut tx = pool.begin().await.map_err(StoreError::query)?;
-            let mut query = QueryBuilder::<$db>::new(
-                "INSERT INTO agent_components (digest, wasm, size_bytes, created_at) VALUES (",
-            );
-            query.push_bind(&agent.digest).push(", ").push_bind(wasm).push(", ").push_bind(agent.size_bytes);
-            query.push(", ").push_bind(agent.created_at).push(") ON CONFLICT (digest) DO NOTHING");
-            query.build().execute(&mut *tx).await.map_err(StoreError::query)?;
+            insert_component_bytes(&mut tx, &agent.digest, wasm).await?;
             let mut query =
                 QueryBuilder::<$db>::new("INSERT INTO agents (name, version, digest, size_bytes, created_at) VALUES (");
             query.push_bind(&agent.name).push(", ").push_bind(&agent.version).push(", ").push_bind(&agent.digest);
@@ -463,6 +707,8 @@ macro_rules! sql_backend {
             if let Some(existing) = find_workflow(pool, &workflow.name, Some(&workflow.version)).await? {
                 return Ok(same_or_conflict(existing.digest, &workflow.digest));
             }
+            // Runs find their definition by digest, however they were started.
+            insert_definition(pool, &workflow.digest, &workflow.definition).await?;
             let mut query = QueryBuilder::<$db>::new(
                 "INSERT INTO workflows (name, version, digest, definition, created_at) VALUES (",
             );

@@ -22,12 +22,13 @@ pub use records::{
     AgentRecord, Inserted, LogRecord, RunFilter, RunRecord, RunStatus, StepRecord, StepStatus, WorkflowRecord,
 };
 
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 /// The embedded default: a SQLite file in the current directory.
@@ -35,6 +36,19 @@ pub const DEFAULT_DATABASE_URL: &str = "sqlite://braid.db";
 
 /// Most queued writes taken into one transaction.
 const MAX_WRITES_PER_COMMIT: usize = 10_000;
+
+/// Most writes queued for the writer task: past it, writers wait for room (back-pressure
+/// on the engine) instead of memory growing.
+const MAX_QUEUED_WRITES: usize = 50_000;
+
+/// How long the writer keeps retrying a batch while the database is unreachable. Past it
+/// the writers waiting on the batch get the error; by then their host has stopped its runs
+/// (its leases lapsed), and another host resumes them.
+const RETRY_UNAVAILABLE_FOR: Duration = Duration::from_secs(60);
+
+/// The Postgres channel hosts LISTEN on: a payload `run` means "a run became claimable",
+/// `cancel:<id>` "stop run <id>".
+pub const WAKE_CHANNEL: &str = "braid_wake";
 
 /// Why the store failed. Messages are kept as text so that one failed commit can be
 /// reported to every writer waiting on it.
@@ -48,6 +62,10 @@ pub enum StoreError {
     Migrate(String),
     #[error("database query failed: {0}")]
     Query(String),
+    #[error("the database is unreachable: {0}")]
+    Unavailable(String),
+    #[error("run {0}: this host no longer holds the run's lease (another host took it over)")]
+    LeaseLost(Uuid),
     #[error("the database holds a value Braid cannot read: {0}")]
     Corrupt(String),
     #[error("the store's writer has stopped")]
@@ -56,7 +74,16 @@ pub enum StoreError {
 
 impl StoreError {
     fn query(err: sqlx::Error) -> Self {
-        StoreError::Query(err.to_string())
+        let transient = match &err {
+            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Protocol(_) => true,
+            // Connection exceptions (08…) and an administrator ending the session (57P…,
+            // e.g. pg_terminate_backend).
+            sqlx::Error::Database(db) => {
+                db.code().is_some_and(|code| code.starts_with("08") || code.starts_with("57P"))
+            }
+            _ => false,
+        };
+        if transient { StoreError::Unavailable(err.to_string()) } else { StoreError::Query(err.to_string()) }
     }
 }
 
@@ -169,15 +196,101 @@ impl Store {
         dispatch!(self, run_logs(run_id))
     }
 
-    /// Runs accepted or started but not finished, oldest first.
-    pub async fn unfinished_runs(&self) -> Result<Vec<RunRecord>, StoreError> {
-        dispatch!(self, unfinished_runs())
+    /// Claims up to `limit` runs that no host is executing (pending, or under an expired
+    /// lease) for `host`, oldest first; each claim bumps the run's epoch.
+    pub async fn claim_runs(&self, host: &str, lease: Duration, limit: usize) -> Result<Vec<RunRecord>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        dispatch!(self, claim_runs(host, millis(lease), limit))
     }
 
-    /// Asks for a run to be cancelled by whichever host runs it; false when the run does
-    /// not exist or already finished.
+    /// Claims run `id` for `host`, if no host is executing it.
+    pub async fn claim_run(&self, id: Uuid, host: &str, lease: Duration) -> Result<Option<RunRecord>, StoreError> {
+        dispatch!(self, claim_run(id, host, millis(lease)))
+    }
+
+    /// Extends the leases `host` holds on `ids`; returns the runs it still holds, with
+    /// their epochs.
+    pub async fn renew_leases(
+        &self,
+        host: &str,
+        ids: &[Uuid],
+        lease: Duration,
+    ) -> Result<Vec<(Uuid, i64)>, StoreError> {
+        dispatch!(self, renew_leases(host, ids, millis(lease)))
+    }
+
+    /// Sends a failed or cancelled run back to `pending` to run again; `None` when the run
+    /// is not failed or cancelled.
+    pub async fn redrive(&self, id: Uuid) -> Result<Option<RunRecord>, StoreError> {
+        let run = dispatch!(self, redrive(id))?;
+        if run.is_some() {
+            self.wake("run").await;
+        }
+        Ok(run)
+    }
+
+    /// Accepts `run` once per `key` (per workflow): returns the id of the run the key names
+    /// and whether it was created now.
+    pub async fn insert_run_once(&self, run: &RunRecord, key: &str) -> Result<(Uuid, bool), StoreError> {
+        dispatch!(self, insert_run_once(run, key))
+    }
+
+    /// Stores a workflow definition by its digest (once).
+    pub async fn insert_definition(&self, digest: &str, definition: &serde_json::Value) -> Result<(), StoreError> {
+        dispatch!(self, insert_definition(digest, definition))
+    }
+
+    /// The definition with this digest.
+    pub async fn definition(&self, digest: &str) -> Result<Option<serde_json::Value>, StoreError> {
+        dispatch!(self, definition(digest))
+    }
+
+    /// Stores component bytes by digest, unless they are stored already.
+    pub async fn insert_component(&self, digest: &str, wasm: &[u8]) -> Result<(), StoreError> {
+        dispatch!(self, insert_component(digest, wasm))
+    }
+
+    /// Whether the database answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        dispatch!(self, ping())
+    }
+
+    /// Wakes the hosts listening on this database (Postgres `NOTIFY`; on SQLite hosts
+    /// poll). Best effort: a lost wake-up only delays pick-up until the next poll.
+    pub async fn wake(&self, payload: &str) {
+        if let Pool::Postgres(pool) = &self.pool
+            && let Err(err) = postgres::notify(pool, payload).await
+        {
+            tracing::warn!("could not notify other hosts: {err}");
+        }
+    }
+
+    /// A listener for wake-ups from other processes (Postgres); `None` on SQLite, where
+    /// hosts poll.
+    pub async fn listen(&self) -> Result<Option<WakeListener>, StoreError> {
+        match &self.pool {
+            Pool::Postgres(pool) => {
+                let mut listener = PgListener::connect_with(pool).await.map_err(StoreError::query)?;
+                listener.listen(WAKE_CHANNEL).await.map_err(StoreError::query)?;
+                Ok(Some(WakeListener(listener)))
+            }
+            Pool::Sqlite(_) => Ok(None),
+        }
+    }
+
+    /// Whether only one machine can use this database (SQLite).
+    pub fn is_embedded(&self) -> bool {
+        matches!(self.pool, Pool::Sqlite(_))
+    }
+
+    /// Asks for a run to be cancelled by whichever host runs it (woken at once on
+    /// Postgres); false when the run does not exist or already finished.
     pub async fn request_cancel(&self, id: Uuid) -> Result<bool, StoreError> {
-        dispatch!(self, request_cancel(id))
+        let requested = dispatch!(self, request_cancel(id))?;
+        if requested {
+            self.wake(&format!("cancel:{id}")).await;
+        }
+        Ok(requested)
     }
 
     /// Which of `ids` someone asked to cancel.
@@ -231,12 +344,61 @@ impl Store {
     }
 }
 
+/// Wake-ups from other processes, as their payloads.
+pub struct WakeListener(PgListener);
+
+impl WakeListener {
+    /// The next wake-up's payload. An error means the connection dropped; sqlx reconnects
+    /// on the next call (wake-ups sent meanwhile are lost, which polling covers).
+    pub async fn recv(&mut self) -> Result<String, StoreError> {
+        self.0.recv().await.map(|n| n.payload().to_owned()).map_err(StoreError::query)
+    }
+}
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// The claim a host's writes for one run carry: the epoch it claimed the run at, and the
+/// token cancelled when the database refuses a write because the epoch moved on.
+#[derive(Debug, Clone)]
+pub struct Fence {
+    pub epoch: i64,
+    lost: CancellationToken,
+}
+
+impl Fence {
+    pub fn new(epoch: i64) -> Self {
+        Fence { epoch, lost: CancellationToken::new() }
+    }
+
+    /// A fence whose loss cancels `lost`.
+    pub fn with_token(epoch: i64, lost: CancellationToken) -> Self {
+        Fence { epoch, lost }
+    }
+
+    /// Cancelled once the host has lost the run (a write was refused, or the heartbeat
+    /// found the run taken over).
+    pub fn lost(&self) -> &CancellationToken {
+        &self.lost
+    }
+}
+
+/// What a committed batch did not write: the runs whose writes carried a stale epoch.
+#[derive(Debug, Default)]
+pub(crate) struct Written {
+    refused: std::collections::HashSet<Uuid>,
+}
+
 /// Rows to write in one transaction. A row written twice in a batch (started, then
 /// finished) is written once, in its last state.
 #[derive(Default)]
 pub(crate) struct Batch {
-    runs: Vec<RunRecord>,
-    steps: Vec<StepRecord>,
+    /// Each run with the lease to give its owner, in milliseconds (a host accepting a run
+    /// it executes itself).
+    runs: Vec<(RunRecord, Option<i64>)>,
+    /// Each step row with the epoch of the host writing it.
+    steps: Vec<(StepRecord, i64)>,
     logs: Vec<LogRecord>,
     run_index: HashMap<Uuid, usize>,
     step_index: HashMap<Uuid, usize>,
@@ -245,9 +407,15 @@ pub(crate) struct Batch {
 impl Batch {
     fn add(&mut self, write: Write) {
         match write {
-            Write::Run(run) => upsert(&mut self.runs, &mut self.run_index, run.id, *run),
-            Write::Step(step, logs) => {
-                upsert(&mut self.steps, &mut self.step_index, step.id, *step);
+            Write::Run(run, lease) => {
+                let id = run.id;
+                // A later write of the same run keeps the lease an earlier one gave.
+                let lease = lease.or_else(|| self.run_index.get(&id).and_then(|&at| self.runs[at].1));
+                upsert(&mut self.runs, &mut self.run_index, id, (*run, lease));
+            }
+            Write::Step(step, logs, epoch) => {
+                let id = step.id;
+                upsert(&mut self.steps, &mut self.step_index, id, (*step, epoch));
                 self.logs.extend(logs);
             }
             Write::Flush => {}
@@ -270,99 +438,169 @@ fn upsert<T>(rows: &mut Vec<T>, index: &mut HashMap<Uuid, usize>, id: Uuid, row:
 }
 
 enum Write {
-    Run(Box<RunRecord>),
-    Step(Box<StepRecord>, Vec<LogRecord>),
+    Run(Box<RunRecord>, Option<i64>),
+    Step(Box<StepRecord>, Vec<LogRecord>, i64),
     Flush,
 }
 
-type Ack = oneshot::Sender<Result<(), StoreError>>;
+/// Who waits for a write: its acknowledgement, and the run and fence it was written under.
+struct Waiter {
+    ack: oneshot::Sender<Result<(), StoreError>>,
+    run: Option<(Uuid, Option<CancellationToken>)>,
+}
 
 /// Queues rows for the store's writer task. Cheap to clone.
 #[derive(Clone)]
 pub struct Recorder {
-    queue: mpsc::UnboundedSender<(Write, Ack)>,
+    queue: mpsc::Sender<(Write, Waiter)>,
 }
 
 /// A queued write; [`Pending::committed`] waits until it is durable. Dropping it does not
 /// cancel the write.
 #[must_use = "await `committed()` where durability matters; dropping it is fine elsewhere"]
-pub struct Pending(oneshot::Receiver<Result<(), StoreError>>);
+pub struct Pending(PendingState);
+
+enum PendingState {
+    /// Queued: the writer answers on the channel.
+    Queued(oneshot::Receiver<Result<(), StoreError>>),
+    /// Waiting for room in the queue first (the writer is behind).
+    Blocked(Box<dyn std::future::Future<Output = Result<(), StoreError>> + Send + Unpin>),
+}
 
 impl Pending {
     /// A write that needs no waiting (nothing was queued).
     pub fn ready() -> Pending {
         let (ack, pending) = oneshot::channel();
         let _ = ack.send(Ok(()));
-        Pending(pending)
+        Pending(PendingState::Queued(pending))
     }
 
     /// Waits until the write is committed, or reports why it could not be.
     pub async fn committed(self) -> Result<(), StoreError> {
-        self.0.await.unwrap_or(Err(StoreError::WriterStopped))
+        match self.0 {
+            PendingState::Queued(receiver) => receiver.await.unwrap_or(Err(StoreError::WriterStopped)),
+            PendingState::Blocked(future) => future.await,
+        }
     }
 }
 
 impl Recorder {
     fn start(pool: Pool) -> Recorder {
-        let (queue, receiver) = mpsc::unbounded_channel();
+        let (queue, receiver) = mpsc::channel(MAX_QUEUED_WRITES);
         tokio::spawn(write_loop(pool, receiver));
         Recorder { queue }
     }
 
-    fn send(&self, write: Write) -> Pending {
+    fn send(&self, write: Write, run: Option<(Uuid, Option<CancellationToken>)>) -> Pending {
         let (ack, pending) = oneshot::channel();
-        if let Err(mpsc::error::SendError((_, ack))) = self.queue.send((write, ack)) {
-            let _ = ack.send(Err(StoreError::WriterStopped));
+        match self.queue.try_send((write, Waiter { ack, run })) {
+            Ok(()) => Pending(PendingState::Queued(pending)),
+            Err(mpsc::error::TrySendError::Closed((_, waiter))) => {
+                let _ = waiter.ack.send(Err(StoreError::WriterStopped));
+                Pending(PendingState::Queued(pending))
+            }
+            // The queue is full: the write is sent once there is room, and whoever waits on
+            // it waits for that too. Writers that never wait are rare (a step's "running"
+            // row); those that do — every finished step — slow down to the writer's pace.
+            Err(mpsc::error::TrySendError::Full(item)) => {
+                let queue = self.queue.clone();
+                let (sent_ack, sent) = oneshot::channel::<Result<(), StoreError>>();
+                tokio::spawn(async move {
+                    let result = match queue.send(item).await {
+                        Ok(()) => pending.await.unwrap_or(Err(StoreError::WriterStopped)),
+                        Err(_) => Err(StoreError::WriterStopped),
+                    };
+                    let _ = sent_ack.send(result);
+                });
+                Pending(PendingState::Blocked(Box::new(Box::pin(async move {
+                    sent.await.unwrap_or(Err(StoreError::WriterStopped))
+                }))))
+            }
         }
-        Pending(pending)
     }
 
-    /// Inserts or updates a `workflow_runs` row.
-    pub fn run(&self, run: RunRecord) -> Pending {
-        self.send(Write::Run(Box::new(run)))
+    /// Inserts or updates a `workflow_runs` row. The write lands only while the run's epoch
+    /// is still `run.epoch`; `fence` (the writer's claim) learns when it is refused.
+    /// `lease` gives the owner a lease (a host accepting a run it executes itself).
+    pub fn run(&self, run: RunRecord, lease: Option<Duration>, fence: Option<&Fence>) -> Pending {
+        let owner = (run.id, fence.map(|f| f.lost.clone()));
+        self.send(Write::Run(Box::new(run), lease.map(millis)), Some(owner))
     }
 
-    /// Inserts or updates a `step_executions` row, with log lines to add.
-    pub fn step(&self, step: StepRecord, logs: Vec<LogRecord>) -> Pending {
-        self.send(Write::Step(Box::new(step), logs))
+    /// Inserts or updates a `step_executions` row, with log lines to add, under `fence`.
+    pub fn step(&self, step: StepRecord, logs: Vec<LogRecord>, fence: &Fence) -> Pending {
+        let owner = (step.run_id, Some(fence.lost.clone()));
+        self.send(Write::Step(Box::new(step), logs, fence.epoch), Some(owner))
     }
 
     /// Waits until everything queued so far is committed.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.send(Write::Flush).committed().await
+        self.send(Write::Flush, None).committed().await
     }
 }
 
 /// The writer task: takes everything queued, commits it in one transaction, answers every
 /// waiting writer, and starts over. While one commit is in flight the next batch gathers.
-async fn write_loop(pool: Pool, mut queue: mpsc::UnboundedReceiver<(Write, Ack)>) {
-    let mut acks = Vec::new();
-    while let Some((first, ack)) = queue.recv().await {
+/// A batch is retried while the database is unreachable; writes refused for a stale epoch
+/// fail for their writers alone, and tell their fence.
+async fn write_loop(pool: Pool, mut queue: mpsc::Receiver<(Write, Waiter)>) {
+    let mut waiters = Vec::new();
+    while let Some((first, waiter)) = queue.recv().await {
         let mut batch = Batch::default();
         batch.add(first);
-        acks.push(ack);
-        while acks.len() < MAX_WRITES_PER_COMMIT {
+        waiters.push(waiter);
+        while waiters.len() < MAX_WRITES_PER_COMMIT {
             match queue.try_recv() {
-                Ok((write, ack)) => {
+                Ok((write, waiter)) => {
                     batch.add(write);
-                    acks.push(ack);
+                    waiters.push(waiter);
                 }
                 Err(_) => break,
             }
         }
-        let result = if batch.is_empty() {
-            Ok(())
-        } else {
-            match &pool {
-                Pool::Postgres(pool) => postgres::write_batch(pool, &batch).await,
-                Pool::Sqlite(pool) => sqlite::write_batch(pool, &batch).await,
+        let result = if batch.is_empty() { Ok(Written::default()) } else { write_with_retries(&pool, &batch).await };
+        match result {
+            Ok(written) => {
+                for waiter in waiters.drain(..) {
+                    let refused = waiter.run.as_ref().filter(|(run, _)| written.refused.contains(run));
+                    let answer = match refused {
+                        Some((run, lost)) => {
+                            if let Some(lost) = lost {
+                                lost.cancel();
+                            }
+                            Err(StoreError::LeaseLost(*run))
+                        }
+                        None => Ok(()),
+                    };
+                    let _ = waiter.ack.send(answer);
+                }
             }
-        };
-        if let Err(err) = &result {
-            tracing::error!("recording failed: {err}");
+            Err(err) => {
+                tracing::error!("recording failed: {err}");
+                for waiter in waiters.drain(..) {
+                    let _ = waiter.ack.send(Err(err.clone()));
+                }
+            }
         }
-        for ack in acks.drain(..) {
-            let _ = ack.send(result.clone());
+    }
+}
+
+/// Writes `batch`, retrying with backoff while the database is unreachable.
+async fn write_with_retries(pool: &Pool, batch: &Batch) -> Result<Written, StoreError> {
+    let started = std::time::Instant::now();
+    let mut delay = Duration::from_millis(50);
+    loop {
+        let result = match pool {
+            Pool::Postgres(pool) => postgres::write_batch(pool, batch).await,
+            Pool::Sqlite(pool) => sqlite::write_batch(pool, batch).await,
+        };
+        match result {
+            Err(StoreError::Unavailable(err)) if started.elapsed() < RETRY_UNAVAILABLE_FOR => {
+                tracing::warn!("the database is unreachable ({err}); retrying the write in {delay:?}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            other => return other,
         }
     }
 }

@@ -26,6 +26,12 @@ pub struct RunRecord {
     /// What each agent reference resolved to when the run started:
     /// `{"<reference>": {"name", "version", "digest"}}`.
     pub pinned_agents: Option<Value>,
+    /// The host holding the run's lease (or that last held it).
+    pub owner_host_id: Option<String>,
+    /// The fencing counter: bumped by every claim; writes carrying an older one are refused.
+    pub epoch: i64,
+    /// How many times the run was redriven after it failed or was cancelled.
+    pub redrive_count: i32,
 }
 
 /// An `agents` row: one deployed version of an agent.
@@ -84,6 +90,13 @@ pub struct StepRecord {
     pub execute_us: Option<i64>,
     pub fuel_consumed: Option<i64>,
     pub memory_peak_bytes: Option<i64>,
+    /// Where the execution sits in the run (`a`, `block/branch/a`, `map[3]/a`), the same
+    /// for every attempt: what resume and redrive reuse by, and the agent's idempotency key.
+    pub step_key: Option<String>,
+    /// Microseconds spent waiting for an instance slot before the agent started.
+    pub queued_us: Option<i64>,
+    /// The host that executed it.
+    pub host_id: Option<String>,
 }
 
 /// A `step_logs` row.

@@ -50,7 +50,7 @@ impl braid_sdk::bindings::Guest for Misbehave {
                 Ok(json!({
                     "run_id": ctx.run_id, "step_id": ctx.step_id, "branch": ctx.branch,
                     "item_index": ctx.item_index, "attempt": ctx.attempt,
-                    "config": host::config(key), "input": input,
+                    "config": host::config(key), "idempotency_key": host::idempotency_key(), "input": input,
                 })
                 .to_string())
             }

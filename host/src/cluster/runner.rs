@@ -1,0 +1,457 @@
+//! A host's executor: accepting runs, claiming runs no host is executing, executing at
+//! most `max_active_runs` at once, renewing leases, noticing cancellations, and draining on
+//! shutdown.
+//!
+//! A run is accepted by committing its row before anyone is told its id. A host with room
+//! accepts it as its own (owner, epoch 1, a lease) and starts it at once; a host without
+//! room leaves it `pending`, and whichever host has room claims it. A host that stops
+//! gracefully interrupts what is still running after the grace period and releases it; a
+//! host that dies leaves its leases to expire, and another host (or the same one,
+//! restarted) claims the runs and resumes them without re-running what succeeded.
+
+use super::HostConfig;
+use crate::engine::{Engine, RunControl, RunPlan};
+use crate::registry::Registry;
+use crate::store::{Fence, RunRecord, RunStatus, StepRecord, Store, StoreError, WakeListener};
+use chrono::Utc;
+use serde_json::Value;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+/// Most runs claimed in one statement.
+const CLAIM_BATCH: usize = 64;
+
+/// How often `wait` reads a run executed elsewhere.
+const WAIT_POLL: Duration = Duration::from_millis(50);
+
+pub struct Runner {
+    engine: Engine,
+    registry: Arc<Registry>,
+    config: HostConfig,
+    /// Interrupts every run in flight (the end of a shutdown's grace period).
+    shutdown: CancellationToken,
+    /// No more claims: the host is draining.
+    draining: CancellationToken,
+    /// Heartbeats stop: every run has ended here.
+    stopped: CancellationToken,
+    slots: Mutex<Slots>,
+    tasks: TaskTracker,
+    wake: Notify,
+}
+
+/// The runs this host executes, and the slots reserved by claims in flight.
+#[derive(Default)]
+struct Slots {
+    active: HashMap<Uuid, Active>,
+    claiming: usize,
+}
+
+struct Active {
+    control: RunControl,
+    /// The epoch this host holds the run at; `None` while its row is being written.
+    epoch: Option<i64>,
+}
+
+/// A started (or found) run.
+pub struct Started {
+    pub run_id: Uuid,
+    /// False when an `Idempotency-Key` named a run that already existed.
+    pub created: bool,
+    /// The task executing it here, when this host took it.
+    pub task: Option<JoinHandle<Result<RunRecord, StoreError>>>,
+}
+
+impl Runner {
+    pub fn new(engine: Engine, registry: Arc<Registry>, config: HostConfig) -> Arc<Self> {
+        let engine = engine.with_host_id(&config.host_id);
+        Arc::new(Runner {
+            engine,
+            registry,
+            config,
+            shutdown: CancellationToken::new(),
+            draining: CancellationToken::new(),
+            stopped: CancellationToken::new(),
+            slots: Mutex::new(Slots::default()),
+            tasks: TaskTracker::new(),
+            wake: Notify::new(),
+        })
+    }
+
+    fn store(&self) -> &Store {
+        self.registry.store()
+    }
+
+    /// This host's settings.
+    pub fn config(&self) -> &HostConfig {
+        &self.config
+    }
+
+    /// Starts the host's background work: lease heartbeats and the wake-up loop that
+    /// notices cancel requests and, when `claim` is set, claims runs no host is executing.
+    /// Call it once the host is fully up (listening, migrated): it claims nothing before.
+    pub fn start_host(self: &Arc<Self>, claim: bool) {
+        tokio::spawn(self.clone().heartbeat());
+        tokio::spawn(self.clone().wake_loop(claim));
+    }
+
+    /// Accepts a run of `plan` on `input`. With `idempotency_key`, a key already used for
+    /// this workflow returns that run instead of starting another.
+    pub async fn start(
+        self: &Arc<Self>,
+        plan: Arc<RunPlan>,
+        input: Value,
+        idempotency_key: Option<&str>,
+    ) -> Result<Started, StoreError> {
+        let mut run = plan.new_run(input);
+        if let Some(key) = idempotency_key {
+            let (run_id, created) = self.store().insert_run_once(&run, key).await?;
+            let task = if created { self.try_claim(run_id).await? } else { None };
+            return Ok(Started { run_id, created, task });
+        }
+        let Some(control) = self.reserve(run.id) else {
+            // No room here: it waits in the database for a host with room.
+            self.store().recorder().run(run.clone(), None, None).committed().await?;
+            self.store().wake("run").await;
+            return Ok(Started { run_id: run.id, created: true, task: None });
+        };
+        run.owner_host_id = Some(self.config.host_id.clone());
+        run.epoch = 1;
+        if let Err(err) = self.store().recorder().run(run.clone(), Some(self.config.lease), None).committed().await {
+            self.release(run.id);
+            return Err(err);
+        }
+        self.held(run.id, run.epoch);
+        let run_id = run.id;
+        let task = self.spawn(run, control, Some(plan));
+        Ok(Started { run_id, created: true, task: Some(task) })
+    }
+
+    /// Claims run `id` here if this host has room and no host is executing it.
+    async fn try_claim(
+        self: &Arc<Self>,
+        id: Uuid,
+    ) -> Result<Option<JoinHandle<Result<RunRecord, StoreError>>>, StoreError> {
+        let Some(control) = self.reserve(id) else {
+            self.store().wake("run").await;
+            return Ok(None);
+        };
+        match self.store().claim_run(id, &self.config.host_id, self.config.lease).await {
+            Ok(Some(run)) => {
+                self.held(id, run.epoch);
+                Ok(Some(self.spawn(run, control, None)))
+            }
+            Ok(None) => {
+                self.release(id);
+                Ok(None)
+            }
+            Err(err) => {
+                self.release(id);
+                Err(err)
+            }
+        }
+    }
+
+    /// Claims run `id` (which no host may be executing) and executes it here to its end:
+    /// `braid runs resume` and `braid runs redrive`. `None` when another host holds it.
+    pub async fn drive(self: &Arc<Self>, id: Uuid) -> Result<Option<RunRecord>, StoreError> {
+        match self.try_claim(id).await? {
+            Some(task) => {
+                task.await.map_err(|err| StoreError::Query(format!("the run's task failed: {err}")))?.map(Some)
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Waits for run `id` to end, wherever it runs: through `task` when this host executes
+    /// it, by reading its row otherwise.
+    pub async fn wait(
+        &self,
+        id: Uuid,
+        task: Option<JoinHandle<Result<RunRecord, StoreError>>>,
+    ) -> Result<RunRecord, StoreError> {
+        if let Some(task) = task {
+            return task.await.map_err(|err| StoreError::Query(format!("the run's task failed: {err}")))?;
+        }
+        loop {
+            match self.store().get_run(id).await? {
+                Some(run) if run.status.is_terminal() => return Ok(run),
+                Some(_) => tokio::time::sleep(WAIT_POLL).await,
+                None => return Err(StoreError::Query(format!("run {id} disappeared"))),
+            }
+        }
+    }
+
+    /// Executes a run this host holds: `plan` when it was just accepted here, otherwise
+    /// the plan it was pinned to, reusing what earlier drives recorded.
+    fn spawn(
+        self: &Arc<Self>,
+        run: RunRecord,
+        control: RunControl,
+        plan: Option<Arc<RunPlan>>,
+    ) -> JoinHandle<Result<RunRecord, StoreError>> {
+        let runner = self.clone();
+        self.tasks.spawn(async move {
+            let id = run.id;
+            let result = runner.execute(run, &control, plan).await;
+            runner.release(id);
+            runner.wake.notify_one();
+            match &result {
+                Err(StoreError::LeaseLost(_)) => {
+                    tracing::warn!(run_id = %id, "another host took the run over; dropped it here");
+                }
+                Err(err) => tracing::error!(run_id = %id, "the run could not be recorded: {err}"),
+                Ok(_) => {}
+            }
+            result
+        })
+    }
+
+    async fn execute(
+        &self,
+        run: RunRecord,
+        control: &RunControl,
+        plan: Option<Arc<RunPlan>>,
+    ) -> Result<RunRecord, StoreError> {
+        let engine = &self.engine;
+        let Some(plan) = plan else {
+            let previous = self.store().run_steps(run.id).await?;
+            if !self.store().cancel_requested(&[run.id]).await?.is_empty() {
+                // Asked to stop while no host ran it: it ends here, every open row closed.
+                return crate::engine::close_cancelled(self.store().recorder(), run, &previous).await;
+            }
+            return match self.registry.plan_for_run(&run).await {
+                Ok(plan) => {
+                    tracing::info!(run_id = %run.id, epoch = run.epoch, "executing a claimed run");
+                    engine.execute(plan, run, control, &previous).await
+                }
+                Err(err) => {
+                    // Nothing to run it with: close it rather than claim it forever.
+                    let mut failed = run;
+                    failed.status = RunStatus::Failed;
+                    failed.error = Some(format!("could not be resumed: {err}"));
+                    failed.finished_at = Some(Utc::now());
+                    let fence = Fence::new(failed.epoch);
+                    self.store().recorder().run(failed.clone(), None, Some(&fence)).committed().await?;
+                    Ok(failed)
+                }
+            };
+        };
+        engine.execute(plan, run, control, &[] as &[StepRecord]).await
+    }
+
+    /// Cancels a run in flight on this host; false when it is not running here.
+    pub fn cancel(&self, id: Uuid) -> bool {
+        match self.lock().active.get(&id) {
+            Some(active) => {
+                active.control.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Looks for claimable runs now (a run was redriven or accepted here).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Runs executing here right now.
+    pub fn active(&self) -> usize {
+        self.lock().active.len()
+    }
+
+    /// Stops claiming, waits up to `grace` for runs in flight to finish, then interrupts
+    /// the rest (released for any host to resume) and waits for their records.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.draining.cancel();
+        self.tasks.close();
+        if tokio::time::timeout(grace, self.tasks.wait()).await.is_err() {
+            tracing::warn!("grace period over: interrupting {} runs", self.active());
+            self.shutdown.cancel();
+            self.tasks.wait().await;
+        }
+        self.stopped.cancel();
+    }
+
+    /// Reserves a slot for run `id`, if this host has room.
+    fn reserve(&self, id: Uuid) -> Option<RunControl> {
+        let mut slots = self.lock();
+        if slots.active.len() + slots.claiming >= self.config.max_active_runs {
+            return None;
+        }
+        let control = RunControl::under(&self.shutdown);
+        slots.active.insert(id, Active { control: control.clone(), epoch: None });
+        Some(control)
+    }
+
+    /// Records that this host holds run `id` at `epoch` (its heartbeat renews it from now).
+    fn held(&self, id: Uuid, epoch: i64) {
+        if let Some(active) = self.lock().active.get_mut(&id) {
+            active.epoch = Some(epoch);
+        }
+    }
+
+    fn release(&self, id: Uuid) {
+        self.lock().active.remove(&id);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slots> {
+        self.slots.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Renews this host's leases every third of the lease. A run the database no longer
+    /// shows as this host's (its epoch moved on) is dropped at once; when the database
+    /// cannot be reached for longer than a lease, every run is dropped — other hosts will
+    /// have claimed them by then.
+    async fn heartbeat(self: Arc<Self>) {
+        let interval = self.config.lease / 3;
+        let mut last_renewed = Instant::now();
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(interval) => {}
+                () = self.stopped.cancelled() => break,
+            }
+            let held: Vec<(Uuid, i64)> =
+                self.lock().active.iter().filter_map(|(id, active)| Some((*id, active.epoch?))).collect();
+            if held.is_empty() {
+                last_renewed = Instant::now();
+                continue;
+            }
+            let ids: Vec<Uuid> = held.iter().map(|(id, _)| *id).collect();
+            match self.store().renew_leases(&self.config.host_id, &ids, self.config.lease).await {
+                Ok(renewed) => {
+                    last_renewed = Instant::now();
+                    let renewed: HashSet<(Uuid, i64)> = renewed.into_iter().collect();
+                    for lost in held.iter().filter(|held| !renewed.contains(held)) {
+                        tracing::warn!(run_id = %lost.0, "lease lost: another host took the run over; stopping it here");
+                        self.lose(lost.0);
+                    }
+                }
+                Err(err) if last_renewed.elapsed() >= self.config.lease => {
+                    tracing::error!(
+                        "cannot reach the database to renew leases for {} ms, longer than the lease ({} ms): \
+                         stopping {} runs here so that other hosts can resume them ({err})",
+                        last_renewed.elapsed().as_millis(),
+                        self.config.lease.as_millis(),
+                        ids.len()
+                    );
+                    for id in ids {
+                        self.lose(id);
+                    }
+                }
+                Err(err) => tracing::warn!("could not renew leases (retrying): {err}"),
+            }
+        }
+    }
+
+    fn lose(&self, id: Uuid) {
+        if let Some(active) = self.lock().active.get(&id) {
+            active.control.lose();
+        }
+    }
+
+    /// Wakes on notifications (Postgres), local events (a run ended here) and a poll
+    /// interval; checks the runs in flight for cancel requests and claims what there is
+    /// room for.
+    async fn wake_loop(self: Arc<Self>, claim: bool) {
+        let mut listener = match self.store().listen().await {
+            Ok(listener) => listener,
+            Err(err) => {
+                tracing::warn!("cannot listen for wake-ups (polling instead): {err}");
+                None
+            }
+        };
+        let mut poll = tokio::time::interval(self.config.poll);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let mut polled = false;
+            tokio::select! {
+                () = self.draining.cancelled() => break,
+                () = self.wake.notified() => {}
+                _ = poll.tick() => polled = true,
+                message = next_wake(&mut listener) => match message {
+                    Ok(payload) => {
+                        if let Some(id) = payload.strip_prefix("cancel:").and_then(|id| id.parse().ok()) {
+                            self.cancel(id);
+                        }
+                    }
+                    Err(err) => {
+                        tracing::warn!("lost the wake-up connection (reconnecting): {err}");
+                        tokio::time::sleep(self.config.poll).await;
+                    }
+                },
+            }
+            if polled {
+                self.check_cancel_requests().await;
+            }
+            if claim {
+                self.claim_what_fits().await;
+            }
+        }
+    }
+
+    /// One query for every run in flight here.
+    async fn check_cancel_requests(&self) {
+        let ids: Vec<Uuid> = self.lock().active.keys().copied().collect();
+        match self.store().cancel_requested(&ids).await {
+            Ok(requested) => {
+                for id in requested {
+                    self.cancel(id);
+                }
+            }
+            Err(err) => tracing::warn!("could not check for cancel requests: {err}"),
+        }
+    }
+
+    /// Claims runs no host is executing while this host has room, in batches.
+    async fn claim_what_fits(self: &Arc<Self>) {
+        loop {
+            let room = {
+                let mut slots = self.lock();
+                let room = self.config.max_active_runs.saturating_sub(slots.active.len() + slots.claiming);
+                let room = room.min(CLAIM_BATCH);
+                slots.claiming += room;
+                room
+            };
+            if room == 0 {
+                return;
+            }
+            let claimed = self.store().claim_runs(&self.config.host_id, self.config.lease, room).await;
+            let claimed = match claimed {
+                Ok(claimed) => claimed,
+                Err(err) => {
+                    self.lock().claiming -= room;
+                    tracing::warn!("could not claim runs: {err}");
+                    return;
+                }
+            };
+            let count = claimed.len();
+            for run in claimed {
+                let control = RunControl::under(&self.shutdown);
+                {
+                    let mut slots = self.lock();
+                    slots.claiming -= 1;
+                    slots.active.insert(run.id, Active { control: control.clone(), epoch: Some(run.epoch) });
+                }
+                drop(self.spawn(run, control, None));
+            }
+            self.lock().claiming -= room - count;
+            if count < room {
+                return;
+            }
+        }
+    }
+}
+
+async fn next_wake(listener: &mut Option<WakeListener>) -> Result<String, StoreError> {
+    match listener {
+        Some(listener) => listener.recv().await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,163 @@
+//! What an earlier drive of a run left behind, and how a resumed (or redriven) run reuses
+//! it. Every step execution has a key that names where it sits in the run (`a`,
+//! `block/branch/a`, `map[3]/a`, `loop[2]/a`, `switch/cases[0]/a`), the same for every
+//! attempt: a step whose latest row at its key succeeded (or was skipped) is not run again,
+//! wherever it sits — a map item, a loop iteration, a branch, a nested step — and a block
+//! that succeeded is reused whole, its scope rebuilt from the rows inside it.
+//!
+//! This module only reads rows; the engine decides what to run and writes the new rows.
+
+use super::Ended;
+use super::scope::{block_view, view};
+use crate::store::{StepRecord, StepStatus};
+use crate::workflow::{Step, StepKind};
+use chrono::{DateTime, Utc};
+use serde_json::{Map, json};
+use std::collections::HashMap;
+
+/// The rows of earlier attempts at a run, by step key.
+#[derive(Default)]
+pub(super) struct Previous {
+    by_key: HashMap<String, History>,
+}
+
+/// The attempts recorded at one key.
+struct History {
+    latest: StepRecord,
+    max_attempt: i32,
+    /// Attempts that failed since the current drive started: they use up `max_attempts`.
+    /// A redrive starts a new drive, so failed steps get their attempts again.
+    failures: u32,
+}
+
+impl Previous {
+    /// Indexes `rows` by key. `drive_started` is when the current drive of the run began
+    /// (its first start, or its last redrive).
+    pub(super) fn new(rows: &[StepRecord], drive_started: Option<DateTime<Utc>>) -> Self {
+        let mut by_key: HashMap<String, History> = HashMap::new();
+        for row in rows {
+            let Some(key) = &row.step_key else { continue };
+            let failed_now = row.status == StepStatus::Failed
+                && drive_started.is_none_or(|drive| row.started_at.is_none_or(|started| started >= drive));
+            let history = by_key.entry(key.clone()).or_insert_with(|| History {
+                latest: row.clone(),
+                max_attempt: row.attempt,
+                failures: 0,
+            });
+            history.failures += u32::from(failed_now);
+            history.max_attempt = history.max_attempt.max(row.attempt);
+            if (row.attempt, row.id) > (history.latest.attempt, history.latest.id) {
+                history.latest = row.clone();
+            }
+        }
+        Previous { by_key }
+    }
+
+    /// The latest row at `key`.
+    pub(super) fn latest(&self, key: &str) -> Option<&StepRecord> {
+        self.by_key.get(key).map(|history| &history.latest)
+    }
+
+    /// The latest row at `key` if it succeeded or was skipped: the step is done.
+    pub(super) fn done(&self, key: &str) -> Option<&StepRecord> {
+        self.latest(key).filter(|row| row.status.is_success())
+    }
+
+    /// The attempt number the next execution at `key` takes: numbers never repeat.
+    pub(super) fn next_attempt(&self, key: &str) -> i32 {
+        self.by_key.get(key).map_or(1, |history| history.max_attempt + 1)
+    }
+
+    /// How many attempts at `key` failed in the current drive.
+    pub(super) fn failures(&self, key: &str) -> u32 {
+        self.by_key.get(key).map_or(0, |history| history.failures)
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
+}
+
+/// The key of `step` under `prefix` (the enclosing placement's).
+pub(super) fn key(prefix: &str, step: &Step) -> String {
+    format!("{prefix}{}", step.id)
+}
+
+/// The scope views a step that is done leaves behind, rebuilt from the rows at and under
+/// `key`: its own view and, as when it ran, those of the steps inside it that are visible
+/// after it (a parallel block's branch steps, a switch's case, a loop's last iteration).
+pub(super) fn recorded_views(previous: &Previous, step: &Step, key: &str) -> Vec<(String, cel::Value)> {
+    let mut views = Vec::new();
+    step_views(previous, step, key, &mut views);
+    views
+}
+
+/// Pushes the views of `step` (recorded at `key`) and returns how it ended, or `None`
+/// when nothing is recorded there.
+fn step_views(previous: &Previous, step: &Step, key: &str, views: &mut Vec<(String, cel::Value)>) -> Option<Ended> {
+    let row = previous.latest(key)?;
+    let ended = Ended::of_row(row);
+    let own = match &step.kind {
+        StepKind::Agent(_) | StepKind::Map(_) => view(&ended),
+        StepKind::Parallel(block) => {
+            let mut branches = Map::new();
+            for branch in block.branches.iter() {
+                let prefix = format!("{key}/{}/", branch.name);
+                let (status, output, error) = match sequence_views(previous, &branch.steps, &prefix, views) {
+                    Some(end) => (end.status, end.output, end.error),
+                    None => (StepStatus::Cancelled, None, Some("cancelled before it started".to_owned())),
+                };
+                branches.insert(
+                    branch.name.clone(),
+                    json!({ "status": status.as_str(), "output": output, "error": error }),
+                );
+            }
+            block_view(&ended, branches)
+        }
+        StepKind::Switch(switch) => {
+            let label = row.input.as_ref().and_then(|input| input["case"].as_str()).unwrap_or("none").to_owned();
+            let steps = match label.strip_prefix("cases[").and_then(|rest| rest.strip_suffix(']')) {
+                Some(index) => {
+                    index.parse::<usize>().ok().and_then(|i| switch.cases.get(i)).map(|case| case.steps.clone())
+                }
+                None if label == "default" => switch.default.clone(),
+                None => None,
+            };
+            if let Some(steps) = steps {
+                sequence_views(previous, &steps, &format!("{key}/{label}/"), views);
+            }
+            super::control::case_view(&ended, &label)
+        }
+        StepKind::Loop(repeat) => {
+            let first = repeat.body.first().map(|s| s.id.clone()).unwrap_or_default();
+            let iterations = (0..).take_while(|i| previous.latest(&format!("{key}[{i}]/{first}")).is_some()).count();
+            if let Some(last) = iterations.checked_sub(1) {
+                sequence_views(previous, &repeat.body, &format!("{key}[{last}]/"), views);
+            }
+            view(&ended)
+        }
+    };
+    views.push((step.id.clone(), own));
+    Some(ended)
+}
+
+/// Pushes the views of a recorded sequence and returns how it ended, as the engine's
+/// sequence reports it (the first step that did not succeed ends it).
+fn sequence_views(
+    previous: &Previous,
+    steps: &[Step],
+    prefix: &str,
+    views: &mut Vec<(String, cel::Value)>,
+) -> Option<Ended> {
+    let mut last: Option<Ended> = None;
+    for step in steps {
+        let Some(mut ended) = step_views(previous, step, &key(prefix, step), views) else { break };
+        if !ended.status.is_success() {
+            let error = ended.error.take().unwrap_or_default();
+            ended.error = Some(format!("step {:?} {}: {error}", step.id, ended.status));
+            return Some(ended);
+        }
+        last = Some(ended);
+    }
+    last
+}

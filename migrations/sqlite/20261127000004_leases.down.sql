@@ -1,0 +1,11 @@
+DROP INDEX step_executions_by_key;
+ALTER TABLE step_executions DROP COLUMN host_id;
+ALTER TABLE step_executions DROP COLUMN queued_us;
+ALTER TABLE step_executions DROP COLUMN step_key;
+DROP TABLE run_idempotency_keys;
+DROP TABLE workflow_definitions;
+DROP INDEX workflow_runs_claimable;
+ALTER TABLE workflow_runs DROP COLUMN redrive_count;
+ALTER TABLE workflow_runs DROP COLUMN epoch;
+ALTER TABLE workflow_runs DROP COLUMN lease_expires_at;
+ALTER TABLE workflow_runs DROP COLUMN owner_host_id;
