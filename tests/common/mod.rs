@@ -3,6 +3,8 @@
 //! library or the real binary.
 #![allow(dead_code)]
 
+pub mod server;
+
 use braid::engine::{Engine, RunPlan};
 use braid::registry::AgentDirectory;
 use braid::sandbox::{Sandbox, SandboxConfig};

@@ -167,15 +167,17 @@ impl RunsCommand {
                         bail!("run {id} already finished ({})", run.status);
                     }
                     store.request_cancel(id).await?;
-                    // When no host is executing it, this process closes it (claiming it
-                    // first, so that a host claiming it at the same moment cannot race).
                     let host = crate::cluster::default_host_id();
-                    if let Some(claimed) = store.claim_run(id, &host, std::time::Duration::from_secs(30)).await? {
-                        let previous = store.run_steps(id).await?;
-                        crate::engine::close_cancelled(store.recorder(), claimed, &previous).await?;
-                    }
                     let deadline = std::time::Instant::now() + std::time::Duration::from_millis(wait_ms);
                     let status = loop {
+                        // Whenever no host is executing it (none ever took it, or its host
+                        // died and the lease expired), this process closes it — claiming it
+                        // first, so that a host claiming it at the same moment cannot race.
+                        let lease = std::time::Duration::from_secs(30);
+                        if let Some(claimed) = store.claim_run(id, &host, lease).await? {
+                            let previous = store.run_steps(id).await?;
+                            crate::engine::close_cancelled(store.recorder(), claimed, &previous).await?;
+                        }
                         let status = store.get_run(id).await?.map(|run| run.status);
                         if status.is_some_and(RunStatus::is_terminal) || std::time::Instant::now() > deadline {
                             break status;

@@ -16,6 +16,7 @@ use crate::store::{Fence, RunRecord, RunStatus, StepRecord, Store, StoreError, W
 use chrono::Utc;
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -43,6 +44,10 @@ pub struct Runner {
     slots: Mutex<Slots>,
     tasks: TaskTracker,
     wake: Notify,
+    /// Whether claimable runs may be waiting (this host left one `pending`, or its last
+    /// claim filled its room): only then does a run ending here look for more at once;
+    /// otherwise notifications and the poll find them.
+    backlog: AtomicBool,
 }
 
 /// The runs this host executes, and the slots reserved by claims in flight.
@@ -80,6 +85,7 @@ impl Runner {
             slots: Mutex::new(Slots::default()),
             tasks: TaskTracker::new(),
             wake: Notify::new(),
+            backlog: AtomicBool::new(false),
         })
     }
 
@@ -117,11 +123,15 @@ impl Runner {
         let Some(control) = self.reserve(run.id) else {
             // No room here: it waits in the database for a host with room.
             self.store().recorder().run(run.clone(), None, None).committed().await?;
+            self.backlog.store(true, Ordering::Relaxed);
             self.store().wake("run").await;
             return Ok(Started { run_id: run.id, created: true, task: None });
         };
+        // Accepted as this host's, already running: one commit makes it durable and owned.
         run.owner_host_id = Some(self.config.host_id.clone());
         run.epoch = 1;
+        run.status = RunStatus::Running;
+        run.started_at = Some(Utc::now());
         if let Err(err) = self.store().recorder().run(run.clone(), Some(self.config.lease), None).committed().await {
             self.release(run.id);
             return Err(err);
@@ -138,6 +148,7 @@ impl Runner {
         id: Uuid,
     ) -> Result<Option<JoinHandle<Result<RunRecord, StoreError>>>, StoreError> {
         let Some(control) = self.reserve(id) else {
+            self.backlog.store(true, Ordering::Relaxed);
             self.store().wake("run").await;
             return Ok(None);
         };
@@ -197,10 +208,12 @@ impl Runner {
     ) -> JoinHandle<Result<RunRecord, StoreError>> {
         let runner = self.clone();
         self.tasks.spawn(async move {
-            let id = run.id;
+            let (id, epoch) = (run.id, run.epoch);
             let result = runner.execute(run, &control, plan).await;
-            runner.release(id);
-            runner.wake.notify_one();
+            runner.finished(id, epoch);
+            if runner.backlog.load(Ordering::Relaxed) {
+                runner.wake.notify_one();
+            }
             match &result {
                 Err(StoreError::LeaseLost(_)) => {
                     tracing::warn!(run_id = %id, "another host took the run over; dropped it here");
@@ -256,8 +269,9 @@ impl Runner {
         }
     }
 
-    /// Looks for claimable runs now (a run was redriven or accepted here).
+    /// Looks for claimable runs now (a run was redriven here).
     pub fn wake(&self) {
+        self.backlog.store(true, Ordering::Relaxed);
         self.wake.notify_one();
     }
 
@@ -299,6 +313,15 @@ impl Runner {
 
     fn release(&self, id: Uuid) {
         self.lock().active.remove(&id);
+    }
+
+    /// Frees the slot of the drive of run `id` at `epoch` — unless this host has claimed
+    /// the run again since (the slot is then the new drive's).
+    fn finished(&self, id: Uuid, epoch: i64) {
+        let mut slots = self.lock();
+        if slots.active.get(&id).is_some_and(|active| active.epoch.is_none_or(|held| held == epoch)) {
+            slots.active.remove(&id);
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Slots> {
@@ -442,6 +465,7 @@ impl Runner {
                 drop(self.spawn(run, control, None));
             }
             self.lock().claiming -= room - count;
+            self.backlog.store(count == room, Ordering::Relaxed);
             if count < room {
                 return;
             }

@@ -272,6 +272,8 @@ impl Engine {
         let mut run = RunRecord { id: run_id, ..plan.new_run(input) };
         run.owner_host_id = Some(self.host_id.to_string());
         run.epoch = 1;
+        run.status = RunStatus::Running;
+        run.started_at = Some(Utc::now());
         // Not waited for: the run's later writes, and its steps' (whose fence reads this
         // row), land in the same commit or after it.
         let _ = self.recorder.run(run.clone(), Some(Duration::from_secs(3600)), None);
@@ -318,13 +320,20 @@ impl Engine {
         previous: &[StepRecord],
         fence: Fence,
     ) -> Result<RunRecord, StoreError> {
+        // A run accepted here as `running` (or claimed in that state) is recorded as it is.
+        let recorded = run.status == RunStatus::Running
+            && run.error.is_none()
+            && run.started_at.is_some()
+            && run.owner_host_id.as_deref() == Some(&*self.host_id);
         run.status = RunStatus::Running;
         run.started_at.get_or_insert_with(Utc::now);
         run.error = None;
         run.owner_host_id = Some(self.host_id.to_string());
-        // Not waited for: the accepted (or claimed) row already makes the run durable, and
-        // every later write of it lands after this one.
-        let _ = self.recorder.run(run.clone(), None, Some(&fence));
+        if !recorded {
+            // Not waited for: the accepted (or claimed) row already makes the run durable,
+            // and every later write of it lands after this one.
+            let _ = self.recorder.run(run.clone(), None, Some(&fence));
+        }
         let mut closing = Vec::new();
         let mut rows = previous.to_vec();
         for row in rows.iter_mut().filter(|row| !row.status.is_terminal()) {

@@ -8,8 +8,8 @@
 /// bind-parameter limits (65,535 for Postgres, 32,766 for SQLite).
 pub(super) const ROWS_PER_STATEMENT: usize = 1000;
 
-/// Step rows as a multi-row `VALUES` list joined with the runs whose epoch they carry, so
-/// that a row of a host that lost the run's lease is not written (SQLite serializes
+/// Step rows as a multi-row `VALUES` list, each written only if its run's row still has
+/// the epoch it carries, so that a row of a host that lost the run's lease is not written (SQLite serializes
 /// writers, so the check and the write are atomic). Postgres binds whole columns as arrays
 /// instead (see `postgres.rs`). Returns the ids written.
 macro_rules! insert_steps_as_values {
@@ -51,9 +51,10 @@ macro_rules! insert_steps_as_values {
                     .push_bind(&step.host_id)
                     .push_bind(*epoch);
             });
-            // `WHERE true` keeps SQLite from reading ON CONFLICT as part of the join.
+            // A primary-key lookup per row (a join could scan the runs). The WHERE clause also
+            // keeps SQLite from reading ON CONFLICT as part of the FROM.
             query.push(format!(
-                ") AS t JOIN workflow_runs r ON r.id = t.column2 AND r.epoch = t.column{} WHERE true",
+                ") AS t WHERE t.column{} = (SELECT r.epoch FROM workflow_runs r WHERE r.id = t.column2)",
                 selected.len() + 1
             ));
             query.push(STEP_UPDATES).push(" RETURNING id");
@@ -102,6 +103,32 @@ macro_rules! sql_backend {
         /// the database's clock, never a host's).
         fn push_lease_until(query: &mut QueryBuilder<'_, $db>, ms: i64) {
             query.push($lease_start).push_bind(ms).push($lease_end);
+        }
+
+        /// Binds the values of a run row, in the order of `RUN_WRITE_COLUMNS`, and its lease
+        /// in milliseconds from now (NULL keeps the current lease). Bound for every row, so
+        /// that a statement's text — and its prepared statement — depends only on the row
+        /// count.
+        fn push_run<'args>(
+            row: &mut sqlx::query_builder::Separated<'_, 'args, $db, &'static str>,
+            run: &'args RunRecord,
+            lease_ms: Option<i64>,
+        ) {
+            row.push_bind(to_id(run.id))
+                .push_bind(&run.workflow_name)
+                .push_bind(&run.workflow_version)
+                .push_bind(run.status.as_str())
+                .push_bind(json(&run.input))
+                .push_bind(json(&run.output))
+                .push_bind(&run.error)
+                .push_bind(run.created_at)
+                .push_bind(run.started_at)
+                .push_bind(run.finished_at)
+                .push_bind(&run.workflow_digest)
+                .push_bind(json(&run.pinned_agents))
+                .push_bind(&run.owner_host_id)
+                .push_bind(run.epoch);
+            row.push($lease_start).push_bind_unseparated(lease_ms).push_unseparated($lease_end);
         }
 
         /// Runs no host is executing: accepted and unowned, or owned under an expired lease.
@@ -158,30 +185,7 @@ macro_rules! sql_backend {
             let mut written = Written::default();
             for chunk in batch.runs.chunks(ROWS_PER_STATEMENT) {
                 let mut query = QueryBuilder::<$db>::new(format!("INSERT INTO workflow_runs ({RUN_WRITE_COLUMNS}) "));
-                query.push_values(chunk, |mut row, (run, lease_ms)| {
-                    row.push_bind(to_id(run.id))
-                        .push_bind(&run.workflow_name)
-                        .push_bind(&run.workflow_version)
-                        .push_bind(run.status.as_str())
-                        .push_bind(json(&run.input))
-                        .push_bind(json(&run.output))
-                        .push_bind(&run.error)
-                        .push_bind(run.created_at)
-                        .push_bind(run.started_at)
-                        .push_bind(run.finished_at)
-                        .push_bind(&run.workflow_digest)
-                        .push_bind(json(&run.pinned_agents))
-                        .push_bind(&run.owner_host_id)
-                        .push_bind(run.epoch);
-                    match lease_ms {
-                        Some(ms) => {
-                            row.push($lease_start).push_bind_unseparated(*ms).push_unseparated($lease_end);
-                        }
-                        None => {
-                            row.push("NULL");
-                        }
-                    }
-                });
+                query.push_values(chunk, |mut row, (run, lease_ms)| push_run(&mut row, run, *lease_ms));
                 // A write of a host whose epoch moved on changes nothing.
                 query.push(
                     " ON CONFLICT (id) DO UPDATE SET status = excluded.status, input = excluded.input, \
@@ -471,23 +475,7 @@ macro_rules! sql_backend {
         ) -> Result<(Uuid, bool), StoreError> {
             let mut tx = pool.begin().await.map_err(StoreError::query)?;
             let mut query = QueryBuilder::<$db>::new(format!("INSERT INTO workflow_runs ({RUN_WRITE_COLUMNS}) VALUES ("));
-            let mut values = query.separated(", ");
-            values
-                .push_bind(to_id(run.id))
-                .push_bind(&run.workflow_name)
-                .push_bind(&run.workflow_version)
-                .push_bind(run.status.as_str())
-                .push_bind(json(&run.input))
-                .push_bind(json(&run.output))
-                .push_bind(&run.error)
-                .push_bind(run.created_at)
-                .push_bind(run.started_at)
-                .push_bind(run.finished_at)
-                .push_bind(&run.workflow_digest)
-                .push_bind(json(&run.pinned_agents))
-                .push_bind(&run.owner_host_id)
-                .push_bind(run.epoch)
-                .push("NULL");
+            push_run(&mut query.separated(", "), run, None);
             query.push(")");
             query.build().execute(&mut *tx).await.map_err(StoreError::query)?;
             let mut query = QueryBuilder::<$db>::new(

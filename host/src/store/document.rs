@@ -44,6 +44,9 @@ pub fn run_document(run: &RunRecord, steps: &[StepRecord], logs: &[LogRecord]) -
         "finished_at": run.finished_at,
         "workflow_digest": run.workflow_digest,
         "pinned_agents": run.pinned_agents,
+        "owner_host_id": run.owner_host_id,
+        "epoch": run.epoch,
+        "redrive_count": run.redrive_count,
         "steps": steps,
     })
 }

@@ -12,7 +12,7 @@ super::backend::sql_backend!(
     skip_locked: " FOR UPDATE SKIP LOCKED"
 );
 
-/// Step rows bound column by column as arrays and expanded with `UNNEST`: 26 parameters
+/// Step rows bound column by column as arrays and expanded with `UNNEST`: 27 parameters
 /// per statement whatever the row count, which Postgres parses and plans in a fraction of
 /// the time a 22,000-placeholder `VALUES` list takes (the writer's main cost in a fan-out).
 ///
@@ -29,6 +29,10 @@ async fn insert_steps(
         steps.iter().map(|(step, _)| value(step)).collect()
     }
     let json_text = |value: &Option<serde_json::Value>| value.as_ref().map(|v| v.to_string());
+    // The runs to lock, as an array: an index lookup whatever the planner guesses of UNNEST.
+    let mut run_ids: Vec<Uuid> = steps.iter().map(|(step, _)| step.run_id).collect();
+    run_ids.sort_unstable();
+    run_ids.dedup();
     let sql = format!(
         "WITH t AS (SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::uuid[], $6::text[], \
                      $7::int8[], $8::text[], $9::text[], $10::text[], $11::int4[], $12::text[], $13::text[], $14::text[], \
@@ -37,7 +41,7 @@ async fn insert_steps(
            AS t(id, run_id, step_id, step_type, parent_step_id, branch_name, item_index, join_policy, agent_name, \
                 agent_digest, attempt, status, outcome, input, output, error, started_at, finished_at, \
                 instantiate_us, execute_us, fuel_consumed, memory_peak_bytes, step_key, queued_us, host_id, epoch)), \
-         fence AS (SELECT r.id, r.epoch FROM workflow_runs r WHERE r.id IN (SELECT run_id FROM t) FOR SHARE) \
+         fence AS (SELECT r.id, r.epoch FROM workflow_runs r WHERE r.id = ANY($27::uuid[]) FOR SHARE) \
          INSERT INTO step_executions ({STEP_COLUMNS}) \
          SELECT t.id, run_id, step_id, step_type, parent_step_id, branch_name, item_index, join_policy, agent_name, \
                 agent_digest, attempt, status, outcome, input::jsonb, output::jsonb, error, started_at, finished_at, \
@@ -71,6 +75,7 @@ async fn insert_steps(
         .bind(column(steps, |s| s.queued_us))
         .bind(column(steps, |s| s.host_id.clone()))
         .bind(steps.iter().map(|(_, epoch)| *epoch).collect::<Vec<i64>>())
+        .bind(run_ids)
         .fetch_all(connection)
         .await
         .map_err(StoreError::query)

@@ -85,7 +85,14 @@ impl braid_sdk::bindings::Guest for Misbehave {
             // Sleeps in a host call (blocked in WASI, not spinning), then succeeds.
             "sleep" => {
                 std::thread::sleep(std::time::Duration::from_millis(field_u64(&input, "ms", 1000)));
-                Ok(json!({ "slept_ms": field_u64(&input, "ms", 1000) }).to_string())
+                let slept_ms = field_u64(&input, "ms", 1000);
+                // With `"report": true`, also which attempt this was and its idempotency key.
+                if input.get("report").and_then(Value::as_bool) == Some(true) {
+                    let key = host::idempotency_key();
+                    Ok(json!({ "slept_ms": slept_ms, "attempt": ctx.attempt, "idempotency_key": key }).to_string())
+                } else {
+                    Ok(json!({ "slept_ms": slept_ms }).to_string())
+                }
             }
             // Grows memory in 1 MiB chunks until something stops it.
             "alloc" => {
