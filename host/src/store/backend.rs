@@ -9,15 +9,15 @@
 pub(super) const ROWS_PER_STATEMENT: usize = 1000;
 
 /// Step rows as a multi-row `VALUES` list, each written only if its run's row still has
-/// the epoch it carries, so that a row of a host that lost the run's lease is not written (SQLite serializes
-/// writers, so the check and the write are atomic). Postgres binds whole columns as arrays
-/// instead (see `postgres.rs`). Returns the ids written.
+/// the epoch it carries, so that a row of a host that lost the run's lease is not written
+/// (SQLite serializes writers, so the check and the write are atomic). Postgres binds whole
+/// columns as arrays instead (see `postgres.rs`). Returns how many rows were written.
 macro_rules! insert_steps_as_values {
     ($db:ty) => {
         async fn insert_steps(
             connection: &mut <$db as sqlx::Database>::Connection,
             steps: &[(StepRecord, i64)],
-        ) -> Result<Vec<Uuid>, StoreError> {
+        ) -> Result<u64, StoreError> {
             let selected = (1..=STEP_COLUMNS.split(", ").count()).map(|i| format!("t.column{i}")).collect::<Vec<_>>();
             let mut query = QueryBuilder::<$db>::new(format!(
                 "INSERT INTO step_executions ({STEP_COLUMNS}) SELECT {} FROM (",
@@ -57,10 +57,9 @@ macro_rules! insert_steps_as_values {
                 ") AS t WHERE t.column{} = (SELECT r.epoch FROM workflow_runs r WHERE r.id = t.column2)",
                 selected.len() + 1
             ));
-            query.push(STEP_UPDATES).push(" RETURNING id");
-            let ids: Vec<IdType> =
-                query.build_query_scalar().fetch_all(&mut *connection).await.map_err(StoreError::query)?;
-            ids.into_iter().map(from_id).collect()
+            query.push(STEP_UPDATES);
+            let done = query.build().execute(&mut *connection).await.map_err(StoreError::query)?;
+            Ok(done.rows_affected())
         }
     };
 }
@@ -83,9 +82,6 @@ macro_rules! sql_backend {
         use uuid::Uuid;
 
         pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!($migrations);
-
-        #[allow(dead_code)]
-        type IdType = $id;
 
         fn to_id(id: Uuid) -> $id {
             ($to_id)(id)
@@ -193,22 +189,30 @@ macro_rules! sql_backend {
                      finished_at = excluded.finished_at, workflow_digest = excluded.workflow_digest, \
                      pinned_agents = excluded.pinned_agents, owner_host_id = excluded.owner_host_id, \
                      lease_expires_at = COALESCE(excluded.lease_expires_at, workflow_runs.lease_expires_at) \
-                     WHERE workflow_runs.epoch = excluded.epoch RETURNING id",
+                     WHERE workflow_runs.epoch = excluded.epoch",
                 );
-                let ids: Vec<$id> =
-                    query.build_query_scalar().fetch_all(&mut *connection).await.map_err(StoreError::query)?;
-                let ids = ids.into_iter().map(from_id).collect::<Result<HashSet<Uuid>, _>>()?;
-                written.refused.extend(chunk.iter().map(|(run, _)| run.id).filter(|id| !ids.contains(id)));
+                let done = query.build().execute(&mut *connection).await.map_err(StoreError::query)?;
+                if done.rows_affected() < chunk.len() as u64 {
+                    let carried = chunk.iter().map(|(run, _)| (run.id, run.epoch));
+                    written.refused.extend(stale_runs(connection, carried).await?);
+                }
             }
-            let mut steps_written = HashSet::new();
             for chunk in batch.steps.chunks(ROWS_PER_STATEMENT) {
-                let ids: HashSet<Uuid> = insert_steps(connection, chunk).await?.into_iter().collect();
-                written.refused.extend(chunk.iter().filter(|(step, _)| !ids.contains(&step.id)).map(|(step, _)| step.run_id));
-                steps_written.extend(ids);
+                if insert_steps(connection, chunk).await? < chunk.len() as u64 {
+                    let carried = chunk.iter().map(|(step, epoch)| (step.run_id, *epoch));
+                    written.refused.extend(stale_runs(connection, carried).await?);
+                }
             }
-            // Logs go with their step row: none for a row that was refused.
+            // Logs go with their step row: none for a row that was refused (every step row
+            // of a run whose epoch moved on was refused, and only those).
+            let refused_steps: HashSet<Uuid> = batch
+                .steps
+                .iter()
+                .filter(|(step, _)| written.refused.contains(&step.run_id))
+                .map(|(step, _)| step.id)
+                .collect();
             let logs: Vec<&LogRecord> =
-                batch.logs.iter().filter(|log| steps_written.contains(&log.step_execution_id)).collect();
+                batch.logs.iter().filter(|log| !refused_steps.contains(&log.step_execution_id)).collect();
             for chunk in logs.chunks(ROWS_PER_STATEMENT) {
                 let mut query = QueryBuilder::<$db>::new(
                     "INSERT INTO step_logs (step_execution_id, seq, level, source, message, logged_at) ",
@@ -225,6 +229,28 @@ macro_rules! sql_backend {
                 query.build().execute(&mut *connection).await.map_err(StoreError::query)?;
             }
             Ok(written)
+        }
+
+        /// Which of the runs written with these epochs have another epoch now (or no row):
+        /// asked only when a statement wrote fewer rows than it was given, which is rare.
+        async fn stale_runs(
+            connection: &mut <$db as sqlx::Database>::Connection,
+            carried: impl Iterator<Item = (Uuid, i64)>,
+        ) -> Result<HashSet<Uuid>, StoreError> {
+            let carried: std::collections::HashMap<Uuid, i64> = carried.collect();
+            let mut query = QueryBuilder::<$db>::new("SELECT id, epoch FROM workflow_runs WHERE id IN (");
+            let mut list = query.separated(", ");
+            for id in carried.keys() {
+                list.push_bind(to_id(*id));
+            }
+            query.push(")");
+            let rows: Vec<($id, i64)> =
+                query.build_query_as().fetch_all(&mut *connection).await.map_err(StoreError::query)?;
+            let mut current = std::collections::HashMap::new();
+            for (id, epoch) in rows {
+                current.insert(from_id(id)?, epoch);
+            }
+            Ok(carried.into_iter().filter(|(id, epoch)| current.get(id) != Some(epoch)).map(|(id, _)| id).collect())
         }
 
         #[derive(sqlx::FromRow)]

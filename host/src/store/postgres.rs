@@ -20,11 +20,8 @@ super::backend::sql_backend!(
 /// still has that epoch. `FOR SHARE` locks those run rows until the commit: a concurrent
 /// claim (which bumps the epoch) waits for this write, or this write sees the new epoch and
 /// writes nothing — a host that lost a run never lands a row after the new owner took it.
-/// Returns the ids written.
-async fn insert_steps(
-    connection: &mut sqlx::PgConnection,
-    steps: &[(StepRecord, i64)],
-) -> Result<Vec<Uuid>, StoreError> {
+/// Returns how many rows were written.
+async fn insert_steps(connection: &mut sqlx::PgConnection, steps: &[(StepRecord, i64)]) -> Result<u64, StoreError> {
     fn column<T>(steps: &[(StepRecord, i64)], value: impl Fn(&StepRecord) -> T) -> Vec<T> {
         steps.iter().map(|(step, _)| value(step)).collect()
     }
@@ -46,9 +43,9 @@ async fn insert_steps(
          SELECT t.id, run_id, step_id, step_type, parent_step_id, branch_name, item_index, join_policy, agent_name, \
                 agent_digest, attempt, status, outcome, input::jsonb, output::jsonb, error, started_at, finished_at, \
                 instantiate_us, execute_us, fuel_consumed, memory_peak_bytes, step_key, queued_us, host_id \
-         FROM t JOIN fence ON fence.id = t.run_id AND fence.epoch = t.epoch{STEP_UPDATES} RETURNING id"
+         FROM t JOIN fence ON fence.id = t.run_id AND fence.epoch = t.epoch{STEP_UPDATES}"
     );
-    sqlx::query_scalar(&sql)
+    let done = sqlx::query(&sql)
         .bind(column(steps, |s| s.id))
         .bind(column(steps, |s| s.run_id))
         .bind(column(steps, |s| s.step_id.clone()))
@@ -76,9 +73,10 @@ async fn insert_steps(
         .bind(column(steps, |s| s.host_id.clone()))
         .bind(steps.iter().map(|(_, epoch)| *epoch).collect::<Vec<i64>>())
         .bind(run_ids)
-        .fetch_all(connection)
+        .execute(connection)
         .await
-        .map_err(StoreError::query)
+        .map_err(StoreError::query)?;
+    Ok(done.rows_affected())
 }
 
 /// Wakes every host listening on [`WAKE_CHANNEL`] (new work, a cancel request).
