@@ -124,7 +124,8 @@ impl DriveArgs {
             None => {
                 let run = store.get_run(id).await?.ok_or_else(|| anyhow!("no run with id {id}"))?;
                 bail!(
-                    "run {id} is held by host {} until its lease expires; try again after that (the lease is                      --lease-ms long, 15 s by default)",
+                    "run {id} is held by host {} until its lease expires; try again after that (the lease is \
+                     --lease-ms long, 15 s by default)",
                     run.owner_host_id.as_deref().unwrap_or("?")
                 );
             }

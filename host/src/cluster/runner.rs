@@ -12,7 +12,7 @@
 use super::HostConfig;
 use crate::engine::{Engine, RunControl, RunPlan};
 use crate::registry::Registry;
-use crate::store::{Fence, RunRecord, RunStatus, StepRecord, Store, StoreError, WakeListener};
+use crate::store::{Fence, RunRecord, RunStatus, StepRecord, Store, StoreError, Wake, WakeListener};
 use chrono::Utc;
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
@@ -124,7 +124,7 @@ impl Runner {
             // No room here: it waits in the database for a host with room.
             self.store().recorder().run(run.clone(), None, None).committed().await?;
             self.backlog.store(true, Ordering::Relaxed);
-            self.store().wake("run").await;
+            self.store().wake(Wake::Run).await;
             return Ok(Started { run_id: run.id, created: true, task: None });
         };
         // Accepted as this host's, already running: one commit makes it durable and owned.
@@ -149,7 +149,7 @@ impl Runner {
     ) -> Result<Option<JoinHandle<Result<RunRecord, StoreError>>>, StoreError> {
         let Some(control) = self.reserve(id) else {
             self.backlog.store(true, Ordering::Relaxed);
-            self.store().wake("run").await;
+            self.store().wake(Wake::Run).await;
             return Ok(None);
         };
         match self.store().claim_run(id, &self.config.host_id, self.config.lease).await {
@@ -399,11 +399,10 @@ impl Runner {
                 () = self.wake.notified() => {}
                 _ = poll.tick() => polled = true,
                 message = next_wake(&mut listener) => match message {
-                    Ok(payload) => {
-                        if let Some(id) = payload.strip_prefix("cancel:").and_then(|id| id.parse().ok()) {
-                            self.cancel(id);
-                        }
+                    Ok(Some(Wake::Cancel(id))) => {
+                        self.cancel(id);
                     }
+                    Ok(Some(Wake::Run) | None) => {}
                     Err(err) => {
                         tracing::warn!("lost the wake-up connection (reconnecting): {err}");
                         tokio::time::sleep(self.config.poll).await;
@@ -473,7 +472,7 @@ impl Runner {
     }
 }
 
-async fn next_wake(listener: &mut Option<WakeListener>) -> Result<String, StoreError> {
+async fn next_wake(listener: &mut Option<WakeListener>) -> Result<Option<Wake>, StoreError> {
     match listener {
         Some(listener) => listener.recv().await,
         None => std::future::pending().await,

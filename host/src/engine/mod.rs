@@ -248,11 +248,6 @@ impl Engine {
         self
     }
 
-    /// The host this engine runs in.
-    pub fn host_id(&self) -> &str {
-        &self.host_id
-    }
-
     /// The sandbox the engine runs agents in.
     pub fn sandbox(&self) -> &Arc<Sandbox> {
         &self.sandbox
@@ -334,21 +329,14 @@ impl Engine {
             // and every later write of it lands after this one.
             let _ = self.recorder.run(run.clone(), None, Some(&fence));
         }
-        let mut closing = Vec::new();
-        let mut rows = previous.to_vec();
-        for row in rows.iter_mut().filter(|row| !row.status.is_terminal()) {
-            // Left running by a host that stopped or died: it ends here.
-            row.status = StepStatus::Cancelled;
-            row.error = Some(format!(
+        // Rows left running by a host that stopped or died end here.
+        let rows = close_open_rows(&self.recorder, previous, &fence, |row| {
+            format!(
                 "interrupted: its host ({}) stopped or died before it finished",
                 row.host_id.as_deref().unwrap_or("unknown")
-            ));
-            row.finished_at = Some(Utc::now());
-            closing.push(self.recorder.step(row.clone(), Vec::new(), &fence));
-        }
-        for closed in closing {
-            closed.committed().await?;
-        }
+            )
+        })
+        .await?;
 
         let input = run.input.clone().unwrap_or(Value::Null);
         let context = Arc::new(RunContext {
@@ -430,6 +418,28 @@ async fn finish(
     Ok(run)
 }
 
+/// Closes the rows of `rows` that are not final as `cancelled` with the error `why` gives,
+/// waits until they are committed, and returns every row as it now stands.
+async fn close_open_rows(
+    recorder: &Recorder,
+    rows: &[StepRecord],
+    fence: &Fence,
+    why: impl Fn(&StepRecord) -> String,
+) -> Result<Vec<StepRecord>, StoreError> {
+    let mut rows = rows.to_vec();
+    let mut closing = Vec::new();
+    for row in rows.iter_mut().filter(|row| !row.status.is_terminal()) {
+        row.status = StepStatus::Cancelled;
+        row.error = Some(why(row));
+        row.finished_at = Some(Utc::now());
+        closing.push(recorder.step(row.clone(), Vec::new(), fence));
+    }
+    for closed in closing {
+        closed.committed().await?;
+    }
+    Ok(rows)
+}
+
 /// Ends a claimed run (`run.epoch` is the claim) that was asked to stop while no host ran
 /// it: its open rows and the run itself are closed as `cancelled`.
 pub async fn close_cancelled(
@@ -438,17 +448,7 @@ pub async fn close_cancelled(
     previous: &[StepRecord],
 ) -> Result<RunRecord, StoreError> {
     let fence = Fence::new(run.epoch);
-    let mut closing = Vec::new();
-    for row in previous.iter().filter(|row| !row.status.is_terminal()) {
-        let mut closed = row.clone();
-        closed.status = StepStatus::Cancelled;
-        closed.error = Some("cancelled".into());
-        closed.finished_at = Some(Utc::now());
-        closing.push(recorder.step(closed, Vec::new(), &fence));
-    }
-    for closed in closing {
-        closed.committed().await?;
-    }
+    close_open_rows(recorder, previous, &fence, |_| "cancelled".to_owned()).await?;
     run.status = RunStatus::Cancelled;
     run.error = Some("cancelled".into());
     run.finished_at = Some(Utc::now());

@@ -46,9 +46,34 @@ const MAX_QUEUED_WRITES: usize = 50_000;
 /// (its leases lapsed), and another host resumes them.
 const RETRY_UNAVAILABLE_FOR: Duration = Duration::from_secs(60);
 
-/// The Postgres channel hosts LISTEN on: a payload `run` means "a run became claimable",
-/// `cancel:<id>` "stop run <id>".
+/// The Postgres channel hosts LISTEN on (payloads: see [`Wake`]).
 pub const WAKE_CHANNEL: &str = "braid_wake";
+
+/// What a wake-up tells the hosts listening on [`WAKE_CHANNEL`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// A run became claimable (accepted without a host, or redriven): payload `run`.
+    Run,
+    /// Someone asked to cancel this run: payload `cancel:<id>`.
+    Cancel(Uuid),
+}
+
+impl Wake {
+    fn payload(self) -> String {
+        match self {
+            Wake::Run => "run".to_owned(),
+            Wake::Cancel(id) => format!("cancel:{id}"),
+        }
+    }
+
+    /// The wake-up a payload stands for; `None` for one this version does not know.
+    fn parse(payload: &str) -> Option<Wake> {
+        match payload.strip_prefix("cancel:") {
+            Some(id) => id.parse().ok().map(Wake::Cancel),
+            None => (payload == "run").then_some(Wake::Run),
+        }
+    }
+}
 
 /// Why the store failed. Messages are kept as text so that one failed commit can be
 /// reported to every writer waiting on it.
@@ -235,7 +260,7 @@ impl Store {
     pub async fn redrive(&self, id: Uuid) -> Result<Option<RunRecord>, StoreError> {
         let run = dispatch!(self, redrive(id))?;
         if run.is_some() {
-            self.wake("run").await;
+            self.wake(Wake::Run).await;
         }
         Ok(run)
     }
@@ -268,9 +293,9 @@ impl Store {
 
     /// Wakes the hosts listening on this database (Postgres `NOTIFY`; on SQLite hosts
     /// poll). Best effort: a lost wake-up only delays pick-up until the next poll.
-    pub async fn wake(&self, payload: &str) {
+    pub async fn wake(&self, wake: Wake) {
         if let Pool::Postgres(pool) = &self.pool
-            && let Err(err) = postgres::notify(pool, payload).await
+            && let Err(err) = postgres::notify(pool, &wake.payload()).await
         {
             tracing::warn!("could not notify other hosts: {err}");
         }
@@ -289,17 +314,12 @@ impl Store {
         }
     }
 
-    /// Whether only one machine can use this database (SQLite).
-    pub fn is_embedded(&self) -> bool {
-        matches!(self.pool, Pool::Sqlite(_))
-    }
-
     /// Asks for a run to be cancelled by whichever host runs it (woken at once on
     /// Postgres); false when the run does not exist or already finished.
     pub async fn request_cancel(&self, id: Uuid) -> Result<bool, StoreError> {
         let requested = dispatch!(self, request_cancel(id))?;
         if requested {
-            self.wake(&format!("cancel:{id}")).await;
+            self.wake(Wake::Cancel(id)).await;
         }
         Ok(requested)
     }
@@ -359,10 +379,11 @@ impl Store {
 pub struct WakeListener(PgListener);
 
 impl WakeListener {
-    /// The next wake-up's payload. An error means the connection dropped; sqlx reconnects
-    /// on the next call (wake-ups sent meanwhile are lost, which polling covers).
-    pub async fn recv(&mut self) -> Result<String, StoreError> {
-        self.0.recv().await.map(|n| n.payload().to_owned()).map_err(StoreError::query)
+    /// The next wake-up (`None`: a payload this version does not know). An error means the
+    /// connection dropped; sqlx reconnects on the next call (wake-ups sent meanwhile are
+    /// lost, which polling covers).
+    pub async fn recv(&mut self) -> Result<Option<Wake>, StoreError> {
+        self.0.recv().await.map(|n| Wake::parse(n.payload())).map_err(StoreError::query)
     }
 }
 
