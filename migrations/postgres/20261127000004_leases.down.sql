@@ -1,4 +1,3 @@
-DROP INDEX step_executions_by_key;
 ALTER TABLE step_executions DROP COLUMN host_id;
 ALTER TABLE step_executions DROP COLUMN queued_us;
 ALTER TABLE step_executions DROP COLUMN step_key;

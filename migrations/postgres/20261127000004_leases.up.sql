@@ -38,4 +38,3 @@ ALTER TABLE step_executions ADD COLUMN step_key text;
 ALTER TABLE step_executions ADD COLUMN queued_us bigint;
 -- The host that executed the row.
 ALTER TABLE step_executions ADD COLUMN host_id text;
-CREATE INDEX step_executions_by_key ON step_executions (run_id, step_key);

@@ -39,4 +39,3 @@ ALTER TABLE step_executions ADD COLUMN step_key TEXT;
 ALTER TABLE step_executions ADD COLUMN queued_us INTEGER;
 -- The host that executed the row.
 ALTER TABLE step_executions ADD COLUMN host_id TEXT;
-CREATE INDEX step_executions_by_key ON step_executions (run_id, step_key);
