@@ -401,6 +401,52 @@ async fn a_redriven_run_reruns_only_its_failed_map_items_with_the_next_attempts(
     store.close().await.unwrap();
 }
 
+/// A drive interrupted before it reached map items that an earlier drive had finished
+/// once wrote "cancelled, never started" rows above their successes, and the next drive ran
+/// those items again (seen in `two_hosts_restarted_repeatedly_…`). A success is final.
+#[tokio::test]
+async fn a_row_written_after_a_success_at_the_same_key_never_makes_the_step_run_again() {
+    let db = TestDb::sqlite();
+    let dir = scratch();
+    let file = dir.path().join("flaky.json");
+    std::fs::write(&file, flaky_map().to_string()).unwrap();
+    let ran = braid_run(&file, &db.url, dir.path())
+        .args(["--input", &flaky_items().to_string(), "--output", "json"])
+        .output()
+        .unwrap();
+    assert_eq!(ran.status.code(), Some(1), "{}", String::from_utf8_lossy(&ran.stderr));
+    let id: Uuid = serde_json::from_slice::<Value>(&ran.stdout).unwrap()["run_id"].as_str().unwrap().parse().unwrap();
+    // What the interrupted drive left: a later attempt at item 0, cancelled before it started.
+    execute_sql(
+        &db.url,
+        &format!(
+            "INSERT INTO step_executions (id, run_id, step_id, step_type, parent_step_id, item_index, attempt, status, \
+             error, step_key, host_id) SELECT '{}', run_id, step_id, step_type, parent_step_id, item_index, 2, \
+             'cancelled', 'cancelled before it started', step_key, 'ghost' FROM step_executions \
+             WHERE run_id = '{id}' AND step_id = 'each' AND item_index = 0",
+            Uuid::now_v7()
+        ),
+    )
+    .await;
+    let redriven = braid()
+        .args(["runs", "redrive", &id.to_string(), "--output", "json", "--database-url", &db.url])
+        .arg("--cache-dir")
+        .arg(dir.path().join("cache"))
+        .output()
+        .unwrap();
+    assert!(redriven.status.success(), "{}", String::from_utf8_lossy(&redriven.stderr));
+    let store = Store::open(&db.url).await.unwrap();
+    let steps = store.run_steps(id).await.unwrap();
+    let item_zero: Vec<_> = steps
+        .iter()
+        .filter(|s| s.step_id == "each" && s.item_index == Some(0))
+        .map(|s| (s.attempt, s.status))
+        .collect();
+    assert_eq!(item_zero.len(), 2, "item 0 did not run again: {item_zero:?}");
+    assert!(item_zero.contains(&(1, StepStatus::Succeeded)) && item_zero.contains(&(2, StepStatus::Cancelled)));
+    store.close().await.unwrap();
+}
+
 #[tokio::test]
 async fn an_idempotency_key_retried_concurrently_gives_one_run() {
     for db in TestDb::both().await {

@@ -627,6 +627,10 @@ fn failed(error: String) -> Ended {
 fn record_not_started(context: &RunContext, steps: &[Step], placement: &Placement, status: StepStatus) -> Vec<Pending> {
     let mut rows = Vec::new();
     for step in steps {
+        // A step an earlier drive finished is done, not "not started": no row hides it.
+        if context.previous.done(&resume::key(&placement.prefix, step)).is_some() {
+            continue;
+        }
         let mut row = new_row(context, step, placement);
         row.started_at = None;
         if let StepKind::Agent(agent) = &step.kind {

@@ -1,9 +1,11 @@
 //! What an earlier drive of a run left behind, and how a resumed (or redriven) run reuses
 //! it. Every step execution has a key that names where it sits in the run (`a`,
 //! `block/branch/a`, `map[3]/a`, `loop[2]/a`, `switch/cases[0]/a`), the same for every
-//! attempt: a step whose latest row at its key succeeded (or was skipped) is not run again,
+//! attempt: a step with a row at its key that succeeded (or was skipped) is not run again,
 //! wherever it sits — a map item, a loop iteration, a branch, a nested step — and a block
-//! that succeeded is reused whole, its scope rebuilt from the rows inside it.
+//! that succeeded is reused whole, its scope rebuilt from the rows inside it. A success is
+//! final: no later row at the key (say, one an interrupted drive wrote for an item it never
+//! reached) makes the step run again.
 //!
 //! This module only reads rows; the engine decides what to run and writes the new rows.
 
@@ -23,6 +25,7 @@ pub(super) struct Previous {
 
 /// The attempts recorded at one key.
 struct History {
+    /// The row that decides: the latest success if there is one, else the latest row.
     latest: StepRecord,
     max_attempt: i32,
     /// Attempts that failed since the current drive started: they use up `max_attempts`.
@@ -46,19 +49,19 @@ impl Previous {
             });
             history.failures += u32::from(failed_now);
             history.max_attempt = history.max_attempt.max(row.attempt);
-            if (row.attempt, row.id) > (history.latest.attempt, history.latest.id) {
+            if rank(row) > rank(&history.latest) {
                 history.latest = row.clone();
             }
         }
         Previous { by_key }
     }
 
-    /// The latest row at `key`.
+    /// The row that decides at `key`: its latest success, or else its latest row.
     pub(super) fn latest(&self, key: &str) -> Option<&StepRecord> {
         self.by_key.get(key).map(|history| &history.latest)
     }
 
-    /// The latest row at `key` if it succeeded or was skipped: the step is done.
+    /// The row of `key`'s success, if it succeeded or was skipped: the step is done.
     pub(super) fn done(&self, key: &str) -> Option<&StepRecord> {
         self.latest(key).filter(|row| row.status.is_success())
     }
@@ -76,6 +79,11 @@ impl Previous {
     pub(super) fn is_empty(&self) -> bool {
         self.by_key.is_empty()
     }
+}
+
+/// Orders the rows at one key: any success above any other row, then by attempt.
+fn rank(row: &StepRecord) -> (bool, i32, uuid::Uuid) {
+    (row.status.is_success(), row.attempt, row.id)
 }
 
 /// The key of `step` under `prefix` (the enclosing placement's).
@@ -160,4 +168,51 @@ fn sequence_views(
         last = Some(ended);
     }
     last
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use uuid::Uuid;
+
+    fn row(attempt: i32, status: StepStatus) -> StepRecord {
+        StepRecord {
+            id: Uuid::now_v7(),
+            run_id: Uuid::nil(),
+            step_id: "each".into(),
+            step_type: "agent".into(),
+            parent_step_id: None,
+            branch_name: None,
+            item_index: Some(0),
+            join_policy: None,
+            agent_name: None,
+            agent_digest: None,
+            attempt,
+            status,
+            outcome: None,
+            input: None,
+            output: None,
+            error: None,
+            started_at: None,
+            finished_at: None,
+            instantiate_us: None,
+            execute_us: None,
+            fuel_consumed: None,
+            memory_peak_bytes: None,
+            step_key: Some("items[0]/each".into()),
+            queued_us: None,
+            host_id: None,
+        }
+    }
+
+    #[test]
+    fn a_success_stays_the_deciding_row_whatever_comes_after_it() {
+        let rows = [row(1, StepStatus::Failed), row(2, StepStatus::Succeeded), row(3, StepStatus::Cancelled)];
+        let previous = Previous::new(&rows, None);
+        assert_eq!(previous.done("items[0]/each").map(|r| r.attempt), Some(2));
+        assert_eq!(previous.next_attempt("items[0]/each"), 4, "attempt numbers never repeat");
+        let unfinished = Previous::new(&rows[..1], None);
+        assert!(unfinished.done("items[0]/each").is_none());
+        assert_eq!(unfinished.latest("items[0]/each").map(|r| r.status), Some(StepStatus::Failed));
+    }
 }
