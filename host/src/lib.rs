@@ -13,6 +13,7 @@
 //! * [`registry`]: where agents come from (a folder of components) and their digests.
 //! * [`cluster`]: hosts and ownership: leases, fencing epochs, claims, heartbeats.
 //! * [`store`]: sqlx. Runs, step executions and logs in Postgres or SQLite, batched writes.
+//! * [`limits`]: what callers and authors may send: JSON depth and characters, read-back.
 //! * [`cli`]: the `braid` command line, parsing and rendering; `main.rs` only calls it.
 //!
 //! The engine knows nothing of wasmtime or SQL; the sandbox knows nothing of workflows;
@@ -22,6 +23,7 @@ pub mod api;
 pub mod cli;
 pub mod cluster;
 pub mod engine;
+pub mod limits;
 pub mod metrics;
 pub mod registry;
 pub mod sandbox;

@@ -149,3 +149,55 @@ pub fn braid() -> std::process::Command {
 pub fn examples_dir() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/workflows"))
 }
+
+/// A running run's row, for tests that write records directly.
+pub fn run_record(workflow: &str) -> RunRecord {
+    RunRecord {
+        id: Uuid::now_v7(),
+        workflow_name: workflow.into(),
+        workflow_version: "1".into(),
+        status: braid::store::RunStatus::Running,
+        input: Some(serde_json::json!({})),
+        output: None,
+        error: None,
+        created_at: chrono::Utc::now(),
+        started_at: Some(chrono::Utc::now()),
+        finished_at: None,
+        workflow_digest: None,
+        pinned_agents: None,
+        owner_host_id: None,
+        epoch: 1,
+        redrive_count: 0,
+    }
+}
+
+/// A succeeded agent step row of `run`.
+pub fn step_record(run: &RunRecord, step_id: &str) -> StepRecord {
+    StepRecord {
+        id: Uuid::now_v7(),
+        run_id: run.id,
+        step_id: step_id.into(),
+        step_type: "agent".into(),
+        parent_step_id: None,
+        branch_name: None,
+        item_index: None,
+        join_policy: None,
+        agent_name: Some("echo".into()),
+        agent_digest: None,
+        attempt: 1,
+        status: braid::store::StepStatus::Succeeded,
+        outcome: Some("succeeded".into()),
+        input: Some(serde_json::json!({})),
+        output: Some(serde_json::json!({})),
+        error: None,
+        started_at: Some(chrono::Utc::now()),
+        finished_at: Some(chrono::Utc::now()),
+        instantiate_us: None,
+        execute_us: None,
+        fuel_consumed: None,
+        memory_peak_bytes: None,
+        step_key: Some(step_id.into()),
+        queued_us: None,
+        host_id: Some("test".into()),
+    }
+}

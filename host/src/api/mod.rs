@@ -129,5 +129,12 @@ pub(crate) async fn read_json(body: Body, limit: usize) -> Result<serde_json::Va
     if bytes.is_empty() {
         return Ok(serde_json::Value::Null);
     }
-    serde_json::from_slice(&bytes).map_err(|err| ApiError::bad_request(format!("the body is not valid JSON: {err}")))
+    // Deeper than serde reads is deeper than any limit; each handler checks its parts.
+    serde_json::from_slice(&bytes).map_err(|err| match err.to_string().starts_with("recursion limit exceeded") {
+        true => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("the body nests deeper than {} levels of arrays and objects", crate::limits::MAX_JSON_DEPTH),
+        ),
+        false => ApiError::bad_request(format!("the body is not valid JSON: {err}")),
+    })
 }

@@ -60,6 +60,10 @@ pub async fn start(
         }
         _ => return Err(ApiError::bad_request("the body must be an object: {\"input\": ..., \"version\": ...}")),
     };
+    crate::limits::check_json(&input, "input").map_err(|problem| {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, problem.to_string())
+            .with_details(json!({ "path": problem.path() }))
+    })?;
     let plan = state.registry.plan(&name, version.as_deref()).await?;
     plan.workflow.check_input(&input).map_err(|invalid| {
         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "the input does not match the workflow's input_schema")

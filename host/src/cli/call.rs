@@ -44,7 +44,7 @@ fn parse_key_value(text: &str) -> Result<(String, String), String> {
 
 impl CallCommand {
     pub fn execute(self) -> anyhow::Result<Status> {
-        let input: serde_json::Value = serde_json::from_str(&self.input).context("--input is not valid JSON")?;
+        let input = crate::limits::parse_json(&self.input, "--input")?;
         let defaults = Limits::default();
         let limits = Limits {
             timeout: self.timeout_ms.map(Duration::from_millis).unwrap_or(defaults.timeout),

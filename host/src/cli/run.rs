@@ -40,7 +40,7 @@ pub struct RunCommand {
 
 impl RunCommand {
     pub fn execute(self) -> anyhow::Result<Status> {
-        let input: serde_json::Value = serde_json::from_str(&self.input).context("--input is not valid JSON")?;
+        let input = crate::limits::parse_json(&self.input, "--input")?;
         if !self.workflow.is_file() && is_workflow_name(&self.workflow) {
             return self.run_deployed(input);
         }

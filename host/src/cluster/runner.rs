@@ -233,7 +233,12 @@ impl Runner {
     ) -> Result<RunRecord, StoreError> {
         let engine = &self.engine;
         let Some(plan) = plan else {
-            let previous = self.store().run_steps(run.id).await?;
+            let previous = match self.store().run_steps(run.id).await {
+                Ok(previous) => previous,
+                // A row that cannot be read: resuming could run a finished step again.
+                Err(StoreError::Corrupt(err)) => return self.fail_unresumable(run, err).await,
+                Err(err) => return Err(err),
+            };
             if !self.store().cancel_requested(&[run.id]).await?.is_empty() {
                 // Asked to stop while no host ran it: it ends here, every open row closed.
                 return crate::engine::close_cancelled(self.store().recorder(), run, &previous).await;
@@ -243,19 +248,24 @@ impl Runner {
                     tracing::info!(run_id = %run.id, epoch = run.epoch, "executing a claimed run");
                     engine.execute(plan, run, control, &previous).await
                 }
-                Err(err) => {
-                    // Nothing to run it with: close it rather than claim it forever.
-                    let mut failed = run;
-                    failed.status = RunStatus::Failed;
-                    failed.error = Some(format!("could not be resumed: {err}"));
-                    failed.finished_at = Some(Utc::now());
-                    let fence = Fence::new(failed.epoch);
-                    self.store().recorder().run(failed.clone(), None, Some(&fence)).committed().await?;
-                    Ok(failed)
-                }
+                // Nothing to run it with: close it rather than claim it forever.
+                Err(err) => self.fail_unresumable(run, err.to_string()).await,
             };
         };
         engine.execute(plan, run, control, &[] as &[StepRecord]).await
+    }
+
+    /// Ends a claimed run that cannot be resumed, saying why, rather than claim it forever.
+    async fn fail_unresumable(&self, run: RunRecord, why: String) -> Result<RunRecord, StoreError> {
+        tracing::error!(run_id = %run.id, "run {} could not be resumed: {why}", run.id);
+        let mut failed = run;
+        failed.status = RunStatus::Failed;
+        failed.error = Some(format!("could not be resumed: {why}"));
+        failed.finished_at = Some(Utc::now());
+        failed.owner_host_id = None;
+        let fence = Fence::new(failed.epoch);
+        self.store().recorder().run(failed.clone(), None, Some(&fence)).committed().await?;
+        Ok(failed)
     }
 
     /// Cancels a run in flight on this host; false when it is not running here.

@@ -29,10 +29,16 @@ pub(super) async fn run(
     row.agent_name = Some(resolved.as_ref().map_or_else(|| agent_step.agent.clone(), |a| a.name.clone()));
     row.agent_digest = resolved.as_ref().map(|a| a.digest.clone());
 
-    let input = match agent_step.input.render(scope) {
+    // A rendered input is checked like one that comes in: a template can nest values or
+    // build a string with a NUL, which would otherwise fail the commit it shares.
+    let rendered =
+        agent_step.input.render(scope).map_err(|err| format!("input{}: {err}", err.subpath)).and_then(|input| {
+            crate::limits::check_json(&input, "the rendered input").map(|()| input).map_err(|p| p.to_string())
+        });
+    let input = match rendered {
         Ok(input) => input,
         Err(err) => {
-            let ended = failed(format!("input{}: {err}", err.subpath));
+            let ended = failed(err);
             let row = finish_row(context, row, &ended, Vec::new());
             return (ended, row);
         }

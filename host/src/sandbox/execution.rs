@@ -176,7 +176,7 @@ impl Sandbox {
             }
             Ok(Ok(Err(step_error))) => {
                 execution.outcome = Outcome::GuestError;
-                execution.error = Some(step_error.message);
+                execution.error = Some(crate::limits::storable_text(step_error.message));
                 execution.retryable = step_error.retryable;
             }
             Ok(Ok(Ok(output))) => match self.check_output(&output) {
@@ -208,7 +208,7 @@ impl Sandbox {
         if output.len() > cap {
             return Err(format!("the output is {} bytes, over the cap of {cap} bytes", output.len()));
         }
-        serde_json::from_str(output).map_err(|err| format!("the output is not JSON: {err}"))
+        crate::limits::parse_json(output, "the output").map_err(|problem| problem.to_string())
     }
 
     /// A readable message for a failed execution. For traps it ends with the tail of the

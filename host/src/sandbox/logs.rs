@@ -173,6 +173,8 @@ impl Captured {
             return;
         }
         self.retained_bytes += message.len();
+        // Postgres cannot store a NUL in text: the one character that cannot be kept as is.
+        let message = crate::limits::storable_text(message);
         self.lines.push(LogLine { level, source, message, logged_at: SystemTime::now() });
     }
 

@@ -74,6 +74,7 @@ macro_rules! sql_backend {
     ) => {
         use super::backend::ROWS_PER_STATEMENT;
         use super::records::{AgentRecord, Inserted, LogRecord, RunFilter, RunRecord, StepRecord, WorkflowRecord};
+        use super::stored_json::StoredJson;
         use super::{Batch, StoreError, Written};
         use chrono::{DateTime, Utc};
         use sqlx::QueryBuilder;
@@ -259,14 +260,14 @@ macro_rules! sql_backend {
             workflow_name: String,
             workflow_version: String,
             status: String,
-            input: Option<Json<serde_json::Value>>,
-            output: Option<Json<serde_json::Value>>,
+            input: Option<StoredJson>,
+            output: Option<StoredJson>,
             error: Option<String>,
             created_at: DateTime<Utc>,
             started_at: Option<DateTime<Utc>>,
             finished_at: Option<DateTime<Utc>>,
             workflow_digest: Option<String>,
-            pinned_agents: Option<Json<serde_json::Value>>,
+            pinned_agents: Option<StoredJson>,
             owner_host_id: Option<String>,
             epoch: i64,
             redrive_count: i32,
@@ -309,8 +310,8 @@ macro_rules! sql_backend {
             attempt: i32,
             status: String,
             outcome: Option<String>,
-            input: Option<Json<serde_json::Value>>,
-            output: Option<Json<serde_json::Value>>,
+            input: Option<StoredJson>,
+            output: Option<StoredJson>,
             error: Option<String>,
             started_at: Option<DateTime<Utc>>,
             finished_at: Option<DateTime<Utc>>,
@@ -374,8 +375,31 @@ macro_rules! sql_backend {
                 query.push(" AND status = ").push_bind(status.as_str());
             }
             query.push(" ORDER BY created_at DESC, id DESC LIMIT ").push_bind(i64::from(filter.limit.unwrap_or(50)));
-            let rows: Vec<RunRow> = query.build_query_as().fetch_all(pool).await.map_err(StoreError::query)?;
-            rows.into_iter().map(RunRow::into_record).collect()
+            let rows = query.build().fetch_all(pool).await.map_err(StoreError::query)?;
+            let (runs, unreadable) = readable_runs(&rows);
+            for (id, err) in unreadable {
+                tracing::error!(run_id = %id, "run {id} cannot be read and is left out of the listing: {err}");
+            }
+            Ok(runs)
+        }
+
+        /// Decodes run rows one by one: a row that cannot be read is returned apart, with
+        /// its id and why, so that one bad row never hides the others.
+        fn readable_runs(rows: &[<$db as sqlx::Database>::Row]) -> (Vec<RunRecord>, Vec<(String, String)>) {
+            use sqlx::{FromRow, Row};
+            let mut runs = Vec::with_capacity(rows.len());
+            let mut unreadable = Vec::new();
+            for row in rows {
+                match RunRow::from_row(row).map_err(StoreError::query).and_then(RunRow::into_record) {
+                    Ok(run) => runs.push(run),
+                    Err(err) => {
+                        let id = row.try_get::<$id, _>("id").ok().and_then(|id| from_id(id).ok());
+                        let id = id.map_or_else(|| "(unreadable id)".to_owned(), |id| id.to_string());
+                        unreadable.push((id, err.to_string()));
+                    }
+                }
+            }
+            (runs, unreadable)
         }
 
         pub(super) async fn get_run(pool: &$pool, id: Uuid) -> Result<Option<RunRecord>, StoreError> {
@@ -390,8 +414,17 @@ macro_rules! sql_backend {
             let mut query =
                 QueryBuilder::<$db>::new(format!("SELECT {STEP_COLUMNS} FROM step_executions WHERE run_id = "));
             query.push_bind(to_id(run_id)).push(" ORDER BY id");
-            let rows: Vec<StepRow> = query.build_query_as().fetch_all(pool).await.map_err(StoreError::query)?;
-            rows.into_iter().map(StepRow::into_record).collect()
+            let rows = query.build().fetch_all(pool).await.map_err(StoreError::query)?;
+            rows.iter()
+                .map(|row| {
+                    use sqlx::{FromRow, Row};
+                    StepRow::from_row(row).map_err(StoreError::query).and_then(StepRow::into_record).map_err(|err| {
+                        let id = row.try_get::<$id, _>("id").ok().and_then(|id| from_id(id).ok());
+                        let id = id.map_or_else(|| "(unreadable id)".to_owned(), |id| id.to_string());
+                        StoreError::Corrupt(format!("step execution {id} of run {run_id} cannot be read: {err}"))
+                    })
+                })
+                .collect()
         }
 
         pub(super) async fn run_logs(pool: &$pool, run_id: Uuid) -> Result<Vec<LogRecord>, StoreError> {
@@ -431,8 +464,18 @@ macro_rules! sql_backend {
             query.push(format!(" WHERE id IN (SELECT id FROM workflow_runs WHERE {CLAIMABLE} ORDER BY created_at, id LIMIT "));
             query.push_bind(limit).push(concat!($skip_locked, ")"));
             query.push(format!(" RETURNING {RUN_COLUMNS}"));
-            let rows: Vec<RunRow> = query.build_query_as().fetch_all(pool).await.map_err(StoreError::query)?;
-            let mut runs = rows.into_iter().map(RunRow::into_record).collect::<Result<Vec<_>, _>>()?;
+            let rows = query.build().fetch_all(pool).await.map_err(StoreError::query)?;
+            let (mut runs, unreadable) = readable_runs(&rows);
+            // Claimed but unreadable: nobody could ever run it, so it ends here, named.
+            for (id, err) in unreadable {
+                tracing::error!(run_id = %id, "run {id} cannot be read, so it cannot be resumed; failing it: {err}");
+                let mut query = QueryBuilder::<$db>::new(
+                    "UPDATE workflow_runs SET status = 'failed', owner_host_id = NULL, lease_expires_at = NULL, error = ",
+                );
+                query.push_bind(format!("its record cannot be read, so it cannot be resumed: {err}"));
+                query.push(", finished_at = ").push_bind(Utc::now()).push(" WHERE CAST(id AS TEXT) = ").push_bind(id);
+                query.build().execute(pool).await.map_err(StoreError::query)?;
+            }
             runs.sort_by_key(|run| (run.created_at, run.id));
             Ok(runs)
         }
@@ -541,7 +584,7 @@ macro_rules! sql_backend {
         pub(super) async fn definition(pool: &$pool, digest: &str) -> Result<Option<serde_json::Value>, StoreError> {
             let mut query = QueryBuilder::<$db>::new("SELECT definition FROM workflow_definitions WHERE digest = ");
             query.push_bind(digest);
-            let found: Option<Json<serde_json::Value>> =
+            let found: Option<StoredJson> =
                 query.build_query_scalar().fetch_optional(pool).await.map_err(StoreError::query)?;
             Ok(found.map(|json| json.0))
         }
@@ -700,7 +743,7 @@ macro_rules! sql_backend {
             name: String,
             version: String,
             digest: String,
-            definition: Json<serde_json::Value>,
+            definition: StoredJson,
             created_at: DateTime<Utc>,
         }
 

@@ -16,6 +16,7 @@ mod document;
 mod postgres;
 pub mod records;
 mod sqlite;
+mod stored_json;
 
 pub use document::run_document;
 pub use records::{
@@ -436,35 +437,66 @@ pub(crate) struct Batch {
     step_index: HashMap<Uuid, usize>,
 }
 
+/// Which row of a batch a write went to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum RowAt {
+    Run(usize),
+    Step(usize),
+}
+
 impl Batch {
-    fn add(&mut self, write: Write) {
+    fn add(&mut self, write: Write) -> Option<RowAt> {
         match write {
             Write::Run(run, lease) => {
                 let id = run.id;
                 // A later write of the same run keeps the lease an earlier one gave.
                 let lease = lease.or_else(|| self.run_index.get(&id).and_then(|&at| self.runs[at].1));
-                upsert(&mut self.runs, &mut self.run_index, id, (*run, lease));
+                Some(RowAt::Run(upsert(&mut self.runs, &mut self.run_index, id, (*run, lease))))
             }
             Write::Step(step, logs, epoch) => {
                 let id = step.id;
-                upsert(&mut self.steps, &mut self.step_index, id, (*step, epoch));
                 self.logs.extend(logs);
+                Some(RowAt::Step(upsert(&mut self.steps, &mut self.step_index, id, (*step, epoch))))
             }
-            Write::Flush => {}
+            Write::Flush => None,
         }
     }
 
     fn is_empty(&self) -> bool {
         self.runs.is_empty() && self.steps.is_empty() && self.logs.is_empty()
     }
+
+    /// Every row, runs first (a step row needs its run's row).
+    fn rows(&self) -> impl Iterator<Item = RowAt> {
+        (0..self.runs.len()).map(RowAt::Run).chain((0..self.steps.len()).map(RowAt::Step))
+    }
+
+    /// One row alone, with its logs: a failed commit is retried row by row, so that a row
+    /// the database refuses fails only the writer who sent it.
+    fn single(&self, row: RowAt) -> Batch {
+        let mut alone = Batch::default();
+        match row {
+            RowAt::Run(at) => alone.runs.push(self.runs[at].clone()),
+            RowAt::Step(at) => {
+                let step = &self.steps[at];
+                alone.logs = self.logs.iter().filter(|log| log.step_execution_id == step.0.id).cloned().collect();
+                alone.steps.push(step.clone());
+            }
+        }
+        alone
+    }
 }
 
-fn upsert<T>(rows: &mut Vec<T>, index: &mut HashMap<Uuid, usize>, id: Uuid, row: T) {
+fn upsert<T>(rows: &mut Vec<T>, index: &mut HashMap<Uuid, usize>, id: Uuid, row: T) -> usize {
     match index.get(&id) {
-        Some(&at) => rows[at] = row,
+        Some(&at) => {
+            rows[at] = row;
+            at
+        }
         None => {
             index.insert(id, rows.len());
             rows.push(row);
+            rows.len() - 1
         }
     }
 }
@@ -479,6 +511,25 @@ enum Write {
 struct Waiter {
     ack: oneshot::Sender<Result<(), StoreError>>,
     run: Option<(Uuid, Option<CancellationToken>)>,
+}
+
+impl Waiter {
+    /// Answers with how the commit that held the write went.
+    fn answer(self, result: &Result<Written, StoreError>) {
+        let answer = match result {
+            Ok(written) => match self.run.as_ref().filter(|(run, _)| written.refused.contains(run)) {
+                Some((run, lost)) => {
+                    if let Some(lost) = lost {
+                        lost.cancel();
+                    }
+                    Err(StoreError::LeaseLost(*run))
+                }
+                None => Ok(()),
+            },
+            Err(err) => Err(err.clone()),
+        };
+        let _ = self.ack.send(answer);
+    }
 }
 
 /// Queues rows for the store's writer task. Cheap to clone.
@@ -574,43 +625,41 @@ impl Recorder {
 /// The writer task: takes everything queued, commits it in one transaction, answers every
 /// waiting writer, and starts over. While one commit is in flight the next batch gathers.
 /// A batch is retried while the database is unreachable; writes refused for a stale epoch
-/// fail for their writers alone, and tell their fence.
+/// fail for their writers alone, and tell their fence. A batch the database rejects for
+/// another reason is written again row by row, so that one bad row fails only its writer.
 async fn write_loop(pool: Pool, mut queue: mpsc::Receiver<(Write, Waiter)>) {
-    let mut waiters = Vec::new();
+    let mut waiters: Vec<(Waiter, Option<RowAt>)> = Vec::new();
     while let Some((first, waiter)) = queue.recv().await {
         let mut batch = Batch::default();
-        batch.add(first);
-        waiters.push(waiter);
+        waiters.push((waiter, batch.add(first)));
         while waiters.len() < MAX_WRITES_PER_COMMIT {
             match queue.try_recv() {
-                Ok((write, waiter)) => {
-                    batch.add(write);
-                    waiters.push(waiter);
-                }
+                Ok((write, waiter)) => waiters.push((waiter, batch.add(write))),
                 Err(_) => break,
             }
         }
         let result = if batch.is_empty() { Ok(Written::default()) } else { write_with_retries(&pool, &batch).await };
         match result {
-            Ok(written) => {
-                for waiter in waiters.drain(..) {
-                    let refused = waiter.run.as_ref().filter(|(run, _)| written.refused.contains(run));
-                    let answer = match refused {
-                        Some((run, lost)) => {
-                            if let Some(lost) = lost {
-                                lost.cancel();
-                            }
-                            Err(StoreError::LeaseLost(*run))
-                        }
-                        None => Ok(()),
-                    };
-                    let _ = waiter.ack.send(answer);
+            Err(err) if !matches!(err, StoreError::Unavailable(_)) && batch.rows().nth(1).is_some() => {
+                tracing::warn!("a batch of writes was refused ({err}); writing its rows one by one");
+                let mut by_row = HashMap::new();
+                for row in batch.rows() {
+                    let result = write_with_retries(&pool, &batch.single(row)).await;
+                    if let Err(err) = &result {
+                        tracing::error!("recording failed: {err}");
+                    }
+                    by_row.insert(row, result);
+                }
+                for (waiter, row) in waiters.drain(..) {
+                    waiter.answer(row.and_then(|row| by_row.get(&row)).unwrap_or(&Ok(Written::default())));
                 }
             }
-            Err(err) => {
-                tracing::error!("recording failed: {err}");
-                for waiter in waiters.drain(..) {
-                    let _ = waiter.ack.send(Err(err.clone()));
+            result => {
+                if let Err(err) = &result {
+                    tracing::error!("recording failed: {err}");
+                }
+                for (waiter, _) in waiters.drain(..) {
+                    waiter.answer(&result);
                 }
             }
         }

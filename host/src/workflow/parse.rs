@@ -28,8 +28,8 @@ const DEFAULT_MAP_PARALLELISM: u64 = 16;
 
 /// Parses a definition (JSON text), then validates its structure; see also [`super::validate`].
 pub fn parse(text: &str) -> Result<Workflow, InvalidWorkflow> {
-    let document: Value = serde_json::from_str(text).map_err(|err| InvalidWorkflow {
-        problems: vec![Problem { path: "$".into(), message: format!("not valid JSON: {err}") }],
+    let document: Value = crate::limits::parse_json(text, "$").map_err(|problem| InvalidWorkflow {
+        problems: vec![Problem { path: problem.path().to_owned(), message: problem.to_string() }],
     })?;
     let mut parser = Parser { problems: Vec::new(), default_retry: None };
     let workflow = parser.workflow(&document);

@@ -112,6 +112,8 @@ impl braid_sdk::bindings::Guest for Misbehave {
             "big_output" => Ok(Value::String("x".repeat(field_u64(&input, "bytes", 1 << 20) as usize)).to_string()),
             // Answers text that is not JSON.
             "not_json" => Ok("this is not JSON".to_owned()),
+            // Answers `text` as the output, exactly: any JSON the host should refuse.
+            "raw" => Ok(field_str(&input, "text", "").to_owned()),
             // Writes `lines` lines to stdout and to stderr, then succeeds.
             "flood" => {
                 let lines = field_u64(&input, "lines", 100_000);

@@ -1,0 +1,309 @@
+//! Hostile and careless callers and authors, tried from outside against the real `braid
+//! serve` and CLI on Postgres and SQLite: deeply nested JSON, values the database cannot
+//! store, unreadable rows, unauthenticated uploads. Each refusal is clear and names what is
+//! wrong; nothing one caller sends fails another caller's run.
+
+mod common;
+
+use braid::store::{LogRecord, StepRecord, StepStatus, Store, StoreError};
+use braid_test_artifacts::agent_bytes;
+use common::server::{Server, get_json, put_agent, put_workflow, scratch, start_run, step};
+use common::{TestDb, braid};
+use reqwest::{Client, StatusCode};
+use serde_json::{Value, json};
+
+fn nested(depth: usize) -> Value {
+    serde_json::from_str(&format!("{}1{}", "[".repeat(depth), "]".repeat(depth))).unwrap()
+}
+
+fn nested_text(depth: usize) -> String {
+    format!("{}1{}", "[".repeat(depth), "]".repeat(depth))
+}
+
+async fn deploy_agents(client: &Client, server: &Server) {
+    for name in ["echo", "misbehave"] {
+        let (status, body) = put_agent(client, server, name, "1", agent_bytes(name)).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+}
+
+/// Two branches echo the input, inside a block inside another: Braid's documents nest the
+/// input a few levels deeper than it came in.
+fn echo_twice() -> Value {
+    json!({
+        "name": "echo-twice", "version": "1",
+        "steps": [{ "id": "outer", "type": "parallel", "branches": [{ "name": "only", "steps": [
+            { "id": "fan", "type": "parallel", "branches": [
+                { "name": "a", "agent": "echo", "input": "${ input }" },
+                { "name": "b", "agent": "echo", "input": { "wrapped": { "again": "${ input }" } } }
+            ] }
+        ] }] }]
+    })
+}
+
+#[tokio::test]
+async fn deep_json_is_refused_at_the_door_and_everything_stored_reads_back() {
+    for db in TestDb::both().await {
+        let cache = scratch();
+        let server = Server::start(&db.url, cache.path(), None, &[]);
+        let client = Client::new();
+        deploy_agents(&client, &server).await;
+        let (status, body) = put_workflow(&client, &server, "echo-twice", "1", &echo_twice()).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+
+        // At the limit (branch b wraps the input two levels deeper): runs, and its documents,
+        // which nest the outputs deeper still, read back everywhere.
+        let (status, run) = start_run(&client, &server, "echo-twice", json!({ "input": nested(62) }), true).await;
+        assert_eq!(status, StatusCode::OK, "{}: {run}", db.kind);
+        assert_eq!(run["status"], "succeeded", "{}: {}", db.kind, run["error"]);
+        let id = run["run_id"].as_str().unwrap();
+        let shown = client.get(server.url(&format!("/v1/runs/{id}"))).send().await.unwrap();
+        assert_eq!(shown.status(), StatusCode::OK, "{}", db.kind);
+        let listed = client.get(server.url("/v1/runs")).send().await.unwrap();
+        assert_eq!(listed.status(), StatusCode::OK, "{}", db.kind);
+        let listed = braid().args(["runs", "list", "--database-url", &db.url]).output().unwrap();
+        assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
+
+        // Over it: refused, naming where.
+        let (status, body) = start_run(&client, &server, "echo-twice", json!({ "input": nested(65) }), false).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        let error = body["error"].as_str().unwrap();
+        assert!(error.contains("nests deeper than 64 levels"), "{error}");
+        assert_eq!(body["details"]["path"], format!("input{}", "[0]".repeat(64)));
+        let too_deep_for_serde = client
+            .post(server.url("/v1/workflows/echo-twice/runs"))
+            .body(format!(r#"{{"input": {}}}"#, nested_text(400)))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(too_deep_for_serde.status(), StatusCode::UNPROCESSABLE_ENTITY);
+
+        // A definition too deep is refused as a definition.
+        let mut deep = echo_twice();
+        deep["version"] = json!("2");
+        deep["steps"][0]["branches"][0]["steps"][0]["branches"][0]["input"] = nested(70);
+        let (status, body) = put_workflow(&client, &server, "echo-twice", "2", &deep).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert!(body.to_string().contains("nests deeper than 64 levels"), "{body}");
+
+        // An agent that answers JSON too deep: invalid_output, and the run reads back.
+        let raw = json!({ "name": "raw", "version": "1",
+            "steps": [{ "id": "deep", "agent": "misbehave", "input": { "action": "raw", "text": nested_text(200) } }] });
+        assert_eq!(put_workflow(&client, &server, "raw", "1", &raw).await.0, StatusCode::CREATED);
+        let (status, run) = start_run(&client, &server, "raw", json!({}), true).await;
+        assert_eq!(status, StatusCode::OK, "{run}");
+        let deep_step = &step(&run, "deep")[0];
+        assert_eq!(deep_step["outcome"], "invalid_output", "{run}");
+        assert!(deep_step["error"].as_str().unwrap().contains("nests deeper"), "{deep_step}");
+        drop(server);
+        db.drop_database().await;
+    }
+}
+
+#[tokio::test]
+async fn the_cli_refuses_deep_or_nul_input_with_exit_2_naming_it() {
+    let dir = scratch();
+    let file = dir.path().join("one.json");
+    std::fs::write(
+        &file,
+        json!({ "name": "one", "version": "1", "steps": [{ "id": "e", "agent": "echo", "input": "${ input }" }] })
+            .to_string(),
+    )
+    .unwrap();
+    for (input, expected) in [
+        (nested_text(65), "nests deeper than 64 levels"),
+        (r#"{"name": "a\u0000b"}"#.to_owned(), "--input.name holds a NUL character"),
+    ] {
+        let ran = braid()
+            .arg("run")
+            .arg(&file)
+            .args(["--agents", braid_test_artifacts::agents_dir().to_str().unwrap(), "--input", &input])
+            .arg("--database-url")
+            .arg(format!("sqlite://{}", dir.path().join("braid.db").display()))
+            .arg("--cache-dir")
+            .arg(dir.path().join("cache"))
+            .output()
+            .unwrap();
+        assert_eq!(ran.status.code(), Some(2));
+        let stderr = String::from_utf8_lossy(&ran.stderr);
+        assert!(stderr.contains("--input") && stderr.contains(expected), "{stderr}");
+    }
+}
+
+#[tokio::test]
+async fn an_unreadable_run_row_is_named_and_skipped_by_listings_and_start_up() {
+    let db = TestDb::sqlite();
+    let cache = scratch();
+    let client = Client::new();
+    let server = Server::start(&db.url, cache.path(), None, &[]);
+    deploy_agents(&client, &server).await;
+    put_workflow(&client, &server, "echo-twice", "1", &echo_twice()).await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let (_, run) = start_run(&client, &server, "echo-twice", json!({ "input": { "n": 1 } }), true).await;
+        ids.push(run["run_id"].as_str().unwrap().to_owned());
+    }
+    assert!(server.stop().success());
+
+    // Damage one row as a disk or a hand could: it is unfinished, so start-up claims it.
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&db.url).await.unwrap();
+    sqlx::query(&format!(
+        "UPDATE workflow_runs SET input = '{{not json', status = 'running', owner_host_id = NULL WHERE id = '{}'",
+        ids[1]
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+
+    let listed = braid().args(["runs", "list", "--output", "json", "--database-url", &db.url]).output().unwrap();
+    assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
+    let runs: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let listed_ids: Vec<&str> = runs["runs"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(listed_ids.len(), 2, "{runs}");
+    assert!(!listed_ids.contains(&ids[1].as_str()));
+    assert!(String::from_utf8_lossy(&listed.stderr).contains(&ids[1]), "the bad row is named");
+
+    let server = Server::start(&db.url, cache.path(), None, &[]);
+    let listed = get_json(&client, &server, "/v1/runs").await;
+    assert_eq!(listed["runs"].as_array().unwrap().len(), 2, "{listed}");
+    // Start-up went on, and the run nobody can resume ended, saying why.
+    let store = Store::open(&db.url).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let pool = sqlx::AnyPool::connect(&db.url).await.unwrap();
+        let (status, error): (String, Option<String>) =
+            sqlx::query_as(&format!("SELECT status, error FROM workflow_runs WHERE id = '{}'", ids[1]))
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        pool.close().await;
+        if status == "failed" {
+            assert!(error.unwrap_or_default().contains("cannot be read"));
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the unreadable run was never closed ({status})");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (status, run) = start_run(&client, &server, "echo-twice", json!({ "input": { "n": 2 } }), true).await;
+    assert_eq!((status, run["status"].as_str()), (StatusCode::OK, Some("succeeded")));
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_nul_in_one_run_never_fails_another_callers_run() {
+    let db = TestDb::postgres().await;
+    let cache = scratch();
+    let server = Server::start(&db.url, cache.path(), None, &[]);
+    let client = Client::new();
+    deploy_agents(&client, &server).await;
+    put_workflow(&client, &server, "echo-twice", "1", &echo_twice()).await;
+    // A template that builds a NUL, and an agent that answers one (escaped in its JSON).
+    let builds = json!({ "name": "builds-nul", "version": "1",
+        "steps": [{ "id": "e", "agent": "echo", "input": { "text": "${ 'a\\u0000b' }" } }] });
+    assert_eq!(put_workflow(&client, &server, "builds-nul", "1", &builds).await.0, StatusCode::CREATED);
+    let answers = json!({ "name": "answers-nul", "version": "1",
+        "steps": [{ "id": "e", "agent": "misbehave", "input": { "action": "raw", "text": "{\"a\": \"x\\u0000y\"}" } }] });
+    assert_eq!(put_workflow(&client, &server, "answers-nul", "1", &answers).await.0, StatusCode::CREATED);
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..240 {
+        let (client, url) = (client.clone(), server.base.clone());
+        tasks.spawn(async move {
+            let (workflow, input, wait) = match i % 4 {
+                0 => ("echo-twice", json!({ "text": format!("bad\u{0}{i}") }), true),
+                1 => ("builds-nul", json!({}), true),
+                2 => ("answers-nul", json!({}), true),
+                _ => ("echo-twice", json!({ "text": format!("fine {i}") }), i % 8 == 3),
+            };
+            let query = if wait { "?wait=true" } else { "" };
+            let response = client
+                .post(format!("{url}/v1/workflows/{workflow}/runs{query}"))
+                .json(&json!({ "input": input }))
+                .send()
+                .await
+                .unwrap();
+            (i, response.status(), response.json::<Value>().await.unwrap())
+        });
+    }
+    let mut accepted = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        let (i, status, body) = joined.unwrap();
+        match i % 4 {
+            0 => {
+                assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+                assert_eq!(body["details"]["path"], "input.text", "{body}");
+            }
+            1 => {
+                assert_eq!(status, StatusCode::OK, "{body}");
+                assert_eq!(body["status"], "failed");
+                assert!(step(&body, "e")[0]["error"].as_str().unwrap().contains("NUL"), "{body}");
+            }
+            2 => {
+                assert_eq!(status, StatusCode::OK, "{body}");
+                assert_eq!(step(&body, "e")[0]["outcome"], "invalid_output", "{body}");
+            }
+            _ if i % 8 == 3 => {
+                assert_eq!(status, StatusCode::OK, "{body}");
+                assert_eq!(body["status"], "succeeded", "{body}");
+            }
+            _ => {
+                assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+                accepted.push(body["run_id"].as_str().unwrap().to_owned());
+            }
+        }
+    }
+    for id in accepted {
+        let run = common::server::wait_for_run(&client, &server, &id, |r| r["status"] == "succeeded").await;
+        assert_eq!(run["status"], "succeeded", "every accepted run finished: {run}");
+    }
+    drop(server);
+    db.drop_database().await;
+}
+
+#[tokio::test]
+async fn a_row_the_database_refuses_fails_only_its_own_writer() {
+    // Below the door: rows the checks missed. The commit they share fails, and is written
+    // again row by row so that only the bad row's writer hears of it.
+    for db in TestDb::both().await {
+        let store = Store::open(&db.url).await.unwrap();
+        let recorder = store.recorder();
+        let run = common::run_record("shared");
+        recorder.run(run.clone(), None, None).committed().await.unwrap();
+        let fence = braid::store::Fence::new(run.epoch);
+        let mut pending = Vec::new();
+        for i in 0..200 {
+            let mut row = common::step_record(&run, &format!("s{i}"));
+            if i == 77 {
+                // Postgres refuses a NUL in text; SQLite, a status the schema does not allow.
+                row.error = Some("bad\u{0}row".into());
+                row.step_type = "nonsense".into();
+            }
+            let log = LogRecord {
+                step_execution_id: row.id,
+                seq: 0,
+                level: "info".into(),
+                source: "stdout".into(),
+                message: format!("line {i}"),
+                logged_at: chrono::Utc::now(),
+            };
+            pending.push(recorder.step(row, vec![log], &fence));
+        }
+        let mut failed = Vec::new();
+        for (i, write) in pending.into_iter().enumerate() {
+            if let Err(err) = write.committed().await {
+                failed.push((i, err));
+            }
+        }
+        assert_eq!(failed.len(), 1, "{}: {failed:?}", db.kind);
+        assert_eq!(failed[0].0, 77);
+        assert!(matches!(failed[0].1, StoreError::Query(_)), "{:?}", failed[0].1);
+        let steps: Vec<StepRecord> = store.run_steps(run.id).await.unwrap();
+        assert_eq!(steps.len(), 199, "{}", db.kind);
+        assert!(steps.iter().all(|s| s.status == StepStatus::Succeeded));
+        assert_eq!(store.run_logs(run.id).await.unwrap().len(), 199, "logs went with their rows");
+        store.close().await.unwrap();
+        db.drop_database().await;
+    }
+}
