@@ -307,3 +307,93 @@ async fn a_row_the_database_refuses_fails_only_its_own_writer() {
         db.drop_database().await;
     }
 }
+
+fn rss_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with(field)).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+const TOKEN: &str = "a-long-random-token-for-tests";
+
+#[tokio::test]
+async fn unauthenticated_uploads_are_refused_before_their_bodies_are_read() {
+    let db = TestDb::sqlite();
+    let cache = scratch();
+    let server = Server::start(&db.url, cache.path(), Some(TOKEN), &[]);
+    let client = Client::new();
+    let small = client.put(server.url("/v1/agents/echo/1")).body(vec![0u8; 1024]).send().await.unwrap();
+    assert_eq!(small.status(), StatusCode::UNAUTHORIZED);
+    assert!(small.json::<Value>().await.unwrap()["error"].as_str().unwrap().contains("bearer token"));
+
+    let before = rss_kib(server.child.id(), "VmRSS:");
+    let upload = vec![7u8; 64 << 20];
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..16 {
+        let request = client.put(server.url("/v1/agents/echo/1")).body(upload.clone());
+        // The host answers at once and closes the connection: the client sees the 401, or
+        // the connection closing while it still sends. Either way nothing was read.
+        tasks.spawn(async move { request.send().await.map(|r| r.status()) });
+    }
+    while let Some(done) = tasks.join_next().await {
+        if let Ok(status) = done.unwrap() {
+            assert_eq!(status, StatusCode::UNAUTHORIZED);
+        }
+    }
+    let peak = rss_kib(server.child.id(), "VmHWM:");
+    assert!(
+        peak < before + 32 * 1024,
+        "16 unauthenticated 64 MiB uploads took the host from {before} KiB to a peak of {peak} KiB"
+    );
+    let authorized = client.get(server.url("/v1/agents")).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(authorized.status(), StatusCode::OK, "the host still serves");
+}
+
+#[tokio::test]
+async fn weak_tokens_are_refused_at_start_up_and_metrics_can_require_one() {
+    let db = TestDb::sqlite();
+    for (token, expected) in [
+        ("   ", "whitespace"),
+        ("", "shorter than 16 characters"),
+        ("short", "shorter than 16 characters"),
+        ("a-long-enough-token\n", "whitespace"),
+    ] {
+        let refused = braid()
+            .args(["serve", "--listen", "127.0.0.1:0", "--database-url", &db.url])
+            .env("BRAID_API_TOKEN", token)
+            .output()
+            .unwrap();
+        assert_eq!(refused.status.code(), Some(2), "{token:?}");
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(stderr.contains("BRAID_API_TOKEN") && stderr.contains(expected), "{token:?}: {stderr}");
+    }
+    let refused = braid()
+        .args(["serve", "--listen", "127.0.0.1:0", "--database-url", &db.url, "--metrics-token"])
+        .env_remove("BRAID_API_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("requires BRAID_API_TOKEN"));
+
+    let client = Client::new();
+    let cache = scratch();
+    // The API token guards /metrics too.
+    let server = Server::start(&db.url, cache.path(), Some(TOKEN), &["--metrics-token"]);
+    let anonymous = client.get(server.url("/metrics")).send().await.unwrap();
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+    let scraped = client.get(server.url("/metrics")).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(scraped.status(), StatusCode::OK);
+    assert!(scraped.text().await.unwrap().contains("braid_"));
+    drop(server);
+    // A token of its own: the scraper does not hold the API token.
+    let scraper = "a-scraper-token-of-its-own";
+    let server = Server::start(&db.url, cache.path(), None, &["--metrics-token", scraper]);
+    assert_eq!(client.get(server.url("/metrics")).send().await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    let scraped = client.get(server.url("/metrics")).bearer_auth(scraper).send().await.unwrap();
+    assert_eq!(scraped.status(), StatusCode::OK);
+    assert_eq!(client.get(server.url("/v1/runs")).send().await.unwrap().status(), StatusCode::OK, "no API token set");
+    // Without the flag, /metrics stays open.
+    drop(server);
+    let server = Server::start(&db.url, cache.path(), Some(TOKEN), &[]);
+    assert_eq!(client.get(server.url("/metrics")).send().await.unwrap().status(), StatusCode::OK);
+}

@@ -217,7 +217,7 @@ async fn a_restarted_host_reuses_its_precompiled_artifacts_without_compiling() {
 async fn with_a_token_every_v1_request_needs_it_and_health_stays_open() {
     let db = TestDb::sqlite();
     let cache = scratch();
-    let server = Server::start(&db.url, cache.path(), Some("s3cret"), &[]);
+    let server = Server::start(&db.url, cache.path(), Some("s3cret-long-enough-token"), &[]);
     let client = Client::new();
     let anonymous = client.get(server.url("/v1/agents")).send().await.unwrap();
     assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
@@ -225,7 +225,7 @@ async fn with_a_token_every_v1_request_needs_it_and_health_stays_open() {
     assert!(body["error"].as_str().unwrap().contains("bearer token"));
     let wrong = client.get(server.url("/v1/agents")).bearer_auth("guess").send().await.unwrap();
     assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
-    let right = client.get(server.url("/v1/agents")).bearer_auth("s3cret").send().await.unwrap();
+    let right = client.get(server.url("/v1/agents")).bearer_auth("s3cret-long-enough-token").send().await.unwrap();
     assert_eq!(right.status(), StatusCode::OK);
     let upload = client.put(server.url("/v1/agents/echo/1")).body(agent_bytes("echo")).send().await.unwrap();
     assert_eq!(upload.status(), StatusCode::UNAUTHORIZED, "nothing is deployed without the token");

@@ -39,6 +39,24 @@ pub struct AppState {
     pub sandbox: Arc<Sandbox>,
     /// When set, every `/v1` request must carry `Authorization: Bearer <token>`.
     pub token: Option<Arc<str>>,
+    /// When set, `GET /metrics` must carry `Authorization: Bearer <token>`.
+    pub metrics_token: Option<Arc<str>>,
+}
+
+/// Shortest bearer token accepted (`BRAID_API_TOKEN`, `--metrics-token`).
+pub const MIN_TOKEN_CHARS: usize = 16;
+
+/// Checks a token an operator configured: long enough to resist guessing, and sendable in
+/// a header as it is (no whitespace or control characters, which are usually a pasting
+/// accident such as a trailing newline).
+pub fn check_token(name: &str, token: &str) -> Result<(), String> {
+    if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("{name} holds whitespace or control characters; a bearer token must be one visible word"));
+    }
+    if token.chars().count() < MIN_TOKEN_CHARS {
+        return Err(format!("{name} is shorter than {MIN_TOKEN_CHARS} characters; use a long random token"));
+    }
+    Ok(())
 }
 
 /// The API's routes.
@@ -59,7 +77,10 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .nest("/v1", v1)
         .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
+        .route(
+            "/metrics",
+            get(metrics).route_layer(middleware::from_fn_with_state(state.clone(), require_metrics_token)),
+        )
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async { ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed") })
         // Handlers read bodies themselves, with their own limits and JSON errors.
@@ -68,14 +89,24 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    if let Some(token) = &state.token {
+    authorized(state.token.as_deref(), request, next).await
+}
+
+async fn require_metrics_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    authorized(state.metrics_token.as_deref(), request, next).await
+}
+
+/// Passes `request` on if it carries `token` (or no token is required). A request without
+/// it is answered before a byte of its body is read — an unauthenticated upload costs the
+/// host no memory — and its connection is closed, since the unread body cannot be skipped.
+async fn authorized(token: Option<&str>, request: Request, next: Next) -> Response {
+    if let Some(token) = token {
         let given = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
         let expected = format!("Bearer {token}");
         if given.map(|g| constant_time_eq(g.as_bytes(), expected.as_bytes())) != Some(true) {
-            // Read (and drop) what the client is sending, so that its connection stays
-            // usable for the next request instead of being cut mid-upload.
-            let _ = axum::body::to_bytes(request.into_body(), MAX_AGENT_BYTES).await;
-            return ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong bearer token").into_response();
+            let mut response = ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong bearer token").into_response();
+            response.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+            return response;
         }
     }
     next.run(request).await

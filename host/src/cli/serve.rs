@@ -37,11 +37,28 @@ pub struct ServeCommand {
     /// Most agent instances alive at once (the instance pool's size).
     #[arg(long, value_name = "N", default_value_t = 128)]
     max_instances: u32,
+    /// Require a bearer token on `GET /metrics`: the API token (BRAID_API_TOKEN) when given
+    /// without a value, or TOKEN, for a scraper that should not hold the API token.
+    #[arg(long, value_name = "TOKEN", num_args = 0..=1, default_missing_value = "")]
+    metrics_token: Option<String>,
 }
 
 impl ServeCommand {
     pub fn execute(self) -> anyhow::Result<Status> {
-        let token = std::env::var("BRAID_API_TOKEN").ok().filter(|t| !t.is_empty());
+        let token = std::env::var("BRAID_API_TOKEN").ok();
+        if let Some(token) = &token {
+            api::check_token("BRAID_API_TOKEN", token).map_err(anyhow::Error::msg)?;
+        }
+        let metrics_token = match self.metrics_token.as_deref() {
+            None => None,
+            Some("") => Some(token.clone().context(
+                "--metrics-token without a value requires BRAID_API_TOKEN (or give the metrics token itself)",
+            )?),
+            Some(own) => {
+                api::check_token("--metrics-token", own).map_err(anyhow::Error::msg)?;
+                Some(own.to_owned())
+            }
+        };
         if token.is_none() && !self.listen.ip().is_loopback() {
             bail!(
                 "refusing to listen on {} without a token: set BRAID_API_TOKEN (every /v1 request must then send \
@@ -68,7 +85,13 @@ impl ServeCommand {
             println!("host {}", runner.config().host_id);
             std::io::stdout().flush()?;
 
-            let state = AppState { registry, runner: runner.clone(), sandbox, token: token.map(Arc::from) };
+            let state = AppState {
+                registry,
+                runner: runner.clone(),
+                sandbox,
+                token: token.map(Arc::from),
+                metrics_token: metrics_token.map(Arc::from),
+            };
             let stop = CancellationToken::new();
             tokio::spawn(signal_stop(stop.clone()));
             // Stop accepting and drain runs at the same time: a `?wait=true` request only
