@@ -397,3 +397,55 @@ async fn weak_tokens_are_refused_at_start_up_and_metrics_can_require_one() {
     let server = Server::start(&db.url, cache.path(), Some(TOKEN), &[]);
     assert_eq!(client.get(server.url("/metrics")).send().await.unwrap().status(), StatusCode::OK);
 }
+
+#[tokio::test]
+async fn expression_bombs_are_refused_at_deploy_and_costly_expressions_stop_at_their_budget() {
+    let db = TestDb::postgres().await;
+    let cache = scratch();
+    let server = Server::start(&db.url, cache.path(), None, &[]);
+    let client = Client::new();
+    deploy_agents(&client, &server).await;
+
+    // Eight nested comprehensions over ten items: 10^8 steps. Refused, naming where.
+    let ten = "[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]";
+    let mut bomb = "v0".to_owned();
+    for level in (0..8).rev() {
+        bomb = format!("{ten}.map(v{level}, {bomb})");
+    }
+    let definition = json!({ "name": "bomb", "version": "1",
+        "steps": [{ "id": "e", "agent": "echo", "input": { "x": format!("${{ {bomb} }}") } }] });
+    let (status, body) = put_workflow(&client, &server, "bomb", "1", &definition).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let problem = &body["details"]["problems"][0];
+    assert_eq!(problem["path"], "steps[0].input.x", "{body}");
+    assert!(problem["message"].as_str().unwrap().contains("nests comprehensions deeper than 3"), "{body}");
+
+    // Three levels are allowed, but 200^3 steps are not: the step fails on its budget, and
+    // the server keeps answering meanwhile.
+    let cube = json!({ "name": "cube", "version": "1", "steps": [{ "id": "e", "agent": "echo",
+        "input": "${ input.items.map(a, input.items.map(b, input.items.map(c, a + b + c))) }" }] });
+    assert_eq!(put_workflow(&client, &server, "cube", "1", &cube).await.0, StatusCode::CREATED);
+    let items: Vec<u32> = (0..200).collect();
+    let mut runs = tokio::task::JoinSet::new();
+    for _ in 0..6 {
+        let (client, url) = (client.clone(), server.url("/v1/workflows/cube/runs?wait=true"));
+        let body = json!({ "input": { "items": items } });
+        runs.spawn(async move { client.post(url).json(&body).send().await.unwrap().json::<Value>().await.unwrap() });
+    }
+    let mut slowest = std::time::Duration::ZERO;
+    while !runs.is_empty() {
+        let asked = std::time::Instant::now();
+        let health = client.get(server.url("/healthz")).send().await.unwrap();
+        assert_eq!(health.status(), StatusCode::OK);
+        slowest = slowest.max(asked.elapsed());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        while let Some(done) = runs.try_join_next() {
+            let run = done.unwrap();
+            assert_eq!(run["status"], "failed", "{run}");
+            assert!(step(&run, "e")[0]["error"].as_str().unwrap().contains("cost budget ran out"), "{run}");
+        }
+    }
+    assert!(slowest < std::time::Duration::from_millis(500), "/healthz took {slowest:?} while expressions ran");
+    drop(server);
+    db.drop_database().await;
+}

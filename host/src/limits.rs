@@ -27,6 +27,15 @@ pub enum JsonProblem {
 }
 
 impl JsonProblem {
+    /// What is wrong, without where.
+    pub fn reason(&self) -> String {
+        match self {
+            JsonProblem::Syntax(_, err) => format!("not valid JSON: {err}"),
+            JsonProblem::TooDeep(_) => format!("nests deeper than {MAX_JSON_DEPTH} levels of arrays and objects"),
+            JsonProblem::Nul(_) => "holds a NUL character (\\u0000), which Braid cannot store".to_owned(),
+        }
+    }
+
     /// Where the problem is.
     pub fn path(&self) -> &str {
         match self {

@@ -32,9 +32,9 @@ pub(super) async fn run(
     // A rendered input is checked like one that comes in: a template can nest values or
     // build a string with a NUL, which would otherwise fail the commit it shares.
     let rendered =
-        agent_step.input.render(scope).map_err(|err| format!("input{}: {err}", err.subpath)).and_then(|input| {
-            crate::limits::check_json(&input, "the rendered input").map(|()| input).map_err(|p| p.to_string())
-        });
+        agent_step.input.render_async(scope).await.map_err(|err| format!("input{}: {err}", err.subpath)).and_then(
+            |input| crate::limits::check_json(&input, "the rendered input").map(|()| input).map_err(|p| p.to_string()),
+        );
     let input = match rendered {
         Ok(input) => input,
         Err(err) => {

@@ -15,8 +15,8 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 
 /// Evaluates a condition to a boolean, or says why it could not.
-pub(super) fn holds(condition: &Template, scope: &Scope, what: &str) -> Result<bool, String> {
-    match condition.render(scope) {
+pub(super) async fn holds(condition: &Template, scope: &Scope, what: &str) -> Result<bool, String> {
+    match condition.render_async(scope).await {
         Ok(Value::Bool(holds)) => Ok(holds),
         Ok(other) => Err(format!("{what}: the condition gave {other}, not true or false")),
         Err(err) => Err(format!("{what}: {err}")),
@@ -34,7 +34,7 @@ pub(super) async fn switch(
     let mut row = new_row(context, step, placement);
     let mut chosen = None;
     for (i, case) in switch.cases.iter().enumerate() {
-        match holds(&case.when, scope, &format!("cases[{i}].when")) {
+        match holds(&case.when, scope, &format!("cases[{i}].when")).await {
             Ok(true) => {
                 chosen = Some((format!("cases[{i}]"), case.steps.clone()));
                 break;
@@ -114,7 +114,7 @@ pub(super) async fn repeat(
             last.error = Some(format!("iteration {iteration}: {error}"));
             break;
         }
-        match holds(&repeat.until, &last_scope, "until") {
+        match holds(&repeat.until, &last_scope, "until").await {
             Ok(true) => {
                 done = true;
                 break;

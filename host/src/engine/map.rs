@@ -27,7 +27,7 @@ pub(super) async fn run(
 ) -> Result<StepEnd, StoreError> {
     let mut row = new_row(context, step, placement);
     row.join_policy = Some(map.join_policy.label());
-    let items = match map.items.render(scope) {
+    let items = match map.items.render_async(scope).await {
         Ok(Value::Array(items)) => Arc::new(items),
         Ok(other) => return Ok(fail(context, step, row, format!("items: expected a list, got {other}"))),
         Err(err) => return Ok(fail(context, step, row, format!("items: {err}"))),

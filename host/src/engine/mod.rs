@@ -383,7 +383,7 @@ impl Engine {
         if run.status == RunStatus::Succeeded {
             match &plan.workflow.output {
                 None => run.output = ended.output.take(),
-                Some(template) => match template.render(&scope) {
+                Some(template) => match template.render_async(&scope).await {
                     Ok(output) => run.output = Some(output),
                     Err(err) => {
                         run.status = RunStatus::Failed;
@@ -524,7 +524,7 @@ async fn run_step(
         return Ok((ended, views, written));
     }
     if let Some(condition) = &step.condition {
-        let decided = control::holds(condition, scope, "if");
+        let decided = control::holds(condition, scope, "if").await;
         if decided != Ok(true) {
             // A false condition skips the step; one that cannot be evaluated fails it.
             let ended = match decided {

@@ -2,8 +2,9 @@
 //!
 //! A string that is exactly one `${ expr }` takes the expression's JSON value (a number, an
 //! object, ...); `${ }` inside a longer string interpolates text (strings as they are, other
-//! values as JSON). Expressions are CEL (the `cel` crate), which always terminates, so an
-//! untrusted definition cannot hang the host through an expression.
+//! values as JSON). Expressions are CEL (the `cel` crate), bounded in size, nesting and cost
+//! (see [`super::cost`]), so an untrusted definition cannot hang the host or exhaust its
+//! memory through an expression.
 //!
 //! Templates are compiled once, when the definition is parsed; compiling also finds which
 //! variables and which `steps.<id>` each template reads, for validation and so that
@@ -32,6 +33,8 @@ pub struct Template {
     steps: BTreeSet<String>,
     /// Whether some expression reads `steps` other than through a literal id.
     reads_all_steps: bool,
+    /// Whether some expression has a comprehension (and may cost up to its budget).
+    costly: bool,
     /// The top-level input fields read, or `None` when the input is read as a whole.
     input_fields: Option<BTreeSet<String>>,
 }
@@ -94,6 +97,7 @@ impl Template {
             variables: BTreeSet::new(),
             steps: BTreeSet::new(),
             reads_all_steps: false,
+            costly: false,
             input_fields: Some(BTreeSet::new()),
         };
         template.node = template.compile_node(value, String::new(), &mut errors);
@@ -147,9 +151,11 @@ impl Template {
     }
 
     fn compile_expr(&mut self, source: &str) -> Result<Arc<Compiled>, String> {
-        let ast = cel::parser::Parser::new()
+        let shown = || shorten(source.trim());
+        super::cost::check_source(source).map_err(|err| format!("expression `{}` {err}", shown()))?;
+        let mut ast = cel::parser::Parser::new()
             .parse(source)
-            .map_err(|errors| format!("expression `{}` does not parse: {errors}", source.trim()))?;
+            .map_err(|errors| format!("expression `{}` does not parse: {errors}", shown()))?;
         let mut references = References::default();
         references.walk(&ast, &mut Vec::new());
         self.variables.extend(references.variables);
@@ -160,6 +166,7 @@ impl Template {
         } else if let Some(fields) = &mut self.input_fields {
             fields.extend(references.input_fields);
         }
+        self.costly |= super::cost::instrument(&mut ast).map_err(|err| format!("expression `{}` {err}", shown()))?;
         Ok(Arc::new(Compiled { source: source.trim().to_owned(), ast }))
     }
 
@@ -184,11 +191,27 @@ impl Template {
         matches!(self.node, Node::Literal(_))
     }
 
-    /// Evaluates the template against `scope`.
+    /// Evaluates the template against `scope`, on a blocking thread when an expression has
+    /// a comprehension (whose cost, though bounded, should not hold an async worker).
+    pub async fn render_async(&self, scope: &Scope) -> Result<Json, ExprError> {
+        if !self.costly {
+            return self.render(scope);
+        }
+        let (template, scope) = (self.clone(), scope.clone());
+        tokio::task::spawn_blocking(move || template.render(&scope)).await.unwrap_or_else(|err| {
+            Err(ExprError { subpath: String::new(), message: format!("the expression's evaluation failed: {err}") })
+        })
+    }
+
+    /// Evaluates the template against `scope`, within one cost budget.
     pub fn render(&self, scope: &Scope) -> Result<Json, ExprError> {
         if let Node::Literal(value) = &self.node {
             return Ok(value.clone());
         }
+        super::cost::with_budget(|| self.render_with_budget(scope))
+    }
+
+    fn render_with_budget(&self, scope: &Scope) -> Result<Json, ExprError> {
         let mut context = Context::with_env(standard_env());
         if self.variables.contains("input") {
             // Binding converts the value deeply: give expressions only the top-level input
@@ -225,7 +248,11 @@ impl Template {
 
 /// CEL's standard library, built once: building it is far more work than most renders.
 fn standard_env() -> Arc<cel::Env> {
-    static ENV: std::sync::LazyLock<Arc<cel::Env>> = std::sync::LazyLock::new(|| Arc::new(cel::Env::stdlib()));
+    static ENV: std::sync::LazyLock<Arc<cel::Env>> = std::sync::LazyLock::new(|| {
+        let mut env = cel::Env::stdlib();
+        super::cost::declare(&mut env);
+        Arc::new(env)
+    });
     ENV.clone()
 }
 
@@ -265,6 +292,14 @@ fn evaluate(compiled: &Compiled, context: &Context) -> Result<Json, String> {
     let value = Cel::resolve(&compiled.ast, context)
         .map_err(|err| format!("expression `{}` failed: {err}", compiled.source))?;
     cel_to_json(&value).map_err(|err| format!("expression `{}` gave a value with no JSON form: {err}", compiled.source))
+}
+
+/// An expression as error messages quote it: at most 120 characters.
+fn shorten(source: &str) -> String {
+    match source.char_indices().nth(120) {
+        Some((end, _)) => format!("{}…", &source[..end]),
+        None => source.to_owned(),
+    }
 }
 
 /// Converts JSON to CEL. Integers become `int` (CEL never mixes `int` and `uint`, and
@@ -478,6 +513,56 @@ mod tests {
             json_to_cel(&json!({ "output": { "hex": "abc", "n": 41 }, "status": "succeeded" })),
         );
         Scope { input: json_to_cel(&json!({ "text": "hi", "items": [1, 2, 3] })), steps, extra: Vec::new() }
+    }
+
+    fn ten() -> &'static str {
+        "[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]"
+    }
+
+    /// `depth` comprehensions nested over ten elements each.
+    fn nested_maps(depth: usize) -> String {
+        let mut expr = "v0".to_owned();
+        for level in (0..depth).rev() {
+            expr = format!("{}.map(v{level}, {expr})", ten());
+        }
+        expr
+    }
+
+    #[test]
+    fn deeply_nested_comprehensions_are_refused_at_compile_time_naming_the_expression() {
+        let bomb = nested_maps(8);
+        let errors = Template::expression(&bomb).unwrap_err();
+        assert!(errors[0].message.contains("nests comprehensions deeper than 3 levels"), "{errors:?}");
+        assert!(errors[0].message.contains("[0, 1, 2"), "the expression is quoted: {errors:?}");
+        assert!(Template::expression(&nested_maps(3)).is_ok());
+        let long = format!("{}1", "1 + ".repeat(600));
+        assert!(Template::expression(&long).unwrap_err()[0].message.contains("over the limit of 2000"));
+        let brackets = format!("{}1{}", "(".repeat(40), ")".repeat(40));
+        assert!(Template::expression(&brackets).unwrap_err()[0].message.contains("nests brackets deeper than 32"));
+    }
+
+    #[test]
+    fn the_cost_budget_stops_expensive_expressions_and_spares_ordinary_ones() {
+        let items: Vec<u32> = (0..200).collect();
+        let scope = Scope::new(&json!({ "items": items, "text": "x".repeat(1 << 20) }));
+        // 200^3 = 8 million steps: stopped by the budget, fast.
+        let cube =
+            Template::expression("input.items.map(a, input.items.map(b, input.items.map(c, a + b + c)))").unwrap();
+        let started = std::time::Instant::now();
+        let err = cube.render(&scope).unwrap_err();
+        assert!(err.message.contains("cost budget ran out"), "{err}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "{:?}", started.elapsed());
+        // Text built in a comprehension counts: 200 copies of 2 MiB are refused.
+        let text = Template::expression("input.items.map(i, input.text + input.text)").unwrap();
+        assert!(text.render(&scope).unwrap_err().message.contains("cost budget ran out"));
+        // 200^2 = 40,000 steps and a 10,000-item filter are well within it, and right.
+        let square = Template::expression("size(input.items.map(a, input.items.filter(b, b < a)))").unwrap();
+        assert_eq!(square.render(&scope).unwrap(), json!(200));
+        let big: Vec<u32> = (0..10_000).collect();
+        let sum = Template::expression("input.items.filter(x, x % 2 == 0).size()").unwrap();
+        assert_eq!(sum.render(&Scope::new(&json!({ "items": big }))).unwrap(), json!(5_000));
+        // Each render has the whole budget again.
+        assert_eq!(square.render(&scope).unwrap(), json!(200));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! that have run by the time each expression is evaluated, and to hold only expressions
 //! that parse. Running it is the engine's job; this module knows nothing of wasmtime or SQL.
 
+pub mod cost;
 mod expr;
 mod model;
 mod parse;

@@ -29,7 +29,7 @@ const DEFAULT_MAP_PARALLELISM: u64 = 16;
 /// Parses a definition (JSON text), then validates its structure; see also [`super::validate`].
 pub fn parse(text: &str) -> Result<Workflow, InvalidWorkflow> {
     let document: Value = crate::limits::parse_json(text, "$").map_err(|problem| InvalidWorkflow {
-        problems: vec![Problem { path: problem.path().to_owned(), message: problem.to_string() }],
+        problems: vec![Problem { path: problem.path().to_owned(), message: problem.reason() }],
     })?;
     let mut parser = Parser { problems: Vec::new(), default_retry: None };
     let workflow = parser.workflow(&document);
