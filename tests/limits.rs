@@ -449,3 +449,103 @@ async fn expression_bombs_are_refused_at_deploy_and_costly_expressions_stop_at_t
     drop(server);
     db.drop_database().await;
 }
+
+fn map_of(name: &str, max_items: Option<u64>) -> Value {
+    let mut map = json!({ "id": "each", "type": "map", "items": "${ input.items }", "max_parallelism": 8,
+        "step": { "id": "e", "agent": "echo", "input": "${ item }" } });
+    if let Some(max) = max_items {
+        map["max_items"] = json!(max);
+    }
+    json!({ "name": name, "version": "1", "steps": [map] })
+}
+
+#[tokio::test]
+async fn maps_inputs_and_what_a_run_records_are_capped_with_clear_errors() {
+    let db = TestDb::postgres().await;
+    let cache = scratch();
+    let server = Server::start(&db.url, cache.path(), None, &["--max-map-items", "1000", "--max-run-mb", "1"]);
+    let client = Client::new();
+    deploy_agents(&client, &server).await;
+    assert_eq!(put_workflow(&client, &server, "map", "1", &map_of("map", None)).await.0, StatusCode::CREATED);
+    assert_eq!(put_workflow(&client, &server, "small", "1", &map_of("small", Some(10))).await.0, StatusCode::CREATED);
+    let items = |n: u32| json!({ "input": { "items": (0..n).collect::<Vec<u32>>() } });
+
+    let (_, run) = start_run(&client, &server, "map", items(1000), true).await;
+    assert_eq!(run["status"], "succeeded", "{}", run["error"]);
+    let (_, run) = start_run(&client, &server, "map", items(1001), true).await;
+    assert_eq!(run["status"], "failed");
+    let error = step(&run, "each")[0]["error"].as_str().unwrap().to_owned();
+    assert!(error.contains("1001 items, over the limit of 1000 (the host's --max-map-items)"), "{error}");
+    let (_, run) = start_run(&client, &server, "small", items(11), true).await;
+    let error = step(&run, "each")[0]["error"].as_str().unwrap().to_owned();
+    assert!(error.contains("11 items, over the limit of 10 (the map's max_items)"), "{error}");
+
+    // Amplification: 200 KB fed to twenty branches is 8 MB recorded; the cap is 1 MiB.
+    let fan: Vec<Value> =
+        (0..20).map(|i| json!({ "name": format!("b{i}"), "agent": "echo", "input": "${ input }" })).collect();
+    let amplify = json!({ "name": "amplify", "version": "1",
+        "steps": [{ "id": "fan", "type": "parallel", "max_parallelism": 1, "branches": fan }] });
+    assert_eq!(put_workflow(&client, &server, "amplify", "1", &amplify).await.0, StatusCode::CREATED);
+    let (_, run) =
+        start_run(&client, &server, "amplify", json!({ "input": { "text": "x".repeat(200_000) } }), true).await;
+    assert_eq!(run["status"], "failed");
+    assert!(run["error"].as_str().unwrap().contains("over the run's cap of 1048576 bytes"), "{}", run["error"]);
+    let succeeded = run["steps"].as_array().unwrap().iter().filter(|s| s["status"] == "succeeded").count();
+    assert!(succeeded <= 3, "the run stopped near its cap: {succeeded} branches kept their output");
+
+    // A million items (7.9 MB) are refused at the door, and cost the host little.
+    let before = rss_kib(server.child.id(), "VmRSS:");
+    let (status, body) = start_run(&client, &server, "map", items(1_000_000), false).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("over the limit of 4194304 bytes"), "{body}");
+    let peak = rss_kib(server.child.id(), "VmHWM:");
+    assert!(peak < before + 200 * 1024, "a refused 7.9 MB request took the host from {before} KiB to {peak} KiB");
+    drop(server);
+    db.drop_database().await;
+}
+
+#[tokio::test]
+async fn out_of_range_integers_in_definitions_are_named_not_truncated() {
+    let dir = scratch();
+    let cases = [
+        (
+            json!({ "id": "p", "type": "parallel", "max_parallelism": 4_294_967_296u64,
+            "branches": [{ "name": "a", "agent": "echo" }] }),
+            "steps[0].max_parallelism",
+            "at most 10000",
+        ),
+        (
+            json!({ "id": "p", "type": "parallel", "join_policy": { "quorum": 4_294_967_296u64 },
+            "branches": [{ "name": "a", "agent": "echo" }] }),
+            "steps[0].join_policy.quorum",
+            "at most 1000000",
+        ),
+        (
+            json!({ "id": "p", "type": "parallel", "tolerated_failures": 4_294_967_296u64,
+            "branches": [{ "name": "a", "agent": "echo" }] }),
+            "steps[0].tolerated_failures",
+            "at most 1000000",
+        ),
+        (json!({ "id": "e", "agent": "echo", "memory_mb": 1_000_000 }), "steps[0].memory_mb", "at most 1024"),
+        (
+            json!({ "id": "e", "agent": "echo", "retry": { "max_attempts": 1000 } }),
+            "steps[0].retry.max_attempts",
+            "at most 100",
+        ),
+    ];
+    for (step_json, path, expected) in cases {
+        let file = dir.path().join("wf.json");
+        std::fs::write(&file, json!({ "name": "wf", "version": "1", "steps": [step_json] }).to_string()).unwrap();
+        let checked = braid()
+            .arg("run")
+            .arg(&file)
+            .args(["--agents", braid_test_artifacts::agents_dir().to_str().unwrap()])
+            .arg("--database-url")
+            .arg(format!("sqlite://{}", dir.path().join("braid.db").display()))
+            .output()
+            .unwrap();
+        assert_eq!(checked.status.code(), Some(2), "{path}");
+        let stderr = String::from_utf8_lossy(&checked.stderr);
+        assert!(stderr.contains(path) && stderr.contains(expected), "{path}: {stderr}");
+    }
+}

@@ -15,6 +15,44 @@ use std::fmt::Write as _;
 /// branch's), which the reader of stored JSON allows.
 pub const MAX_JSON_DEPTH: usize = 64;
 
+/// Most memory a step may be given (`memory_mb`, `--memory-mb`), in MiB: the pool's slots
+/// are sized for it.
+pub const MAX_STEP_MEMORY_MB: u64 = 1024;
+
+/// Most items a map takes unless the host says otherwise (`--max-map-items`).
+pub const DEFAULT_MAX_MAP_ITEMS: u64 = 100_000;
+/// Most bytes of agent step inputs and outputs one run records unless the host says
+/// otherwise (`--max-run-mb`).
+pub const DEFAULT_MAX_RUN_BYTES: u64 = 256 << 20;
+/// Largest run input, as JSON text.
+pub const MAX_RUN_INPUT_BYTES: usize = 4 << 20;
+
+/// The length of `value` as compact JSON text, counted without building the text.
+pub fn json_len(value: &Value) -> u64 {
+    struct Counter(u64);
+    impl std::io::Write for Counter {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len() as u64;
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    let _ = serde_json::to_writer(&mut counter, value);
+    counter.0
+}
+
+/// Checks a run's input (named `what`): its size as JSON text, then its shape.
+pub fn check_run_input(input: &Value, what: &str) -> Result<(), JsonProblem> {
+    let bytes = json_len(input);
+    if bytes > MAX_RUN_INPUT_BYTES as u64 {
+        return Err(JsonProblem::TooLarge(what.to_owned(), bytes, MAX_RUN_INPUT_BYTES));
+    }
+    check_json(input, what)
+}
+
 /// What is wrong with a JSON value, and where (`input.items[3].name`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum JsonProblem {
@@ -24,6 +62,8 @@ pub enum JsonProblem {
     TooDeep(String),
     #[error("{0} holds a NUL character (\\u0000), which Braid cannot store")]
     Nul(String),
+    #[error("{0} is {1} bytes of JSON, over the limit of {2} bytes")]
+    TooLarge(String, u64, usize),
 }
 
 impl JsonProblem {
@@ -33,13 +73,19 @@ impl JsonProblem {
             JsonProblem::Syntax(_, err) => format!("not valid JSON: {err}"),
             JsonProblem::TooDeep(_) => format!("nests deeper than {MAX_JSON_DEPTH} levels of arrays and objects"),
             JsonProblem::Nul(_) => "holds a NUL character (\\u0000), which Braid cannot store".to_owned(),
+            JsonProblem::TooLarge(_, bytes, limit) => {
+                format!("is {bytes} bytes of JSON, over the limit of {limit} bytes")
+            }
         }
     }
 
     /// Where the problem is.
     pub fn path(&self) -> &str {
         match self {
-            JsonProblem::Syntax(path, _) | JsonProblem::TooDeep(path) | JsonProblem::Nul(path) => path,
+            JsonProblem::Syntax(path, _)
+            | JsonProblem::TooDeep(path)
+            | JsonProblem::Nul(path)
+            | JsonProblem::TooLarge(path, ..) => path,
         }
     }
 }

@@ -60,7 +60,7 @@ pub async fn start(
         }
         _ => return Err(ApiError::bad_request("the body must be an object: {\"input\": ..., \"version\": ...}")),
     };
-    crate::limits::check_json(&input, "input").map_err(|problem| {
+    crate::limits::check_run_input(&input, "input").map_err(|problem| {
         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, problem.to_string())
             .with_details(json!({ "path": problem.path() }))
     })?;

@@ -69,6 +69,16 @@ pub struct HostArgs {
     /// dies holds its runs this long before another host resumes them.
     #[arg(long, value_name = "MS", default_value_t = 15_000, value_parser = clap::value_parser!(u64).range(300..=3_600_000))]
     pub lease_ms: u64,
+    /// Most items a map may take; a longer list fails the map (a map's own `max_items` may
+    /// be lower).
+    #[arg(long, value_name = "N", default_value_t = crate::limits::DEFAULT_MAX_MAP_ITEMS,
+          value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub max_map_items: u64,
+    /// Most MiB of agent step inputs and outputs one run may record; the step that would
+    /// go beyond fails.
+    #[arg(long, value_name = "MIB", default_value_t = crate::limits::DEFAULT_MAX_RUN_BYTES >> 20,
+          value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    pub max_run_mb: u64,
 }
 
 impl HostArgs {
@@ -77,6 +87,8 @@ impl HostArgs {
         let host_id = self.host_id.clone().unwrap_or_else(crate::cluster::default_host_id);
         let mut config = crate::cluster::HostConfig::new(host_id);
         config.lease = std::time::Duration::from_millis(self.lease_ms);
+        config.run_limits =
+            crate::engine::RunLimits { max_map_items: self.max_map_items, max_run_bytes: self.max_run_mb << 20 };
         if let Some(max) = max_active_runs {
             config.max_active_runs = max;
         }

@@ -41,6 +41,7 @@ pub struct RunCommand {
 impl RunCommand {
     pub fn execute(self) -> anyhow::Result<Status> {
         let input = crate::limits::parse_json(&self.input, "--input")?;
+        crate::limits::check_run_input(&input, "--input")?;
         if !self.workflow.is_file() && is_workflow_name(&self.workflow) {
             return self.run_deployed(input);
         }

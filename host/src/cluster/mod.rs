@@ -29,6 +29,8 @@ pub struct HostConfig {
     /// How often a host looks for claimable runs and cancel requests without being woken
     /// (the fallback for missed notifications, and the only way on SQLite).
     pub poll: Duration,
+    /// What one run may take of this host.
+    pub run_limits: crate::engine::RunLimits,
 }
 
 impl HostConfig {
@@ -39,6 +41,7 @@ impl HostConfig {
             lease: DEFAULT_LEASE,
             max_active_runs: default_max_active_runs(),
             poll: Duration::from_millis(500),
+            run_limits: crate::engine::RunLimits::default(),
         }
     }
 }

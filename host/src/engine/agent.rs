@@ -124,6 +124,8 @@ async fn attempt_agent(
 ) -> (Ended, bool, Pending) {
     let sandbox = &context.engine.sandbox;
     let defaults = sandbox.config().default_limits;
+    let input_text = input.to_string();
+    let input_bytes = input_text.len() as u64;
     let request = ExecutionRequest {
         context: StepContext {
             run_id: context.run_id.to_string(),
@@ -133,7 +135,7 @@ async fn attempt_agent(
             attempt: u32::try_from(row.attempt).unwrap_or(1),
             idempotency_key: format!("{}/{}", context.run_id, row.step_key.as_deref().unwrap_or(&step.id)),
         },
-        input: input.to_string(),
+        input: input_text,
         limits: Some(Limits {
             timeout: agent_step.timeout_ms.map_or(defaults.timeout, Duration::from_millis),
             memory_bytes: agent_step.memory_mb.map_or(defaults.memory_bytes, |mb| mb.saturating_mul(1 << 20)),
@@ -168,7 +170,7 @@ async fn attempt_agent(
     row.execute_us = Some(micros(execution.execute));
     row.fuel_consumed = execution.fuel_consumed.map(|fuel| i64::try_from(fuel).unwrap_or(i64::MAX));
     row.memory_peak_bytes = Some(i64::try_from(execution.memory_peak_bytes).unwrap_or(i64::MAX));
-    let ended = Ended {
+    let mut ended = Ended {
         status: match execution.outcome {
             sandbox::Outcome::Succeeded => StepStatus::Succeeded,
             sandbox::Outcome::Cancelled => StepStatus::Cancelled,
@@ -177,6 +179,14 @@ async fn attempt_agent(
         output: execution.output,
         error: execution.error,
     };
+    // A run may record only so much: the step that would take it over its cap fails
+    // (its output is not kept), and so does every later one.
+    let output_bytes = ended.output.as_ref().map_or(0, crate::limits::json_len);
+    if let Err(over) = context.record_bytes(input_bytes + output_bytes)
+        && ended.status == StepStatus::Succeeded
+    {
+        ended = failed(over);
+    }
     let logs = log_records(row.id, execution.logs);
     let written = finish_row(context, row, &ended, logs);
     (ended, execution.retryable, written)

@@ -28,7 +28,18 @@ pub(super) async fn run(
     let mut row = new_row(context, step, placement);
     row.join_policy = Some(map.join_policy.label());
     let items = match map.items.render_async(scope).await {
-        Ok(Value::Array(items)) => Arc::new(items),
+        Ok(Value::Array(items)) => {
+            let host = context.engine.limits.max_map_items;
+            let (limit, whose) = match map.max_items {
+                Some(own) if own <= host => (own, "the map's max_items"),
+                _ => (host, "the host's --max-map-items"),
+            };
+            if items.len() as u64 > limit {
+                let error = format!("items: the list has {} items, over the limit of {limit} ({whose})", items.len());
+                return Ok(fail(context, step, row, error));
+            }
+            Arc::new(items)
+        }
         Ok(other) => return Ok(fail(context, step, row, format!("items: expected a list, got {other}"))),
         Err(err) => return Ok(fail(context, step, row, format!("items: {err}"))),
     };

@@ -134,6 +134,26 @@ pub struct Engine {
     recorder: Recorder,
     /// The host this engine runs in, recorded with every step execution.
     host_id: Arc<str>,
+    limits: RunLimits,
+}
+
+/// What one run may take of a host, beyond what its definition says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunLimits {
+    /// Most items a map takes (`--max-map-items`); a longer list fails the map.
+    pub max_map_items: u64,
+    /// Most bytes of agent step inputs and outputs a run records (`--max-run-mb`); the
+    /// step that would go beyond fails, and so does the run.
+    pub max_run_bytes: u64,
+}
+
+impl Default for RunLimits {
+    fn default() -> Self {
+        RunLimits {
+            max_map_items: crate::limits::DEFAULT_MAX_MAP_ITEMS,
+            max_run_bytes: crate::limits::DEFAULT_MAX_RUN_BYTES,
+        }
+    }
 }
 
 /// Everything a running step needs, shared by all tasks of one run.
@@ -145,12 +165,27 @@ struct RunContext {
     fence: Fence,
     /// Rows of earlier drives of this run, by step key: what succeeded is not run again.
     previous: Previous,
+    /// Bytes of agent step inputs and outputs recorded so far (earlier drives' included).
+    recorded_bytes: std::sync::atomic::AtomicU64,
 }
 
 impl RunContext {
     /// Queues a step row (with its logs) under the run's fence.
     fn write(&self, row: StepRecord, logs: Vec<LogRecord>) -> Pending {
         self.engine.recorder.step(row, logs, &self.fence)
+    }
+
+    /// Counts `bytes` more recorded; an error once the run is over its cap.
+    fn record_bytes(&self, bytes: u64) -> Result<(), String> {
+        let cap = self.engine.limits.max_run_bytes;
+        let total = self.recorded_bytes.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed) + bytes;
+        if total > cap {
+            return Err(format!(
+                "the run's agent steps have produced {total} bytes of inputs and outputs, over the run's cap of \
+                 {cap} bytes (--max-run-mb)"
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -239,7 +274,13 @@ impl Ended {
 
 impl Engine {
     pub fn new(sandbox: Arc<Sandbox>, recorder: Recorder) -> Self {
-        Engine { sandbox, recorder, host_id: crate::cluster::default_host_id().into() }
+        Engine { sandbox, recorder, host_id: crate::cluster::default_host_id().into(), limits: RunLimits::default() }
+    }
+
+    /// The same engine, holding runs to `limits`.
+    pub fn with_limits(mut self, limits: RunLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// The same engine, recording `host_id` as the host of what it runs.
@@ -345,6 +386,7 @@ impl Engine {
             run_id: run.id,
             fence: fence.clone(),
             previous: Previous::new(&rows, run.started_at),
+            recorded_bytes: std::sync::atomic::AtomicU64::new(recorded_bytes(&rows)),
         });
         if !context.previous.is_empty() {
             tracing::info!(run_id = %run.id, "resuming: reusing what succeeded");
@@ -601,6 +643,15 @@ fn new_row(context: &RunContext, step: &Step, placement: &Placement) -> StepReco
         queued_us: None,
         host_id: Some(context.engine.host_id.to_string()),
     }
+}
+
+/// What earlier drives recorded of agent step inputs and outputs.
+fn recorded_bytes(rows: &[StepRecord]) -> u64 {
+    rows.iter()
+        .filter(|row| row.step_type == "agent")
+        .flat_map(|row| [&row.input, &row.output])
+        .map(|value| value.as_ref().map_or(0, crate::limits::json_len))
+        .sum()
 }
 
 /// Ends `row` as `ended` and queues it (with `logs`) for the next commit.

@@ -111,6 +111,8 @@ impl StepKind {
 pub struct MapBlock {
     pub items: Template,
     pub max_parallelism: u32,
+    /// Most items the map takes (beyond the host's `--max-map-items`); a longer list fails it.
+    pub max_items: Option<u64>,
     pub join_policy: JoinPolicy,
     pub tolerated_failures: u32,
     /// The steps run for each item (`item` and `index` in scope).

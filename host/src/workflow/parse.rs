@@ -9,6 +9,7 @@ use super::model::{
 use super::{InvalidWorkflow, Problem, Template};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
+use std::ops::RangeInclusive;
 use std::sync::Arc;
 
 const WORKFLOW_FIELDS: &[&str] =
@@ -19,12 +20,27 @@ const BRANCH_STEP_FIELDS: &[&str] = &["id", "type", "if", "name"];
 const AGENT_FIELDS: &[&str] = &["agent", "input", "timeout_ms", "memory_mb", "fuel", "config", "retry"];
 const RETRY_FIELDS: &[&str] = &["max_attempts", "initial_backoff_ms", "max_backoff_ms", "jitter"];
 const PARALLEL_FIELDS: &[&str] = &["max_parallelism", "join_policy", "tolerated_failures", "branches", "timeout_ms"];
-const MAP_FIELDS: &[&str] = &["items", "max_parallelism", "join_policy", "tolerated_failures", "step", "timeout_ms"];
+const MAP_FIELDS: &[&str] =
+    &["items", "max_parallelism", "max_items", "join_policy", "tolerated_failures", "step", "timeout_ms"];
 const SWITCH_FIELDS: &[&str] = &["cases", "default", "timeout_ms"];
 const LOOP_FIELDS: &[&str] = &["steps", "until", "max_iterations", "on_max_iterations", "timeout_ms"];
 const STEP_TYPES: &[&str] = &["agent", "parallel", "map", "switch", "loop"];
 /// A map runs this many items at once unless it says otherwise.
-const DEFAULT_MAP_PARALLELISM: u64 = 16;
+const DEFAULT_MAP_PARALLELISM: u32 = 16;
+/// Longest `timeout_ms`: a week.
+pub const MAX_TIMEOUT_MS: u64 = 7 * 24 * 3_600_000;
+/// Most attempts a retry policy may ask for.
+pub const MAX_ATTEMPTS: u64 = 100;
+/// Longest backoff between attempts: an hour.
+pub const MAX_BACKOFF_MS: u64 = 3_600_000;
+/// Largest `max_parallelism` of a block or map.
+pub const MAX_PARALLELISM: u64 = 10_000;
+/// Largest `tolerated_failures` and quorum.
+pub const MAX_COUNT: u64 = 1_000_000;
+/// Largest `max_iterations` of a loop.
+pub const MAX_ITERATIONS: u64 = 100_000;
+/// Largest `max_items` a map may declare (the host's `--max-map-items` may be lower).
+pub const MAX_MAP_ITEMS: u64 = 10_000_000;
 
 /// Parses a definition (JSON text), then validates its structure; see also [`super::validate`].
 pub fn parse(text: &str) -> Result<Workflow, InvalidWorkflow> {
@@ -98,16 +114,27 @@ impl Parser {
         }
     }
 
-    fn integer(&mut self, fields: &Fields, key: &str, min: u64) -> Option<u64> {
+    /// A whole number within `range`, or a problem naming the field: nothing is silently
+    /// truncated or clamped (`4294967296` is not a `max_parallelism` of 0).
+    fn integer<T: TryFrom<u64>>(&mut self, fields: &Fields, key: &str, range: RangeInclusive<u64>) -> Option<T> {
         let value = fields.map.get(key)?;
+        self.whole_number(value, &fields.at(key), range)
+    }
+
+    fn whole_number<T: TryFrom<u64>>(&mut self, value: &Value, path: &str, range: RangeInclusive<u64>) -> Option<T> {
+        let (min, max) = (*range.start(), *range.end());
         match value.as_u64() {
-            Some(n) if n >= min => Some(n),
+            Some(n) if range.contains(&n) => T::try_from(n).ok(),
+            Some(n) if n < min => {
+                self.problem(path, format!("must be at least {min}, not {n}"));
+                None
+            }
             Some(n) => {
-                self.problem(fields.at(key), format!("must be at least {min}, not {n}"));
+                self.problem(path, format!("must be at most {max}, not {n}"));
                 None
             }
             None => {
-                self.problem(fields.at(key), format!("must be a whole number ≥ {min}, not {value}"));
+                self.problem(path, format!("must be a whole number from {min} to {max}, not {value}"));
                 None
             }
         }
@@ -148,7 +175,7 @@ impl Parser {
                 }
             },
         };
-        let timeout_ms = self.integer(&fields, "timeout_ms", 1);
+        let timeout_ms = self.integer(&fields, "timeout_ms", 1..=MAX_TIMEOUT_MS);
         Some(Workflow {
             name: name?,
             version: version?,
@@ -224,7 +251,8 @@ impl Parser {
         };
         let condition = fields.map.get("if").and_then(|value| self.condition(value, &fields.at("if")));
         // An agent step's timeout_ms is its sandbox deadline (read with its fields).
-        let timeout_ms = if step_type == "agent" { None } else { self.integer(&fields, "timeout_ms", 1) };
+        let timeout_ms =
+            if step_type == "agent" { None } else { self.integer(&fields, "timeout_ms", 1..=MAX_TIMEOUT_MS) };
         Some(Step { id: id?, path: path.to_owned(), condition, timeout_ms, kind: kind? })
     }
 
@@ -234,9 +262,9 @@ impl Parser {
             Some(value) => self.template(value, &fields.at("input")),
             None => Template::compile(&Value::Object(Map::new())).ok(),
         };
-        let timeout_ms = self.integer(fields, "timeout_ms", 1);
-        let memory_mb = self.integer(fields, "memory_mb", 1);
-        let fuel = self.integer(fields, "fuel", 1);
+        let timeout_ms = self.integer(fields, "timeout_ms", 1..=MAX_TIMEOUT_MS);
+        let memory_mb = self.integer(fields, "memory_mb", 1..=crate::limits::MAX_STEP_MEMORY_MB);
+        let fuel = self.integer(fields, "fuel", 1..=i64::MAX as u64);
         let config = self.config(fields)?;
         let retry = match fields.map.get("retry") {
             Some(value) => Some(self.retry(value, &fields.at("retry"))?),
@@ -268,11 +296,12 @@ impl Parser {
         let fields = self.object(value, path, "a retry policy")?;
         self.unknown_fields(&fields, &[RETRY_FIELDS], "a retry policy");
         let defaults = RetryPolicy::default();
-        let max_attempts =
-            self.integer(&fields, "max_attempts", 1).map_or(defaults.max_attempts, |n| n.min(100) as u32);
-        let initial_backoff_ms = self.integer(&fields, "initial_backoff_ms", 0).unwrap_or(defaults.initial_backoff_ms);
-        let max_backoff_ms =
-            self.integer(&fields, "max_backoff_ms", 0).unwrap_or(defaults.max_backoff_ms.max(initial_backoff_ms));
+        let max_attempts = self.integer(&fields, "max_attempts", 1..=MAX_ATTEMPTS).unwrap_or(defaults.max_attempts);
+        let initial_backoff_ms =
+            self.integer(&fields, "initial_backoff_ms", 0..=MAX_BACKOFF_MS).unwrap_or(defaults.initial_backoff_ms);
+        let max_backoff_ms = self
+            .integer(&fields, "max_backoff_ms", 0..=MAX_BACKOFF_MS)
+            .unwrap_or(defaults.max_backoff_ms.max(initial_backoff_ms));
         let jitter = match fields.map.get("jitter") {
             None => defaults.jitter,
             Some(Value::Bool(jitter)) => *jitter,
@@ -313,11 +342,11 @@ impl Parser {
 
     fn parallel_block(&mut self, fields: &Fields) -> Option<ParallelBlock> {
         let join_policy = self.join_policy(fields);
-        let tolerated_failures = self.integer(fields, "tolerated_failures", 0).unwrap_or(0) as u32;
+        let tolerated_failures = self.integer(fields, "tolerated_failures", 0..=MAX_COUNT).unwrap_or(0);
         let branches = self.branches(fields);
         let max_parallelism = match fields.map.get("max_parallelism") {
-            None => branches.as_ref().map_or(1, |b| b.len() as u32),
-            Some(_) => self.integer(fields, "max_parallelism", 1)? as u32,
+            None => branches.as_ref().map_or(1, |b| u32::try_from(b.len()).unwrap_or(u32::MAX)),
+            Some(_) => self.integer(fields, "max_parallelism", 1..=MAX_PARALLELISM)?,
         };
         Some(ParallelBlock { max_parallelism, join_policy: join_policy?, tolerated_failures, branches: branches? })
     }
@@ -336,10 +365,11 @@ impl Parser {
         };
         let max_parallelism = match fields.map.get("max_parallelism") {
             None => Some(DEFAULT_MAP_PARALLELISM),
-            Some(_) => self.integer(fields, "max_parallelism", 1),
+            Some(_) => self.integer(fields, "max_parallelism", 1..=MAX_PARALLELISM),
         };
+        let max_items = self.integer(fields, "max_items", 1..=MAX_MAP_ITEMS);
         let join_policy = self.join_policy(fields);
-        let tolerated_failures = self.integer(fields, "tolerated_failures", 0).unwrap_or(0) as u32;
+        let tolerated_failures = self.integer(fields, "tolerated_failures", 0..=MAX_COUNT).unwrap_or(0);
         // `step` is one agent step (its id defaults to `<map id>_item`) or `{ "steps": [...] }`.
         let path = fields.at("step");
         let body = match fields.map.get("step") {
@@ -359,7 +389,8 @@ impl Parser {
         };
         Some(MapBlock {
             items: items?,
-            max_parallelism: max_parallelism? as u32,
+            max_parallelism: max_parallelism?,
+            max_items,
             join_policy: join_policy?,
             tolerated_failures,
             body: body?,
@@ -410,7 +441,7 @@ impl Parser {
         };
         let max_iterations = match fields.map.get("max_iterations") {
             None => Some(10),
-            Some(_) => self.integer(fields, "max_iterations", 1),
+            Some(_) => self.integer(fields, "max_iterations", 1..=MAX_ITERATIONS),
         };
         let fail_at_max = match fields.map.get("on_max_iterations").map(|v| v.as_str()) {
             None | Some(Some("fail")) => true,
@@ -436,16 +467,9 @@ impl Parser {
                     None
                 }
             },
-            Some(Value::Object(map)) if map.len() == 1 && map.contains_key("quorum") => match map["quorum"].as_u64() {
-                Some(n) if n >= 1 => Some(JoinPolicy::Quorum(n as u32)),
-                _ => {
-                    self.problem(
-                        format!("{path}.quorum"),
-                        format!("must be a whole number ≥ 1, not {}", map["quorum"]),
-                    );
-                    None
-                }
-            },
+            Some(Value::Object(map)) if map.len() == 1 && map.contains_key("quorum") => {
+                self.whole_number(&map["quorum"], &format!("{path}.quorum"), 1..=MAX_COUNT).map(JoinPolicy::Quorum)
+            }
             Some(other) => {
                 self.problem(
                     path,
