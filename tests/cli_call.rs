@@ -123,7 +123,8 @@ fn bad_usage_and_bad_input_exit_2_with_the_reason() {
     );
     assert_refused(&["call", misbehave, "--input", "{not json"], "--input is not valid JSON");
     assert_refused(&["call", misbehave, "--config", "novalue"], "expected KEY=VALUE");
-    assert_refused(&["call", misbehave, "--memory-mb", "0"], "--memory-mb must be at least 1");
+    assert_refused(&["call", misbehave, "--memory-mb", "0"], "0 is not in 1..=1024");
+    assert_refused(&["call", misbehave, "--memory-mb", "1000000"], "1000000 is not in 1..=1024");
     assert_refused(&["call"], "AGENT.wasm");
     assert_refused(&["call", misbehave, "--output", "yaml"], "invalid value 'yaml'");
 }

@@ -24,9 +24,12 @@ use uuid::Uuid;
 
 /// A run with every kind of step: a sequence, a 200-branch parallel block, a 500-item
 /// map and a loop, each step a short sleep in a real instance.
-fn durable_workflow() -> Value {
+/// `unit_ms` is how long each branch and item sleeps.
+fn durable_workflow(unit_ms: u64) -> Value {
     let branches: Vec<Value> = (0..200)
-        .map(|i| json!({ "name": format!("b{i}"), "agent": "misbehave", "input": { "action": "sleep", "ms": 4 } }))
+        .map(
+            |i| json!({ "name": format!("b{i}"), "agent": "misbehave", "input": { "action": "sleep", "ms": unit_ms } }),
+        )
         .collect();
     json!({
         "name": "durable",
@@ -36,7 +39,7 @@ fn durable_workflow() -> Value {
             { "id": "fan", "type": "parallel", "max_parallelism": 16, "branches": branches },
             {
                 "id": "items", "type": "map", "items": "${ input.items }", "max_parallelism": 16,
-                "step": { "id": "each", "agent": "misbehave", "input": { "action": "sleep", "ms": 4 } }
+                "step": { "id": "each", "agent": "misbehave", "input": { "action": "sleep", "ms": unit_ms } }
             },
             {
                 "id": "again", "type": "loop", "max_iterations": 6, "until": "${ iteration >= 3 }",
@@ -145,7 +148,7 @@ async fn kill_nine_harness(db: TestDb, kills: usize) {
     let flags = ["--lease-ms", "800", "--grace-period-ms", "0"];
     let client = Client::new();
     let mut server = Server::start(&db.url, cache.path(), None, &flags);
-    deploy(&client, &server, &durable_workflow()).await;
+    deploy(&client, &server, &durable_workflow(4)).await;
     let mut ids = Vec::new();
     for _ in 0..3 {
         ids.push(post_run(&client, &server, "durable", durable_input()).await);
@@ -189,7 +192,9 @@ async fn two_hosts_restarted_repeatedly_finish_every_run_exactly_once() {
     let client = Client::new();
     let mut a = Server::start(&db.url, cache_a.path(), None, &flags);
     let mut b = Server::start(&db.url, cache_b.path(), None, &flags);
-    deploy(&client, &a, &durable_workflow()).await;
+    // Items long enough that the runs are still going when the hosts start coming and going
+    // (with 4 ms items a fast machine finished them all before the first restart).
+    deploy(&client, &a, &durable_workflow(25)).await;
     let mut ids = Vec::new();
     for i in 0..6 {
         let server = if i % 2 == 0 { &a } else { &b };

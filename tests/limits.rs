@@ -532,6 +532,9 @@ async fn out_of_range_integers_in_definitions_are_named_not_truncated() {
             "steps[0].retry.max_attempts",
             "at most 100",
         ),
+        // Agent references are names: nothing outside --agents DIR is loaded.
+        (json!({ "id": "e", "agent": "../echo" }), "steps[0].agent", "is not an agent name"),
+        (json!({ "id": "e", "agent": "/etc/passwd" }), "steps[0].agent", "is not an agent name"),
     ];
     for (step_json, path, expected) in cases {
         let file = dir.path().join("wf.json");
@@ -548,4 +551,58 @@ async fn out_of_range_integers_in_definitions_are_named_not_truncated() {
         let stderr = String::from_utf8_lossy(&checked.stderr);
         assert!(stderr.contains(path) && stderr.contains(expected), "{path}: {stderr}");
     }
+}
+
+#[tokio::test]
+async fn a_closed_pipe_ends_the_cli_quietly_and_internal_errors_tell_clients_no_database_text() {
+    let db = TestDb::postgres().await;
+    let dir = scratch();
+    let file = dir.path().join("wide.json");
+    std::fs::write(&file, map_of("wide", None).to_string()).unwrap();
+    let items: Vec<u32> = (0..3000).collect();
+    let ran = braid()
+        .arg("run")
+        .arg(&file)
+        .args(["--agents", braid_test_artifacts::agents_dir().to_str().unwrap(), "--output", "json"])
+        .args(["--input", &json!({ "items": items }).to_string(), "--database-url", &db.url])
+        .arg("--cache-dir")
+        .arg(dir.path().join("cache"))
+        .output()
+        .unwrap();
+    assert!(ran.status.success(), "{}", String::from_utf8_lossy(&ran.stderr));
+    let id = serde_json::from_slice::<Value>(&ran.stdout).unwrap()["run_id"].as_str().unwrap().to_owned();
+
+    // `braid runs show ID --output json | head -c 100`: megabytes into a pipe closed early.
+    let mut shown = braid()
+        .args(["runs", "show", &id, "--output", "json", "--database-url", &db.url])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 100];
+    std::io::Read::read_exact(shown.stdout.as_mut().unwrap(), &mut first).unwrap();
+    drop(shown.stdout.take());
+    let ended = shown.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&ended.stderr);
+    assert_ne!(ended.status.code(), Some(101), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    // A failure of the host's own: the client hears of an incident, not of relations.
+    let cache = scratch();
+    let server = Server::start(&db.url, cache.path(), None, &[]);
+    let client = Client::new();
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&db.url).await.unwrap();
+    sqlx::query("ALTER TABLE step_logs RENAME TO step_logs_gone").execute(&pool).await.unwrap();
+    let response = client.get(server.url(&format!("/v1/runs/{id}"))).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let body: Value = response.json().await.unwrap();
+    let error = body["error"].as_str().unwrap();
+    assert!(error.starts_with("internal error (incident "), "{body}");
+    assert!(!body.to_string().contains("step_logs"), "no database text reaches the client: {body}");
+    assert!(body["details"]["incident"].is_string());
+    sqlx::query("ALTER TABLE step_logs_gone RENAME TO step_logs").execute(&pool).await.unwrap();
+    pool.close().await;
+    drop(server);
+    db.drop_database().await;
 }

@@ -19,6 +19,9 @@
 //! The engine knows nothing of wasmtime or SQL; the sandbox knows nothing of workflows;
 //! the store knows nothing of either.
 
+// Lossy casts hid a real bug (a definition's 4294967296 became 0): every narrowing is explicit.
+#![warn(clippy::cast_possible_truncation)]
+
 pub mod api;
 pub mod cli;
 pub mod cluster;

@@ -1,6 +1,6 @@
 //! The API's errors: one JSON shape everywhere, `{ "error": ..., "details": ... }`, with
-//! one status code per kind of failure. Internal failures say what failed without leaking
-//! more than the message.
+//! one status code per kind of failure. Internal failures answer a generic message with an
+//! incident id; the detail (with its sources) goes to the log.
 
 use crate::registry::{DeployError, PlanError};
 use crate::sandbox::LoadError;
@@ -44,9 +44,25 @@ impl IntoResponse for ApiError {
 }
 
 impl From<StoreError> for ApiError {
+    /// A failure of the host's own: the client learns that it happened and an incident id,
+    /// the log learns the detail (never raw database text to clients).
     fn from(err: StoreError) -> Self {
-        tracing::error!("store: {err}");
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, err.to_string())
+        let incident = uuid::Uuid::now_v7();
+        // The chain of sources, each said once (a message often repeats its source's).
+        let mut detail = String::new();
+        for cause in std::iter::successors(Some(&err as &dyn std::error::Error), |e| e.source()) {
+            let text = cause.to_string();
+            if !detail.contains(&text) {
+                detail = if detail.is_empty() { text } else { format!("{detail}: {text}") };
+            }
+        }
+        tracing::error!(%incident, "request failed: {detail}");
+        let (status, what) = match err {
+            StoreError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "the database is unavailable"),
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
+        };
+        ApiError::new(status, format!("{what} (incident {incident}; the server's log has the details)"))
+            .with_details(json!({ "incident": incident }))
     }
 }
 

@@ -2,7 +2,7 @@
 
 use super::{OutputFormat, Status};
 use crate::sandbox::{Execution, ExecutionRequest, Limits, Sandbox, SandboxConfig, StepContext};
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use clap::Args;
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -18,14 +18,14 @@ pub struct CallCommand {
     /// The input, as JSON text.
     #[arg(long, default_value = "{}")]
     input: String,
-    /// Wall-clock limit for the call, in milliseconds.
-    #[arg(long, value_name = "N")]
+    /// Wall-clock limit for the call, in milliseconds (at most a week).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=604_800_000))]
     timeout_ms: Option<u64>,
-    /// Memory limit, in MiB.
-    #[arg(long, value_name = "N")]
+    /// Memory limit, in MiB (at most 1024, the host's maximum).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=crate::limits::MAX_STEP_MEMORY_MB))]
     memory_mb: Option<u64>,
     /// Fuel budget (a deterministic CPU limit); metered but unlimited when absent.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=i64::MAX as u64))]
     fuel: Option<u64>,
     /// A configuration value the agent can read (repeatable).
     #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_key_value)]
@@ -51,15 +51,9 @@ impl CallCommand {
             memory_bytes: self.memory_mb.map(|mb| mb.saturating_mul(1 << 20)).unwrap_or(defaults.memory_bytes),
             fuel: self.fuel,
         };
-        if limits.memory_bytes == 0 {
-            bail!("--memory-mb must be at least 1");
-        }
         let wasm = std::fs::read(&self.agent).with_context(|| format!("cannot read {}", self.agent.display()))?;
-        let sandbox = Sandbox::new(SandboxConfig {
-            max_instances: 1,
-            max_memory_bytes: limits.memory_bytes.max(SandboxConfig::default().max_memory_bytes),
-            ..SandboxConfig::default()
-        })?;
+        // The pool's slots are sized for the host maximum, which --memory-mb cannot exceed.
+        let sandbox = Sandbox::new(SandboxConfig { max_instances: 1, ..SandboxConfig::default() })?;
         let agent = sandbox.load(&wasm).with_context(|| format!("{} is not a usable agent", self.agent.display()))?;
 
         let request = ExecutionRequest {
@@ -90,9 +84,9 @@ fn call_json(execution: &Execution) -> serde_json::Value {
         "error": execution.error,
         "retryable": execution.retryable,
         "logs": execution.logs,
-        "duration_us": execution.duration().as_micros() as u64,
-        "instantiate_us": execution.instantiate.as_micros() as u64,
-        "execute_us": execution.execute.as_micros() as u64,
+        "duration_us": u64::try_from(execution.duration().as_micros()).unwrap_or(u64::MAX),
+        "instantiate_us": u64::try_from(execution.instantiate.as_micros()).unwrap_or(u64::MAX),
+        "execute_us": u64::try_from(execution.execute.as_micros()).unwrap_or(u64::MAX),
         "fuel_consumed": execution.fuel_consumed,
         "memory_peak_bytes": execution.memory_peak_bytes,
     })

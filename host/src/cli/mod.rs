@@ -126,6 +126,9 @@ impl From<Status> for ExitCode {
 /// that stop a command before it runs (bad usage, bad input) exit with 2.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_)) {
+        end_quietly_on_a_closed_pipe();
+    }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("BRAID_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
@@ -145,6 +148,17 @@ pub fn main() -> ExitCode {
             eprintln!("error: {err:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// `braid runs list | head` closes the pipe early: end as other Unix tools do, at once and
+/// without a message, rather than panic in `println!` (Rust ignores SIGPIPE by default).
+/// Not for `braid serve`, which must outlive whoever started it.
+fn end_quietly_on_a_closed_pipe() {
+    #[cfg(unix)]
+    // SAFETY: restoring a signal's default disposition at start-up, before any thread.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

@@ -47,9 +47,8 @@ impl RunCommand {
         }
         let text = std::fs::read_to_string(&self.workflow)
             .with_context(|| format!("cannot read {}", self.workflow.display()))?;
-        let definition = workflow::parse(&text)?;
         let agents = AgentDirectory::new(&self.agents);
-        workflow::validate(&definition, &|reference| agents.path_of(reference).is_some())?;
+        let definition = workflow::check(&text, &|reference| agents.path_of(reference).is_some())?;
         definition.check_input(&input)?;
         let sandbox = Arc::new(Sandbox::new(SandboxConfig::default())?);
         let resolved = agents.resolve(&definition, &sandbox)?;
@@ -104,10 +103,22 @@ impl RunCommand {
                 on_interrupt.cancel(id);
             }
         });
-        let run = runner.wait(started.run_id, started.task).await?;
-        print_run(store, &run, self.output).await?;
-        store.close().await?;
-        Ok(if run.status == RunStatus::Succeeded { Status::Succeeded } else { Status::Failed })
+        // From here on the run exists and steps may have run: whatever goes wrong, the exit
+        // code is 1 (a run that did not succeed), never 2 (refused before anything ran).
+        let finished = async {
+            let run = runner.wait(started.run_id, started.task).await?;
+            print_run(store, &run, self.output).await?;
+            store.close().await?;
+            anyhow::Ok(run.status)
+        };
+        match finished.await {
+            Ok(RunStatus::Succeeded) => Ok(Status::Succeeded),
+            Ok(_) => Ok(Status::Failed),
+            Err(err) => {
+                eprintln!("error: run {id} started, but {err:#} (see `braid runs show {id}`)");
+                Ok(Status::Failed)
+            }
+        }
     }
 }
 

@@ -72,7 +72,7 @@ impl ServeCommand {
         runtime.block_on(async move {
             let store = Store::open(&self.database.database_url).await?;
             let registry = Arc::new(Registry::new(store.clone(), sandbox.clone(), &self.registry.cache_dir));
-            let config = self.host.config(self.max_active_runs.map(|n| n as usize));
+            let config = self.host.config(self.max_active_runs.map(|n| usize::try_from(n).unwrap_or(usize::MAX)));
             let runner = Runner::new(Engine::new(sandbox.clone(), store.recorder().clone()), registry.clone(), config);
             let listener = tokio::net::TcpListener::bind(self.listen)
                 .await

@@ -173,7 +173,7 @@ impl Runner {
     pub async fn drive(self: &Arc<Self>, id: Uuid) -> Result<Option<RunRecord>, StoreError> {
         match self.try_claim(id).await? {
             Some(task) => {
-                task.await.map_err(|err| StoreError::Query(format!("the run's task failed: {err}")))?.map(Some)
+                task.await.map_err(|err| StoreError::Internal(format!("the run's task failed: {err}")))?.map(Some)
             }
             None => Ok(None),
         }
@@ -187,13 +187,13 @@ impl Runner {
         task: Option<JoinHandle<Result<RunRecord, StoreError>>>,
     ) -> Result<RunRecord, StoreError> {
         if let Some(task) = task {
-            return task.await.map_err(|err| StoreError::Query(format!("the run's task failed: {err}")))?;
+            return task.await.map_err(|err| StoreError::Internal(format!("the run's task failed: {err}")))?;
         }
         loop {
             match self.store().get_run(id).await? {
                 Some(run) if run.status.is_terminal() => return Ok(run),
                 Some(_) => tokio::time::sleep(WAIT_POLL).await,
-                None => return Err(StoreError::Query(format!("run {id} disappeared"))),
+                None => return Err(StoreError::Internal(format!("run {id} disappeared"))),
             }
         }
     }

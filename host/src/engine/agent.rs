@@ -202,7 +202,7 @@ fn log_records(step_execution_id: Uuid, lines: Vec<LogLine>) -> Vec<LogRecord> {
         .enumerate()
         .map(|(seq, line)| LogRecord {
             step_execution_id,
-            seq: seq as i32,
+            seq: i32::try_from(seq).unwrap_or(i32::MAX),
             level: line.level.as_str().to_owned(),
             source: serde_json::to_value(line.source)
                 .ok()

@@ -48,7 +48,8 @@ pub(super) async fn fan_out(
     mut not_started: impl FnMut(usize) -> Vec<Pending>,
 ) -> Result<FanOutEnd, StoreError> {
     let block_cancel = cancel.child_token();
-    let mut tally = Tally { policy, tolerated, total: count as u32, succeeded: 0, failed: 0 };
+    let mut tally =
+        Tally { policy, tolerated, total: u32::try_from(count).unwrap_or(u32::MAX), succeeded: 0, failed: 0 };
     // Nothing to run (an empty map): done at once; only a quorum cannot be met.
     let mut verdict = match (count, policy) {
         (0, JoinPolicy::Quorum(_)) => Verdict::Failed,
@@ -68,7 +69,7 @@ pub(super) async fn fan_out(
         }
         let Some(joined) = running.join_next().await else { break };
         let (index, mut finished) =
-            joined.map_err(|err| StoreError::Query(format!("a branch task failed: {err}")))??;
+            joined.map_err(|err| StoreError::Internal(format!("a branch task failed: {err}")))??;
         // Units stopped because the policy had already decided do not change the verdict.
         if verdict == Verdict::Undecided
             && !(finished.ended.status == StepStatus::Cancelled && block_cancel.is_cancelled())

@@ -154,13 +154,12 @@ impl Registry {
                 }
             }
         }
-        let parsed = workflow::parse(&definition.to_string())?;
         let deployed_agents = self.store.list_agents(None).await?;
         let known: BTreeSet<String> = deployed_agents
             .iter()
             .flat_map(|agent| [agent.name.clone(), format!("{}@{}", agent.name, agent.version)])
             .collect();
-        workflow::validate(&parsed, &|reference| known.contains(reference))?;
+        workflow::check(&definition.to_string(), &|reference| known.contains(reference))?;
         let record = WorkflowRecord {
             name: name.to_owned(),
             version: version.to_owned(),

@@ -208,7 +208,10 @@ impl Sandbox {
         if output.len() > cap {
             return Err(format!("the output is {} bytes, over the cap of {cap} bytes", output.len()));
         }
-        crate::limits::parse_json(output, "the output").map_err(|problem| problem.to_string())
+        crate::limits::parse_json(output, "the output").map_err(|problem| match problem {
+            crate::limits::JsonProblem::Syntax(_, err) => format!("the output is not JSON: {err}"),
+            other => other.to_string(),
+        })
     }
 
     /// A readable message for a failed execution. For traps it ends with the tail of the

@@ -276,7 +276,7 @@ mod system_time_micros {
 
     pub fn serialize<S: Serializer>(time: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
         let micros = time.duration_since(UNIX_EPOCH).map(|d| d.as_micros()).unwrap_or(0);
-        serializer.serialize_u64(micros as u64)
+        serializer.serialize_u64(u64::try_from(micros).unwrap_or(u64::MAX))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SystemTime, D::Error> {

@@ -80,10 +80,10 @@ impl Default for SandboxConfig {
     fn default() -> Self {
         SandboxConfig {
             max_instances: 128,
-            max_memory_bytes: 1024 * MIB,
+            max_memory_bytes: crate::limits::MAX_STEP_MEMORY_MB * MIB,
             default_limits: Limits::default(),
-            max_input_bytes: 8 * MIB as usize,
-            max_output_bytes: 8 * MIB as usize,
+            max_input_bytes: 8 << 20,
+            max_output_bytes: 8 << 20,
             max_log_bytes: 256 * 1024,
             epoch_tick: Duration::from_millis(5),
             allocator: AllocatorChoice::Auto,
@@ -249,7 +249,7 @@ fn build_engine(config: &SandboxConfig, pooling: bool) -> Result<Engine, Sandbox
             .total_tables(slots * 8)
             .max_tables_per_component(8)
             .total_stacks(slots)
-            .max_memory_size(config.max_memory_bytes as usize)
+            .max_memory_size(usize::try_from(config.max_memory_bytes).unwrap_or(usize::MAX))
             // Reset small memories and tables with memset instead of madvise: the
             // biggest lever on instantiation cost (see REFERENCE.md figures).
             .linear_memory_keep_resident(1 << 20)

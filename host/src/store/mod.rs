@@ -83,13 +83,16 @@ pub enum StoreError {
     #[error("unsupported database URL {0:?}: expected postgres://... or sqlite://...")]
     UnsupportedUrl(String),
     #[error("could not open the database: {0}")]
-    Connect(String),
+    Connect(#[source] SourceError),
     #[error("database migration failed: {0}")]
-    Migrate(String),
+    Migrate(#[source] SourceError),
     #[error("database query failed: {0}")]
-    Query(String),
+    Query(#[source] SourceError),
     #[error("the database is unreachable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] SourceError),
+    /// A task of the host's own failed (a panic, say): a bug, not the database.
+    #[error("{0}")]
+    Internal(String),
     #[error("run {0}: this host no longer holds the run's lease (another host took it over)")]
     LeaseLost(Uuid),
     #[error("the database holds a value Braid cannot read: {0}")]
@@ -110,9 +113,42 @@ impl StoreError {
             }),
             _ => false,
         };
-        if transient { StoreError::Unavailable(err.to_string()) } else { StoreError::Query(err.to_string()) }
+        let err = SourceError::new(err);
+        if transient { StoreError::Unavailable(err) } else { StoreError::Query(err) }
     }
 }
+
+/// An error from the database driver, kept whole as the source of a [`StoreError`] and
+/// shared by every writer waiting on the commit that failed.
+#[derive(Debug, Clone)]
+pub struct SourceError(std::sync::Arc<dyn std::error::Error + Send + Sync>);
+
+impl SourceError {
+    fn new(err: impl std::error::Error + Send + Sync + 'static) -> Self {
+        SourceError(std::sync::Arc::new(err))
+    }
+}
+
+impl std::fmt::Display for SourceError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for SourceError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+/// Two errors are the same when they say the same (tests compare store results).
+impl PartialEq for SourceError {
+    fn eq(&self, other: &Self) -> bool {
+        self.to_string() == other.to_string()
+    }
+}
+
+impl Eq for SourceError {}
 
 /// Calls the backend function of the store's database.
 macro_rules! dispatch {
@@ -165,13 +201,13 @@ impl Store {
                 .acquire_timeout(Duration::from_secs(10))
                 .connect(url)
                 .await
-                .map_err(|e| StoreError::Connect(e.to_string()))?;
+                .map_err(|e| StoreError::Connect(SourceError::new(e)))?;
             Pool::Postgres(pool)
         } else if url.starts_with("sqlite:") {
             // WAL with synchronous=NORMAL: a commit survives the process dying; only a
             // power loss can take the last commits with it.
             let options = SqliteConnectOptions::from_str(url)
-                .map_err(|e| StoreError::Connect(e.to_string()))?
+                .map_err(|e| StoreError::Connect(SourceError::new(e)))?
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Normal)
@@ -181,7 +217,7 @@ impl Store {
                 .max_connections(4)
                 .connect_with(options)
                 .await
-                .map_err(|e| StoreError::Connect(e.to_string()))?;
+                .map_err(|e| StoreError::Connect(SourceError::new(e)))?;
             Pool::Sqlite(pool)
         } else {
             return Err(StoreError::UnsupportedUrl(url.to_owned()));
@@ -196,7 +232,7 @@ impl Store {
             Pool::Postgres(pool) => postgres::MIGRATOR.run(pool).await,
             Pool::Sqlite(pool) => sqlite::MIGRATOR.run(pool).await,
         };
-        result.map_err(|e| StoreError::Migrate(e.to_string()))
+        result.map_err(|e| StoreError::Migrate(SourceError::new(e)))
     }
 
     /// Reverts every applied migration (drops Braid's tables and their data).
@@ -205,7 +241,7 @@ impl Store {
             Pool::Postgres(pool) => postgres::MIGRATOR.undo(pool, 0).await,
             Pool::Sqlite(pool) => sqlite::MIGRATOR.undo(pool, 0).await,
         };
-        result.map_err(|e| StoreError::Migrate(e.to_string()))
+        result.map_err(|e| StoreError::Migrate(SourceError::new(e)))
     }
 
     /// The handle that writes records.

@@ -18,7 +18,7 @@ pub use model::{
     Step, StepKind, SwitchBlock, Workflow,
 };
 pub use parse::parse;
-pub use validate::validate;
+pub use validate::{check, validate};
 
 use std::fmt;
 

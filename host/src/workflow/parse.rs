@@ -8,7 +8,7 @@ use super::model::{
 };
 use super::{InvalidWorkflow, Problem, Template};
 use serde_json::{Map, Value};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::RangeInclusive;
 use std::sync::Arc;
 
@@ -42,23 +42,52 @@ pub const MAX_ITERATIONS: u64 = 100_000;
 /// Largest `max_items` a map may declare (the host's `--max-map-items` may be lower).
 pub const MAX_MAP_ITEMS: u64 = 10_000_000;
 
+/// Whether `text` can name an agent or a version: what deploys accept, and nothing that
+/// could reach outside an agents folder.
+fn is_agent_name(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 128
+        && text.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && !text.starts_with('.')
+}
+
 /// Parses a definition (JSON text), then validates its structure; see also [`super::validate`].
 pub fn parse(text: &str) -> Result<Workflow, InvalidWorkflow> {
-    let document: Value = crate::limits::parse_json(text, "$").map_err(|problem| InvalidWorkflow {
-        problems: vec![Problem { path: problem.path().to_owned(), message: problem.reason() }],
-    })?;
-    let mut parser = Parser { problems: Vec::new(), default_retry: None };
-    let workflow = parser.workflow(&document);
-    match workflow {
-        Some(workflow) if parser.problems.is_empty() => Ok(workflow),
-        _ => Err(InvalidWorkflow { problems: parser.problems }),
+    let partial = parse_partial(text);
+    match partial.workflow {
+        Some(workflow) if partial.problems.is_empty() => Ok(workflow),
+        _ => Err(InvalidWorkflow { problems: partial.problems }),
     }
+}
+
+/// What parsing found: the structural problems, and the workflow without the steps that
+/// could not be parsed (so that validation can still report what it finds in the rest).
+pub(super) struct Partial {
+    pub workflow: Option<Workflow>,
+    pub problems: Vec<Problem>,
+    /// Ids of the steps left out: references to them are not reported as unknown.
+    pub left_out: BTreeSet<String>,
+}
+
+pub(super) fn parse_partial(text: &str) -> Partial {
+    let document: Value = match crate::limits::parse_json(text, "$") {
+        Ok(document) => document,
+        Err(problem) => {
+            let problems = vec![Problem { path: problem.path().to_owned(), message: problem.reason() }];
+            return Partial { workflow: None, problems, left_out: BTreeSet::new() };
+        }
+    };
+    let mut parser = Parser { problems: Vec::new(), default_retry: None, left_out: BTreeSet::new() };
+    let workflow = parser.workflow(&document);
+    Partial { workflow, problems: parser.problems, left_out: parser.left_out }
 }
 
 struct Parser {
     problems: Vec<Problem>,
     /// The workflow's `retry`, for agent steps without their own.
     default_retry: Option<RetryPolicy>,
+    /// Ids of steps that could not be parsed.
+    left_out: BTreeSet<String>,
 }
 
 /// Reads the fields of one JSON object, remembering which were used so that the rest can
@@ -116,6 +145,12 @@ impl Parser {
 
     /// A whole number within `range`, or a problem naming the field: nothing is silently
     /// truncated or clamped (`4294967296` is not a `max_parallelism` of 0).
+    fn leave_out(&mut self, item: &Value) {
+        if let Some(id) = item.get("id").and_then(Value::as_str) {
+            self.left_out.insert(id.to_owned());
+        }
+    }
+
     fn integer<T: TryFrom<u64>>(&mut self, fields: &Fields, key: &str, range: RangeInclusive<u64>) -> Option<T> {
         let value = fields.map.get(key)?;
         self.whole_number(value, &fields.at(key), range)
@@ -200,9 +235,16 @@ impl Parser {
             self.problem(path, "must hold at least one step");
             return None;
         }
-        let steps: Vec<Option<Step>> =
-            items.iter().enumerate().map(|(i, item)| self.step(item, &format!("{path}[{i}]"), None, None)).collect();
-        steps.into_iter().collect::<Option<Vec<_>>>().map(Arc::from)
+        // A step that cannot be parsed is left out (its problems are recorded), so that the
+        // rest can still be validated and every problem reported at once.
+        let mut steps = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            match self.step(item, &format!("{path}[{i}]"), None, None) {
+                Some(step) => steps.push(step),
+                None => self.leave_out(item),
+            }
+        }
+        Some(Arc::from(steps))
     }
 
     /// One step. `branch_name` is set for a branch's short form, whose name is also the
@@ -257,7 +299,20 @@ impl Parser {
     }
 
     fn agent_step(&mut self, fields: &Fields) -> Option<AgentStep> {
-        let agent = self.string(fields, "agent", true);
+        let agent = self.string(fields, "agent", true).filter(|agent| {
+            // A reference names an agent (`name` or `name@version`), never a path: with
+            // `--agents DIR`, `../x` or `/etc/x` must not load a file outside DIR.
+            let ok = agent
+                .split_once('@')
+                .map_or(is_agent_name(agent), |(name, version)| is_agent_name(name) && is_agent_name(version));
+            if !ok {
+                self.problem(
+                    fields.at("agent"),
+                    format!("{agent:?} is not an agent name (letters, digits, '.', '_', '-', optionally @version)"),
+                );
+            }
+            ok
+        });
         let input = match fields.map.get("input") {
             Some(value) => self.template(value, &fields.at("input")),
             None => Template::compile(&Value::Object(Map::new())).ok(),

@@ -10,7 +10,33 @@ use std::collections::{BTreeMap, BTreeSet};
 /// Checks `workflow`; `agent_exists` answers whether an agent reference (`name` or
 /// `name@version`) can be resolved.
 pub fn validate(workflow: &Workflow, agent_exists: &dyn Fn(&str) -> bool) -> Result<(), InvalidWorkflow> {
-    let mut checker = Checker { problems: Vec::new(), ids: BTreeMap::new(), agent_exists };
+    validate_assuming(workflow, agent_exists, &BTreeSet::new())
+}
+
+/// Parses and validates a definition, reporting every problem at once: structural ones
+/// and, in the steps that did parse, duplicate ids, unknown agents and references.
+pub fn check(text: &str, agent_exists: &dyn Fn(&str) -> bool) -> Result<Workflow, InvalidWorkflow> {
+    let partial = super::parse::parse_partial(text);
+    let mut problems = partial.problems;
+    if let Some(workflow) = &partial.workflow
+        && let Err(invalid) = validate_assuming(workflow, agent_exists, &partial.left_out)
+    {
+        problems.extend(invalid.problems);
+    }
+    match partial.workflow {
+        Some(workflow) if problems.is_empty() => Ok(workflow),
+        _ => Err(InvalidWorkflow { problems }),
+    }
+}
+
+/// [`validate`], taking the steps in `left_out` (which could not be parsed) to exist and
+/// to have run wherever they are referenced.
+fn validate_assuming(
+    workflow: &Workflow,
+    agent_exists: &dyn Fn(&str) -> bool,
+    left_out: &BTreeSet<String>,
+) -> Result<(), InvalidWorkflow> {
+    let mut checker = Checker { problems: Vec::new(), ids: BTreeMap::new(), agent_exists, left_out };
     checker.collect_ids(&workflow.steps);
     let mut visible = Vec::new();
     checker.sequence(&workflow.steps, &mut visible, &[]);
@@ -25,6 +51,7 @@ struct Checker<'a> {
     /// Every step id, with the path of its first definition.
     ids: BTreeMap<String, String>,
     agent_exists: &'a dyn Fn(&str) -> bool,
+    left_out: &'a BTreeSet<String>,
 }
 
 impl Checker<'_> {
@@ -95,7 +122,7 @@ impl Checker<'_> {
                     }
                 }
                 StepKind::Parallel(block) => {
-                    let branch_count = block.branches.len() as u32;
+                    let branch_count = u32::try_from(block.branches.len()).unwrap_or(u32::MAX);
                     let mut names = BTreeSet::new();
                     let mut inside = Vec::new();
                     for (i, branch) in block.branches.iter().enumerate() {
@@ -150,7 +177,7 @@ impl Checker<'_> {
             }
         }
         for id in template.step_references() {
-            if visible.contains(id) {
+            if visible.contains(id) || self.left_out.contains(id) {
                 continue;
             }
             let message = match self.ids.get(id) {
@@ -164,18 +191,30 @@ impl Checker<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::parse;
     use super::*;
 
     fn problems(definition: &str) -> Vec<String> {
-        let workflow = match parse(definition) {
-            Ok(workflow) => workflow,
-            Err(invalid) => return invalid.problems.iter().map(ToString::to_string).collect(),
-        };
-        match validate(&workflow, &|agent| agent != "ghost") {
-            Ok(()) => Vec::new(),
+        match check(definition, &|agent| agent != "ghost") {
+            Ok(_) => Vec::new(),
             Err(invalid) => invalid.problems.iter().map(ToString::to_string).collect(),
         }
+    }
+
+    #[test]
+    fn structural_problems_duplicates_and_unknown_references_are_reported_together() {
+        let definition = r#"{ "name": "all", "version": "1", "steps": [
+            { "id": "a", "agent": "echo" },
+            { "id": "a", "agent": "ghost" },
+            { "id": "broken", "agent": "echo", "timeout_ms": "soon" },
+            { "id": "late", "agent": "echo", "input": "${ steps.nowhere.output } ${ steps.broken.output }" }
+        ] }"#;
+        let found = problems(definition);
+        assert!(found.iter().any(|p| p.starts_with("steps[2].timeout_ms:")), "{found:?}");
+        assert!(found.iter().any(|p| p.contains("duplicate step id \"a\"")), "{found:?}");
+        assert!(found.iter().any(|p| p.contains("ghost")), "{found:?}");
+        assert!(found.iter().any(|p| p.contains("\"nowhere\", which does not exist")), "{found:?}");
+        assert!(!found.iter().any(|p| p.contains("\"broken\", which")), "a step left out is not unknown: {found:?}");
+        assert_eq!(found.len(), 4, "{found:?}");
     }
 
     #[test]
