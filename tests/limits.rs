@@ -606,3 +606,107 @@ async fn a_closed_pipe_ends_the_cli_quietly_and_internal_errors_tell_clients_no_
     drop(server);
     db.drop_database().await;
 }
+
+#[tokio::test]
+async fn a_wide_run_is_read_a_page_at_a_time_with_counts_and_filters() {
+    for db in TestDb::both().await {
+        let cache = scratch();
+        let server = Server::start(&db.url, cache.path(), None, &[]);
+        let client = Client::new();
+        deploy_agents(&client, &server).await;
+        assert_eq!(put_workflow(&client, &server, "map", "1", &map_of("map", None)).await.0, StatusCode::CREATED);
+        let items: Vec<u32> = (0..2500).collect();
+        let (status, run) = start_run(&client, &server, "map", json!({ "input": { "items": items } }), true).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(run["status"], "succeeded", "{}", run["error"]);
+        let id = run["run_id"].as_str().unwrap().to_owned();
+
+        // The document: a summary and the first page, not 2,501 rows at once.
+        assert_eq!(run["steps"].as_array().unwrap().len(), 1000, "{}", db.kind);
+        assert_eq!(run["steps_total"], 2501);
+        assert_eq!(run["step_counts"]["succeeded"], 2501);
+        let next = run["steps_next"].as_str().expect("a cursor to the next page").to_owned();
+        assert_eq!(get_json(&client, &server, &format!("/v1/runs/{id}")).await, run, "GET answers the same");
+
+        // Paging through the rest gives every row once, in order.
+        let mut seen: Vec<String> =
+            run["steps"].as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap().to_owned()).collect();
+        let mut after = Some(next);
+        while let Some(cursor) = after {
+            let page = get_json(&client, &server, &format!("/v1/runs/{id}/steps?after={cursor}&limit=700")).await;
+            let steps = page["steps"].as_array().unwrap();
+            assert!(steps.len() <= 700);
+            seen.extend(steps.iter().map(|s| s["id"].as_str().unwrap().to_owned()));
+            after = page["next"].as_str().map(str::to_owned);
+        }
+        assert_eq!(seen.len(), 2501, "{}", db.kind);
+        let mut sorted = seen.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted, seen, "in creation order, each once");
+
+        // Filters: by step id, by parent, by status.
+        let map_row = get_json(&client, &server, &format!("/v1/runs/{id}/steps?step_id=each")).await;
+        let map_id = map_row["steps"][0]["id"].as_str().unwrap().to_owned();
+        assert_eq!(map_row["steps"].as_array().unwrap().len(), 1);
+        let children = get_json(&client, &server, &format!("/v1/runs/{id}/steps?parent={map_id}&limit=1000")).await;
+        assert_eq!(children["steps"].as_array().unwrap().len(), 1000);
+        assert!(children["steps"].as_array().unwrap().iter().all(|s| s["parent_step_id"] == map_id.as_str()));
+        let failed = get_json(&client, &server, &format!("/v1/runs/{id}/steps?status=failed")).await;
+        assert_eq!(failed["steps"].as_array().unwrap().len(), 0);
+        assert!(failed["next"].is_null());
+        for bad in ["limit=0", "limit=1001", "status=sideways", "after=nope"] {
+            let response = client.get(server.url(&format!("/v1/runs/{id}/steps?{bad}"))).send().await.unwrap();
+            assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{bad}");
+        }
+
+        // The CLI prints the whole document, page by page.
+        let shown =
+            braid().args(["runs", "show", &id, "--output", "json", "--database-url", &db.url]).output().unwrap();
+        assert!(shown.status.success(), "{}", String::from_utf8_lossy(&shown.stderr));
+        let document: Value = serde_json::from_slice(&shown.stdout).unwrap();
+        assert_eq!(document["steps"].as_array().unwrap().len(), 2501);
+        assert_eq!(document["run_id"], id.as_str());
+        drop(server);
+        db.drop_database().await;
+    }
+}
+
+#[tokio::test]
+async fn concurrent_reads_of_a_huge_run_cost_a_page_each() {
+    let db = TestDb::postgres().await;
+    // 30,000 rows of 2 KB each, written directly: a 60 MB run document if read at once.
+    let store = Store::open(&db.url).await.unwrap();
+    let run = common::run_record("huge");
+    store.recorder().run(run.clone(), None, None).committed().await.unwrap();
+    let fence = braid::store::Fence::new(run.epoch);
+    let mut pending = Vec::new();
+    for i in 0..30_000 {
+        let mut row = common::step_record(&run, &format!("b{i}"));
+        row.output = Some(json!({ "text": "y".repeat(2048) }));
+        pending.push(store.recorder().step(row, Vec::new(), &fence));
+    }
+    for write in pending {
+        write.committed().await.unwrap();
+    }
+    store.close().await.unwrap();
+
+    let cache = scratch();
+    let server = Server::start(&db.url, cache.path(), None, &[]);
+    let client = Client::new();
+    let before = rss_kib(server.child.id(), "VmRSS:");
+    let mut reads = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let (client, url) = (client.clone(), server.url(&format!("/v1/runs/{}", run.id)));
+        reads.spawn(async move { client.get(url).send().await.unwrap().json::<Value>().await.unwrap() });
+    }
+    while let Some(read) = reads.join_next().await {
+        let document = read.unwrap();
+        assert_eq!(document["steps"].as_array().unwrap().len(), 1000);
+        assert_eq!(document["steps_total"], 30_000);
+    }
+    let peak = rss_kib(server.child.id(), "VmHWM:");
+    assert!(peak < before + 150 * 1024, "8 reads took the host from {before} KiB to a peak of {peak} KiB");
+    drop(server);
+    db.drop_database().await;
+}

@@ -71,6 +71,7 @@ pub fn router(state: AppState) -> Router {
         .route("/workflows/{name}/runs", post(runs::start))
         .route("/runs", get(runs::list))
         .route("/runs/{id}", get(runs::get))
+        .route("/runs/{id}/steps", get(runs::steps))
         .route("/runs/{id}/cancel", post(runs::cancel))
         .route("/runs/{id}/redrive", post(runs::redrive))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));

@@ -3,7 +3,7 @@
 //! cancel and redrive them.
 
 use super::{ApiError, AppState, MAX_JSON_BYTES, read_json};
-use crate::store::{RunFilter, RunStatus, run_document};
+use crate::store::{RunFilter, RunStatus, StepFilter, StepRecord, StepStatus, paged_document, step_documents};
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -78,13 +78,77 @@ pub async fn start(
     Ok((StatusCode::OK, Json(document(&state, run.id).await?)))
 }
 
-/// The run's document as recorded (the same answer as `GET /v1/runs/{id}`).
+/// Step executions in one page of a run document, and most in one `…/steps` page: memory
+/// per request stays bounded however wide the run.
+pub const MAX_STEPS_PAGE: u32 = 1000;
+
+/// The run's document as recorded, with its first page of step executions (the same answer
+/// as `GET /v1/runs/{id}`).
 async fn document(state: &AppState, id: Uuid) -> Result<Value, ApiError> {
     let store = state.registry.store();
-    let (run, steps, logs) = tokio::join!(store.get_run(id), store.run_steps(id), store.run_logs(id));
+    let filter = StepFilter { limit: MAX_STEPS_PAGE, ..StepFilter::default() };
+    let (run, page, counts) = tokio::join!(store.get_run(id), store.steps_page(id, &filter), store.step_counts(id));
     let run = run?.ok_or_else(|| ApiError::not_found(format!("no run {id}")))?;
-    let (steps, logs) = (steps?, logs?);
-    Ok(run_document(&run, &steps, &logs))
+    let (page, counts) = (page?, counts?);
+    let logs = store.logs_of(&page.iter().map(|s| s.id).collect::<Vec<_>>()).await?;
+    let next = next_cursor(&page, filter.limit);
+    Ok(paged_document(&run, &page, &logs, &counts, next))
+}
+
+/// The cursor of the page after `page`: its last id, when the page is full.
+fn next_cursor(page: &[StepRecord], limit: u32) -> Option<Uuid> {
+    (page.len() == limit as usize).then(|| page.last().map(|step| step.id)).flatten()
+}
+
+#[derive(Debug, Deserialize)]
+pub struct StepsQuery {
+    after: Option<String>,
+    limit: Option<u32>,
+    status: Option<String>,
+    step_id: Option<String>,
+    parent: Option<String>,
+}
+
+/// `GET /v1/runs/{id}/steps?after=&limit=&status=&step_id=&parent=`: a page of the run's
+/// step executions in creation order (`limit` 1 to 1000, default 100), with their logs, and
+/// `next`, the `after` of the next page (`null` on the last).
+pub async fn steps(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(query): Query<StepsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_id(&id)?;
+    let cursor = |field: &str, value: Option<String>| {
+        value
+            .map(|v| {
+                v.parse::<Uuid>()
+                    .map_err(|_| ApiError::bad_request(format!("{field}: {v:?} is not a step execution id")))
+            })
+            .transpose()
+    };
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=MAX_STEPS_PAGE).contains(&limit) {
+        return Err(ApiError::bad_request(format!("limit: must be from 1 to {MAX_STEPS_PAGE}, not {limit}")));
+    }
+    let status = match query.status.as_deref() {
+        None => None,
+        Some(text) => Some(text.parse::<StepStatus>().map_err(|err| ApiError::bad_request(format!("status: {err}")))?),
+    };
+    let filter = StepFilter {
+        after: cursor("after", query.after)?,
+        limit,
+        status,
+        step_id: query.step_id,
+        parent: cursor("parent", query.parent)?,
+    };
+    let store = state.registry.store();
+    if store.get_run(id).await?.is_none() {
+        return Err(ApiError::not_found(format!("no run {id}")));
+    }
+    let page = store.steps_page(id, &filter).await?;
+    let logs = store.logs_of(&page.iter().map(|s| s.id).collect::<Vec<_>>()).await?;
+    let next = next_cursor(&page, limit);
+    Ok(Json(json!({ "run_id": id, "steps": step_documents(&page, &logs), "next": next })))
 }
 
 #[derive(Debug, Deserialize)]

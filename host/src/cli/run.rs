@@ -128,14 +128,48 @@ pub(super) async fn print_run(
     run: &crate::store::RunRecord,
     output: OutputFormat,
 ) -> anyhow::Result<()> {
-    let steps = store.run_steps(run.id).await?;
     match output {
-        OutputFormat::Json => {
-            let logs = store.run_logs(run.id).await?;
-            println!("{}", serde_json::to_string_pretty(&crate::store::run_document(run, &steps, &logs))?);
-        }
-        OutputFormat::Text => print!("{}", run_text(run, &steps)),
+        OutputFormat::Json => print_document(store, run).await?,
+        OutputFormat::Text => print!("{}", run_text(run, &store.run_steps(run.id).await?)),
     }
+    Ok(())
+}
+
+/// Step executions read and printed at a time.
+const PRINT_PAGE: u32 = 1000;
+
+/// Prints the run's whole document (as `run_document` builds it), reading and writing its
+/// step executions a page at a time, so that memory stays bounded however wide the run.
+async fn print_document(store: &Store, run: &crate::store::RunRecord) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::BufWriter::new(std::io::stdout());
+    let head = serde_json::to_string_pretty(&crate::store::run_columns(run))?;
+    let head = head.strip_suffix("\n}").unwrap_or(&head);
+    write!(out, "{head},\n  \"steps\": [")?;
+    let mut filter = crate::store::StepFilter { limit: PRINT_PAGE, ..Default::default() };
+    let mut first = true;
+    loop {
+        let page = store.steps_page(run.id, &filter).await?;
+        let logs = store.logs_of(&page.iter().map(|step| step.id).collect::<Vec<_>>()).await?;
+        for step in crate::store::step_documents(&page, &logs) {
+            let text = serde_json::to_string_pretty(&step)?;
+            write!(out, "{}\n", if first { "" } else { "," })?;
+            first = false;
+            let mut lines = text.lines().peekable();
+            while let Some(line) = lines.next() {
+                write!(out, "    {line}")?;
+                if lines.peek().is_some() {
+                    writeln!(out)?;
+                }
+            }
+        }
+        match page.last() {
+            Some(last) if page.len() == PRINT_PAGE as usize => filter.after = Some(last.id),
+            _ => break,
+        }
+    }
+    writeln!(out, "{}]\n}}", if first { "" } else { "\n  " })?;
+    out.flush()?;
     Ok(())
 }
 

@@ -73,7 +73,9 @@ macro_rules! sql_backend {
         skip_locked: $skip_locked:literal
     ) => {
         use super::backend::ROWS_PER_STATEMENT;
-        use super::records::{AgentRecord, Inserted, LogRecord, RunFilter, RunRecord, StepRecord, WorkflowRecord};
+        use super::records::{
+            AgentRecord, Inserted, LogRecord, RunFilter, RunRecord, StepFilter, StepRecord, WorkflowRecord,
+        };
         use super::stored_json::StoredJson;
         use super::{Batch, StoreError, Written};
         use chrono::{DateTime, Utc};
@@ -366,6 +368,19 @@ macro_rules! sql_backend {
             logged_at: DateTime<Utc>,
         }
 
+        impl LogRow {
+            fn into_record(self) -> Result<LogRecord, StoreError> {
+                Ok(LogRecord {
+                    step_execution_id: from_id(self.step_execution_id)?,
+                    seq: self.seq,
+                    level: self.level,
+                    source: self.source,
+                    message: self.message,
+                    logged_at: self.logged_at,
+                })
+            }
+        }
+
         pub(super) async fn list_runs(pool: &$pool, filter: &RunFilter) -> Result<Vec<RunRecord>, StoreError> {
             let mut query = QueryBuilder::<$db>::new(format!("SELECT {RUN_COLUMNS} FROM workflow_runs WHERE 1 = 1"));
             if let Some(workflow) = &filter.workflow {
@@ -427,6 +442,58 @@ macro_rules! sql_backend {
                 .collect()
         }
 
+        /// One page of a run's step executions, in creation order, after `filter.after`.
+        pub(super) async fn steps_page(
+            pool: &$pool,
+            run_id: Uuid,
+            filter: &StepFilter,
+        ) -> Result<Vec<StepRecord>, StoreError> {
+            let mut query =
+                QueryBuilder::<$db>::new(format!("SELECT {STEP_COLUMNS} FROM step_executions WHERE run_id = "));
+            query.push_bind(to_id(run_id));
+            if let Some(after) = filter.after {
+                query.push(" AND id > ").push_bind(to_id(after));
+            }
+            if let Some(status) = filter.status {
+                query.push(" AND status = ").push_bind(status.as_str());
+            }
+            if let Some(step_id) = &filter.step_id {
+                query.push(" AND step_id = ").push_bind(step_id.clone());
+            }
+            if let Some(parent) = filter.parent {
+                query.push(" AND parent_step_id = ").push_bind(to_id(parent));
+            }
+            query.push(" ORDER BY id LIMIT ").push_bind(i64::from(filter.limit));
+            let rows: Vec<StepRow> = query.build_query_as().fetch_all(pool).await.map_err(StoreError::query)?;
+            rows.into_iter().map(StepRow::into_record).collect()
+        }
+
+        /// How many step executions a run has, by status.
+        pub(super) async fn step_counts(pool: &$pool, run_id: Uuid) -> Result<Vec<(String, i64)>, StoreError> {
+            let mut query =
+                QueryBuilder::<$db>::new("SELECT status, COUNT(*) FROM step_executions WHERE run_id = ");
+            query.push_bind(to_id(run_id)).push(" GROUP BY status");
+            query.build_query_as().fetch_all(pool).await.map_err(StoreError::query)
+        }
+
+        /// The logs of these step executions.
+        pub(super) async fn logs_of(pool: &$pool, step_ids: &[Uuid]) -> Result<Vec<LogRecord>, StoreError> {
+            if step_ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut query = QueryBuilder::<$db>::new(
+                "SELECT step_execution_id, seq, level, source, message, logged_at FROM step_logs \
+                 WHERE step_execution_id IN (",
+            );
+            let mut list = query.separated(", ");
+            for id in step_ids {
+                list.push_bind(to_id(*id));
+            }
+            query.push(") ORDER BY step_execution_id, seq");
+            let rows: Vec<LogRow> = query.build_query_as().fetch_all(pool).await.map_err(StoreError::query)?;
+            rows.into_iter().map(LogRow::into_record).collect()
+        }
+
         pub(super) async fn run_logs(pool: &$pool, run_id: Uuid) -> Result<Vec<LogRecord>, StoreError> {
             let mut query = QueryBuilder::<$db>::new(
                 "SELECT l.step_execution_id, l.seq, l.level, l.source, l.message, l.logged_at \
@@ -434,18 +501,7 @@ macro_rules! sql_backend {
             );
             query.push_bind(to_id(run_id)).push(" ORDER BY l.step_execution_id, l.seq");
             let rows: Vec<LogRow> = query.build_query_as().fetch_all(pool).await.map_err(StoreError::query)?;
-            rows.into_iter()
-                .map(|row| {
-                    Ok(LogRecord {
-                        step_execution_id: from_id(row.step_execution_id)?,
-                        seq: row.seq,
-                        level: row.level,
-                        source: row.source,
-                        message: row.message,
-                        logged_at: row.logged_at,
-                    })
-                })
-                .collect()
+            rows.into_iter().map(LogRow::into_record).collect()
         }
 
         /// Claims up to `limit` runs no host is executing, oldest first, for `host`: each

@@ -1,6 +1,7 @@
 //! The JSON document of a recorded run, as `braid run --output json`, `braid runs show`
 //! and `GET /v1/runs/{id}` print it: the run's columns (with `run_id` for its id) and
-//! `steps`, every step execution row with its `logs`.
+//! `steps`, step execution rows with their `logs` — all of them for the CLI, one page with
+//! the counts by status and the next page's cursor for the API ([`paged_document`]).
 
 use super::{LogRecord, RunRecord, StepRecord};
 use serde_json::{Value, json};
@@ -10,11 +11,34 @@ use uuid::Uuid;
 /// `{run_id, status, output, error, workflow, ..., steps: [...]}`; each step is its
 /// `step_executions` row with its `logs`.
 pub fn run_document(run: &RunRecord, steps: &[StepRecord], logs: &[LogRecord]) -> Value {
+    let mut document = run_columns(run);
+    document["steps"] = Value::Array(step_documents(steps, logs));
+    document
+}
+
+/// The run's columns with one page of its step executions: `step_counts` (by status),
+/// `steps_total`, and `steps_next`, the cursor of the next page (`null` on the last).
+pub fn paged_document(
+    run: &RunRecord,
+    page: &[StepRecord],
+    logs: &[LogRecord],
+    counts: &std::collections::BTreeMap<String, i64>,
+    next: Option<Uuid>,
+) -> Value {
+    let mut document = run_document(run, page, logs);
+    document["step_counts"] = json!(counts);
+    document["steps_total"] = json!(counts.values().sum::<i64>());
+    document["steps_next"] = json!(next);
+    document
+}
+
+/// Each step execution row as JSON, with its `logs`.
+pub fn step_documents(steps: &[StepRecord], logs: &[LogRecord]) -> Vec<Value> {
     let mut logs_by_step: HashMap<Uuid, Vec<&LogRecord>> = HashMap::new();
     for log in logs {
         logs_by_step.entry(log.step_execution_id).or_default().push(log);
     }
-    let steps: Vec<Value> = steps
+    steps
         .iter()
         .map(|step| {
             let mut value = serde_json::to_value(step).unwrap_or(Value::Null);
@@ -30,7 +54,11 @@ pub fn run_document(run: &RunRecord, steps: &[StepRecord], logs: &[LogRecord]) -
             value["logs"] = Value::Array(lines);
             value
         })
-        .collect();
+        .collect()
+}
+
+/// The run's own columns, `run_id` for its id.
+pub fn run_columns(run: &RunRecord) -> Value {
     json!({
         "run_id": run.id,
         "workflow_name": run.workflow_name,
@@ -47,6 +75,5 @@ pub fn run_document(run: &RunRecord, steps: &[StepRecord], logs: &[LogRecord]) -
         "owner_host_id": run.owner_host_id,
         "epoch": run.epoch,
         "redrive_count": run.redrive_count,
-        "steps": steps,
     })
 }

@@ -18,9 +18,10 @@ pub mod records;
 mod sqlite;
 mod stored_json;
 
-pub use document::run_document;
+pub use document::{paged_document, run_columns, run_document, step_documents};
 pub use records::{
-    AgentRecord, Inserted, LogRecord, RunFilter, RunRecord, RunStatus, StepRecord, StepStatus, WorkflowRecord,
+    AgentRecord, Inserted, LogRecord, RunFilter, RunRecord, RunStatus, StepFilter, StepRecord, StepStatus,
+    WorkflowRecord,
 };
 
 use sqlx::postgres::{PgListener, PgPoolOptions};
@@ -267,6 +268,22 @@ impl Store {
     /// The logs of a run's step executions.
     pub async fn run_logs(&self, run_id: Uuid) -> Result<Vec<LogRecord>, StoreError> {
         dispatch!(self, run_logs(run_id))
+    }
+
+    /// One page of a run's step executions (creation order), as `filter` says.
+    pub async fn steps_page(&self, run_id: Uuid, filter: &StepFilter) -> Result<Vec<StepRecord>, StoreError> {
+        dispatch!(self, steps_page(run_id, filter))
+    }
+
+    /// How many step executions a run has, by status.
+    pub async fn step_counts(&self, run_id: Uuid) -> Result<std::collections::BTreeMap<String, i64>, StoreError> {
+        let counts: Result<Vec<(String, i64)>, StoreError> = dispatch!(self, step_counts(run_id));
+        Ok(counts?.into_iter().collect())
+    }
+
+    /// The logs of these step executions.
+    pub async fn logs_of(&self, step_ids: &[Uuid]) -> Result<Vec<LogRecord>, StoreError> {
+        dispatch!(self, logs_of(step_ids))
     }
 
     /// Claims up to `limit` runs that no host is executing (pending, or under an expired

@@ -180,3 +180,13 @@ pub struct RunFilter {
     pub status: Option<RunStatus>,
     pub limit: Option<u32>,
 }
+
+/// Which step executions of a run to read: a page after `after` (creation order).
+#[derive(Debug, Clone, Default)]
+pub struct StepFilter {
+    pub after: Option<Uuid>,
+    pub limit: u32,
+    pub status: Option<StepStatus>,
+    pub step_id: Option<String>,
+    pub parent: Option<Uuid>,
+}
