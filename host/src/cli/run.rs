@@ -153,7 +153,7 @@ async fn print_document(store: &Store, run: &crate::store::RunRecord) -> anyhow:
         let logs = store.logs_of(&page.iter().map(|step| step.id).collect::<Vec<_>>()).await?;
         for step in crate::store::step_documents(&page, &logs) {
             let text = serde_json::to_string_pretty(&step)?;
-            write!(out, "{}\n", if first { "" } else { "," })?;
+            writeln!(out, "{}", if first { "" } else { "," })?;
             first = false;
             let mut lines = text.lines().peekable();
             while let Some(line) = lines.next() {
