@@ -667,6 +667,9 @@ async fn a_wide_run_is_read_a_page_at_a_time_with_counts_and_filters() {
         let document: Value = serde_json::from_slice(&shown.stdout).unwrap();
         assert_eq!(document["steps"].as_array().unwrap().len(), 2501);
         assert_eq!(document["run_id"], id.as_str());
+        let text = braid().args(["runs", "show", &id, "--database-url", &db.url]).output().unwrap();
+        let text = String::from_utf8_lossy(&text.stdout);
+        assert!(text.contains("(the first 1000 of 2501 step executions; --output json prints them all)"), "{text}");
         drop(server);
         db.drop_database().await;
     }

@@ -130,7 +130,16 @@ pub(super) async fn print_run(
 ) -> anyhow::Result<()> {
     match output {
         OutputFormat::Json => print_document(store, run).await?,
-        OutputFormat::Text => print!("{}", run_text(run, &store.run_steps(run.id).await?)),
+        OutputFormat::Text => {
+            // A tree is for people: the first page of it, and how much more there is.
+            let first = crate::store::StepFilter { limit: PRINT_PAGE, ..Default::default() };
+            let page = store.steps_page(run.id, &first).await?;
+            print!("{}", run_text(run, &page));
+            if page.len() == PRINT_PAGE as usize {
+                let total: i64 = store.step_counts(run.id).await?.values().sum();
+                println!("(the first {PRINT_PAGE} of {total} step executions; --output json prints them all)");
+            }
+        }
     }
     Ok(())
 }

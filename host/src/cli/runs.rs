@@ -2,7 +2,6 @@
 //! drive unfinished or failed ones to their end in this process.
 
 use super::registry::open_registry;
-use super::render::run_text;
 use super::run::print_run;
 use super::{DatabaseArgs, HostArgs, OutputFormat, RegistryArgs, Status};
 use crate::cluster::Runner;
@@ -199,17 +198,7 @@ impl RunsCommand {
                 RunsAction::Show { id, database, output } => {
                     let store = Store::open(&database.database_url).await?;
                     let run = store.get_run(id).await?.ok_or_else(|| anyhow!("no run with id {id}"))?;
-                    let steps = store.run_steps(id).await.context("reading the run's steps")?;
-                    match output {
-                        OutputFormat::Json => {
-                            let logs = store.run_logs(id).await?;
-                            println!(
-                                "{}",
-                                serde_json::to_string_pretty(&crate::store::run_document(&run, &steps, &logs))?
-                            );
-                        }
-                        OutputFormat::Text => print!("{}", run_text(&run, &steps)),
-                    }
+                    print_run(&store, &run, output).await.context("reading the run's steps")?;
                     store.close().await?;
                 }
             }
