@@ -14,7 +14,7 @@ use braid::engine::Engine;
 use braid::registry::Registry;
 use braid::store::{Fence, RunStatus, StepRecord, StepStatus, Store, StoreError};
 use braid_test_artifacts::{agent_bytes, agents_dir};
-use common::server::{Server, get_json, put_agent, put_workflow, scratch, start_run};
+use common::server::{Server, get_json, put_agent, put_workflow, rss_kib, scratch, start_run};
 use common::{TestDb, braid, plan, sandbox};
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
@@ -315,6 +315,16 @@ fn flaky_items() -> Value {
     json!({ "items": items })
 }
 
+/// `braid run` of the flaky map, which fails (items 3 and 7); its run id.
+fn failed_flaky_run(url: &str, dir: &std::path::Path) -> Uuid {
+    let file = dir.join("flaky.json");
+    std::fs::write(&file, flaky_map().to_string()).unwrap();
+    let ran =
+        braid_run(&file, url, dir).args(["--input", &flaky_items().to_string(), "--output", "json"]).output().unwrap();
+    assert_eq!(ran.status.code(), Some(1), "{}", String::from_utf8_lossy(&ran.stderr));
+    serde_json::from_slice::<Value>(&ran.stdout).unwrap()["run_id"].as_str().unwrap().parse().unwrap()
+}
+
 /// The rows of the map's items after a redrive: failed items ran again as attempt 2, the
 /// others ran once, and the map row that ended holds all ten.
 fn assert_redriven(steps: &[StepRecord]) {
@@ -379,15 +389,8 @@ async fn a_redriven_run_reruns_only_its_failed_map_items_with_the_next_attempts(
     // Through the CLI, on SQLite: `braid run` fails, `braid runs redrive` finishes it.
     let db = TestDb::sqlite();
     let dir = scratch();
-    let file = dir.path().join("flaky.json");
-    std::fs::write(&file, flaky_map().to_string()).unwrap();
-    let ran = braid_run(&file, &db.url, dir.path())
-        .args(["--input", &flaky_items().to_string(), "--output", "json"])
-        .output()
-        .unwrap();
-    assert_eq!(ran.status.code(), Some(1), "{}", String::from_utf8_lossy(&ran.stderr));
-    let document: Value = serde_json::from_slice(&ran.stdout).unwrap();
-    let id = document["run_id"].as_str().unwrap();
+    let id = failed_flaky_run(&db.url, dir.path()).to_string();
+    let id = id.as_str();
     let redriven = braid()
         .args(["runs", "redrive", id, "--output", "json", "--database-url", &db.url])
         .arg("--cache-dir")
@@ -413,14 +416,7 @@ async fn a_redriven_run_reruns_only_its_failed_map_items_with_the_next_attempts(
 async fn a_row_written_after_a_success_at_the_same_key_never_makes_the_step_run_again() {
     let db = TestDb::sqlite();
     let dir = scratch();
-    let file = dir.path().join("flaky.json");
-    std::fs::write(&file, flaky_map().to_string()).unwrap();
-    let ran = braid_run(&file, &db.url, dir.path())
-        .args(["--input", &flaky_items().to_string(), "--output", "json"])
-        .output()
-        .unwrap();
-    assert_eq!(ran.status.code(), Some(1), "{}", String::from_utf8_lossy(&ran.stderr));
-    let id: Uuid = serde_json::from_slice::<Value>(&ran.stdout).unwrap()["run_id"].as_str().unwrap().parse().unwrap();
+    let id = failed_flaky_run(&db.url, dir.path());
     // What the interrupted drive left: a later attempt at item 0, cancelled before it started.
     execute_sql(
         &db.url,
@@ -496,12 +492,6 @@ async fn an_idempotency_key_retried_concurrently_gives_one_run() {
         store.close().await.unwrap();
         db.drop_database().await;
     }
-}
-
-fn rss_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with(field)).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
 #[tokio::test]

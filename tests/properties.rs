@@ -101,54 +101,37 @@ impl Generator {
                 let names: Vec<String> = (0..count).map(|i| format!("b{i}")).collect();
                 let branches: Vec<Value> =
                     names.iter().map(|name| json!({ "name": name, "steps": [self.step(depth + 1)] })).collect();
-                let max_parallelism = 1 + self.rng.below(3);
-                let (policy, tolerated) = self.policy(count);
-                self.blocks.insert(
-                    id.clone(),
-                    BlockSpec {
-                        max_parallelism: max_parallelism as usize,
-                        policy: policy.clone(),
-                        tolerated,
-                        units: Units::Branches(names),
-                    },
-                );
-                let mut block = json!({ "id": id, "type": "parallel", "max_parallelism": max_parallelism,
-                                        "join_policy": policy, "branches": branches });
-                if tolerated > 0 {
-                    block["tolerated_failures"] = json!(tolerated);
-                }
-                block
+                let block = json!({ "id": id, "type": "parallel", "branches": branches });
+                self.settle(block, count, Units::Branches(names))
             }
             _ => {
                 let id = self.id("m");
                 let count = self.rng.below(7);
                 let items: Vec<Value> = (0..count).map(|_| self.action()).collect();
                 self.input.insert(id.clone(), Value::Array(items));
-                let max_parallelism = 1 + self.rng.below(3);
-                let (policy, tolerated) = self.policy(count);
-                self.blocks.insert(
-                    id.clone(),
-                    BlockSpec {
-                        max_parallelism: max_parallelism as usize,
-                        policy: policy.clone(),
-                        tolerated,
-                        units: Units::Items(count as usize),
-                    },
-                );
-                let mut block = json!({ "id": id, "type": "map", "items": format!("${{ input.{id} }}"),
-                        "max_parallelism": max_parallelism, "join_policy": policy,
+                let block = json!({ "id": id, "type": "map", "items": format!("${{ input.{id} }}"),
                         "step": { "id": format!("{id}_item"), "agent": "misbehave", "input": "${ item }" } });
-                if tolerated > 0 {
-                    block["tolerated_failures"] = json!(tolerated);
-                }
-                block
+                self.settle(block, count, Units::Items(count as usize))
             }
         }
     }
+
+    /// Gives `block` (of `count` units) a random bound and join policy, and remembers them.
+    fn settle(&mut self, mut block: Value, count: u64, units: Units) -> Value {
+        let max_parallelism = 1 + self.rng.below(3);
+        let (policy, tolerated) = self.policy(count);
+        block["max_parallelism"] = json!(max_parallelism);
+        block["join_policy"] = policy.clone();
+        if tolerated > 0 {
+            block["tolerated_failures"] = json!(tolerated);
+        }
+        let spec = BlockSpec { max_parallelism: max_parallelism as usize, policy, tolerated, units };
+        self.blocks.insert(block["id"].as_str().unwrap().to_owned(), spec);
+        block
+    }
 }
 
-/// Checks every invariant on one run's records; `cancelled` says whether the test
-/// cancelled the run (then blocks may end early, cancelled).
+/// Checks every invariant on one run's records (`seed` names the case in failures).
 fn check(seed: u64, status: RunStatus, steps: &[StepRecord], blocks: &HashMap<String, BlockSpec>) {
     let open: Vec<_> = steps.iter().filter(|s| !s.status.is_terminal()).collect();
     assert!(open.is_empty(), "seed {seed}: rows left open: {open:#?}");

@@ -173,31 +173,13 @@ pub fn run_record(workflow: &str) -> RunRecord {
 
 /// A succeeded agent step row of `run`.
 pub fn step_record(run: &RunRecord, step_id: &str) -> StepRecord {
-    StepRecord {
-        id: Uuid::now_v7(),
-        run_id: run.id,
-        step_id: step_id.into(),
-        step_type: "agent".into(),
-        parent_step_id: None,
-        branch_name: None,
-        item_index: None,
-        join_policy: None,
-        agent_name: Some("echo".into()),
-        agent_digest: None,
-        attempt: 1,
-        status: braid::store::StepStatus::Succeeded,
-        outcome: Some("succeeded".into()),
-        input: Some(serde_json::json!({})),
-        output: Some(serde_json::json!({})),
-        error: None,
-        started_at: Some(chrono::Utc::now()),
-        finished_at: Some(chrono::Utc::now()),
-        instantiate_us: None,
-        execute_us: None,
-        fuel_consumed: None,
-        memory_peak_bytes: None,
-        step_key: Some(step_id.into()),
-        queued_us: None,
-        host_id: Some("test".into()),
-    }
+    let mut row = StepRecord::new(run.id, step_id, "agent", braid::store::StepStatus::Succeeded);
+    row.agent_name = Some("echo".into());
+    row.outcome = Some("succeeded".into());
+    row.input = Some(serde_json::json!({}));
+    row.output = Some(serde_json::json!({}));
+    row.started_at = Some(chrono::Utc::now());
+    row.finished_at = Some(chrono::Utc::now());
+    row.host_id = Some("test".into());
+    row
 }

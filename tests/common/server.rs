@@ -129,3 +129,10 @@ pub async fn wait_for_run(client: &Client, server: &Server, id: &str, done: impl
 pub fn step<'a>(run: &'a Value, id: &str) -> Vec<&'a Value> {
     run["steps"].as_array().unwrap().iter().filter(|s| s["step_id"] == id).collect()
 }
+
+/// A `/proc/PID/status` field in KiB (`VmRSS:` now, `VmHWM:` the peak).
+pub fn rss_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with(field)).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}

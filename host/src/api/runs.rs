@@ -78,15 +78,17 @@ pub async fn start(
     Ok((StatusCode::OK, Json(document(&state, run.id).await?)))
 }
 
-/// Step executions in one page of a run document, and most in one `…/steps` page: memory
-/// per request stays bounded however wide the run.
+/// Most step executions in one `…/steps` page: memory per request stays bounded however
+/// wide the run.
 pub const MAX_STEPS_PAGE: u32 = 1000;
+/// Step executions in a run document (the first page; `steps_next` leads to the rest).
+pub const DOCUMENT_STEPS: u32 = 100;
 
 /// The run's document as recorded, with its first page of step executions (the same answer
 /// as `GET /v1/runs/{id}`).
 async fn document(state: &AppState, id: Uuid) -> Result<Value, ApiError> {
     let store = state.registry.store();
-    let filter = StepFilter { limit: MAX_STEPS_PAGE, ..StepFilter::default() };
+    let filter = StepFilter { limit: DOCUMENT_STEPS, ..StepFilter::default() };
     let (run, page) = tokio::join!(store.get_run(id), store.steps_page(id, &filter));
     let run = run?.ok_or_else(|| ApiError::not_found(format!("no run {id}")))?;
     let page = page?;

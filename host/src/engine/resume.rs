@@ -176,33 +176,10 @@ mod tests {
     use uuid::Uuid;
 
     fn row(attempt: i32, status: StepStatus) -> StepRecord {
-        StepRecord {
-            id: Uuid::now_v7(),
-            run_id: Uuid::nil(),
-            step_id: "each".into(),
-            step_type: "agent".into(),
-            parent_step_id: None,
-            branch_name: None,
-            item_index: Some(0),
-            join_policy: None,
-            agent_name: None,
-            agent_digest: None,
-            attempt,
-            status,
-            outcome: None,
-            input: None,
-            output: None,
-            error: None,
-            started_at: None,
-            finished_at: None,
-            instantiate_us: None,
-            execute_us: None,
-            fuel_consumed: None,
-            memory_peak_bytes: None,
-            step_key: Some("items[0]/each".into()),
-            queued_us: None,
-            host_id: None,
-        }
+        let mut row = StepRecord::new(Uuid::nil(), "each", "agent", status);
+        row.attempt = attempt;
+        row.step_key = Some("items[0]/each".into());
+        row
     }
 
     #[test]

@@ -99,6 +99,40 @@ pub struct StepRecord {
     pub host_id: Option<String>,
 }
 
+impl StepRecord {
+    /// A first attempt at `step_id` (of `step_type`) in run `run_id`, keyed by its id,
+    /// with nothing else known yet: the other fields are for the caller to fill in.
+    pub fn new(run_id: Uuid, step_id: &str, step_type: &str, status: StepStatus) -> Self {
+        StepRecord {
+            id: Uuid::now_v7(),
+            run_id,
+            step_id: step_id.to_owned(),
+            step_type: step_type.to_owned(),
+            parent_step_id: None,
+            branch_name: None,
+            item_index: None,
+            join_policy: None,
+            agent_name: None,
+            agent_digest: None,
+            attempt: 1,
+            status,
+            outcome: None,
+            input: None,
+            output: None,
+            error: None,
+            started_at: None,
+            finished_at: None,
+            instantiate_us: None,
+            execute_us: None,
+            fuel_consumed: None,
+            memory_peak_bytes: None,
+            step_key: Some(step_id.to_owned()),
+            queued_us: None,
+            host_id: None,
+        }
+    }
+}
+
 /// A `step_logs` row.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LogRecord {
