@@ -167,15 +167,20 @@ fn path(root: &str, trail: &[PathPart<'_>]) -> String {
             PathPart::Index(index) => {
                 let _ = write!(path, "[{index}]");
             }
-            PathPart::Key(key) if !key.is_empty() && key.chars().all(|c| c.is_alphanumeric() || c == '_') => {
-                let _ = write!(path, ".{key}");
-            }
-            PathPart::Key(key) => {
-                let _ = write!(path, "[{}]", serde_json::to_string(&key.replace('\0', "\\u0000")).unwrap_or_default());
-            }
+            PathPart::Key(key) => push_key(&mut path, key),
         }
     }
     path
+}
+
+/// Appends `key` to a JSON path: `.key` for a plain name, `["…"]` (JSON-quoted, so empty,
+/// dotted or control-character keys stay visible and unambiguous) otherwise.
+pub fn push_key(path: &mut String, key: &str) {
+    if !key.is_empty() && key.chars().all(|c| c.is_alphanumeric() || c == '_') {
+        let _ = write!(path, ".{key}");
+    } else {
+        let _ = write!(path, "[{}]", serde_json::to_string(key).unwrap_or_default());
+    }
 }
 
 /// Reads JSON that Braid stored, however deep: Braid's documents wrap accepted values in a
@@ -213,7 +218,7 @@ mod tests {
         let value = json!({ "items": [{ "name": "ok" }, { "name": "a\u{0}b" }] });
         assert_eq!(check_json(&value, "input").unwrap_err(), JsonProblem::Nul("input.items[1].name".into()));
         let key = json!({ "odd key": { "x\u{0}": 1 } });
-        assert_eq!(check_json(&key, "input").unwrap_err(), JsonProblem::Nul(r#"input["odd key"]["x\\u0000"]"#.into()));
+        assert_eq!(check_json(&key, "input").unwrap_err(), JsonProblem::Nul(r#"input["odd key"]["x\u0000"]"#.into()));
         assert!(check_json(&json!({ "fine": "\u{1}" }), "input").is_ok());
     }
 

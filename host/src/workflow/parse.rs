@@ -570,8 +570,15 @@ impl Parser {
 }
 
 impl Fields<'_> {
+    /// The path of `key` in this object: `steps[0].agent`, or for the workflow's own fields
+    /// `name`; an odd key is quoted (`$[""]`), so that every path names its place.
     fn at(&self, key: &str) -> String {
-        if self.path == "$" { key.to_owned() } else { format!("{}.{key}", self.path) }
+        let mut path = self.path.clone();
+        crate::limits::push_key(&mut path, key);
+        match path.strip_prefix("$.") {
+            Some(top) => top.to_owned(),
+            None => path,
+        }
     }
 }
 

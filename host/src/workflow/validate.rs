@@ -201,6 +201,16 @@ mod tests {
     }
 
     #[test]
+    fn an_odd_unknown_key_is_named_by_a_path_that_shows_it() {
+        // Found by the `definition` fuzz target: an empty key gave a problem with no path.
+        let found = problems(
+            r#"{ "name": "x", "version": "1", "": "?", "steps": [{ "id": "a", "agent": "echo", "a.b": 1 }] }"#,
+        );
+        assert!(found.iter().any(|p| p.starts_with(r#"$[""]: unknown field"#)), "{found:?}");
+        assert!(found.iter().any(|p| p.starts_with(r#"steps[0]["a.b"]: unknown field"#)), "{found:?}");
+    }
+
+    #[test]
     fn structural_problems_duplicates_and_unknown_references_are_reported_together() {
         let definition = r#"{ "name": "all", "version": "1", "steps": [
             { "id": "a", "agent": "echo" },
