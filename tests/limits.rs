@@ -207,6 +207,15 @@ async fn a_nul_in_one_run_never_fails_another_callers_run() {
         "steps": [{ "id": "e", "agent": "misbehave", "input": { "action": "raw", "text": "{\"a\": \"x\\u0000y\"}" } }] });
     assert_eq!(put_workflow(&client, &server, "answers-nul", "1", &answers).await.0, StatusCode::CREATED);
 
+    // A run output that builds one: the run fails, recorded, rather than never finishing.
+    let output = json!({ "name": "output-nul", "version": "1", "output": "${ 'a\\u0000b' }",
+        "steps": [{ "id": "e", "agent": "echo" }] });
+    assert_eq!(put_workflow(&client, &server, "output-nul", "1", &output).await.0, StatusCode::CREATED);
+    let (status, run) = start_run(&client, &server, "output-nul", json!({}), true).await;
+    assert_eq!(status, StatusCode::OK, "{run}");
+    assert_eq!(run["status"], "failed");
+    assert!(run["error"].as_str().unwrap().contains("NUL"), "{run}");
+
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..240 {
         let (client, url) = (client.clone(), server.base.clone());

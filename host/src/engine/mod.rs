@@ -425,13 +425,20 @@ impl Engine {
         if run.status == RunStatus::Succeeded {
             match &plan.workflow.output {
                 None => run.output = ended.output.take(),
-                Some(template) => match template.render_async(&scope).await {
-                    Ok(output) => run.output = Some(output),
-                    Err(err) => {
-                        run.status = RunStatus::Failed;
-                        run.error = Some(format!("output: {err}"));
+                // Checked like any JSON that is stored: a NUL would fail the run's last write.
+                Some(template) => {
+                    match template.render_async(&scope).await.map_err(|err| err.to_string()).and_then(|output| {
+                        crate::limits::check_json(&output, "the rendered value")
+                            .map(|()| output)
+                            .map_err(|p| p.to_string())
+                    }) {
+                        Ok(output) => run.output = Some(output),
+                        Err(err) => {
+                            run.status = RunStatus::Failed;
+                            run.error = Some(format!("output: {err}"));
+                        }
                     }
-                },
+                }
             }
         }
         run.finished_at = Some(Utc::now());
