@@ -93,7 +93,6 @@ async fn document(state: &AppState, id: Uuid) -> Result<Value, ApiError> {
     let run = run?.ok_or_else(|| ApiError::not_found(format!("no run {id}")))?;
     let page = page?;
     let next = next_cursor(&page, filter.limit);
-    let ids: Vec<Uuid> = page.iter().map(|s| s.id).collect();
     // A run that fits in one page is counted from the page (most runs: one query fewer).
     let (logs, counts) = match next {
         None => {
@@ -101,10 +100,10 @@ async fn document(state: &AppState, id: Uuid) -> Result<Value, ApiError> {
             for step in &page {
                 *counts.entry(step.status.as_str().to_owned()).or_insert(0i64) += 1;
             }
-            (store.logs_of(&ids).await?, counts)
+            (store.logs_of(&page).await?, counts)
         }
         Some(_) => {
-            let (logs, counts) = tokio::join!(store.logs_of(&ids), store.step_counts(id));
+            let (logs, counts) = tokio::join!(store.logs_of(&page), store.step_counts(id));
             (logs?, counts?)
         }
     };
@@ -162,7 +161,7 @@ pub async fn steps(
         return Err(ApiError::not_found(format!("no run {id}")));
     }
     let page = store.steps_page(id, &filter).await?;
-    let logs = store.logs_of(&page.iter().map(|s| s.id).collect::<Vec<_>>()).await?;
+    let logs = store.logs_of(&page).await?;
     let next = next_cursor(&page, limit);
     Ok(Json(json!({ "run_id": id, "steps": step_documents(&page, &logs), "next": next })))
 }

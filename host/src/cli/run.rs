@@ -159,7 +159,7 @@ async fn print_document(store: &Store, run: &crate::store::RunRecord) -> anyhow:
     let mut first = true;
     loop {
         let page = store.steps_page(run.id, &filter).await?;
-        let logs = store.logs_of(&page.iter().map(|step| step.id).collect::<Vec<_>>()).await?;
+        let logs = store.logs_of(&page).await?;
         for step in crate::store::step_documents(&page, &logs) {
             let text = serde_json::to_string_pretty(&step)?;
             writeln!(out, "{}", if first { "" } else { "," })?;

@@ -494,16 +494,6 @@ macro_rules! sql_backend {
             rows.into_iter().map(LogRow::into_record).collect()
         }
 
-        pub(super) async fn run_logs(pool: &$pool, run_id: Uuid) -> Result<Vec<LogRecord>, StoreError> {
-            let mut query = QueryBuilder::<$db>::new(
-                "SELECT l.step_execution_id, l.seq, l.level, l.source, l.message, l.logged_at \
-                 FROM step_logs l JOIN step_executions s ON s.id = l.step_execution_id WHERE s.run_id = ",
-            );
-            query.push_bind(to_id(run_id)).push(" ORDER BY l.step_execution_id, l.seq");
-            let rows: Vec<LogRow> = query.build_query_as().fetch_all(pool).await.map_err(StoreError::query)?;
-            rows.into_iter().map(LogRow::into_record).collect()
-        }
-
         /// Claims up to `limit` runs no host is executing, oldest first, for `host`: each
         /// claim bumps the run's epoch and gives `host` the lease for `lease_ms`. Postgres
         /// skips rows another host is claiming at the same moment (`SKIP LOCKED`); SQLite

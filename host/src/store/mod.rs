@@ -258,11 +258,6 @@ impl Store {
         dispatch!(self, run_steps(run_id))
     }
 
-    /// The logs of a run's step executions.
-    pub async fn run_logs(&self, run_id: Uuid) -> Result<Vec<LogRecord>, StoreError> {
-        dispatch!(self, run_logs(run_id))
-    }
-
     /// One page of a run's step executions (creation order), as `filter` says.
     pub async fn steps_page(&self, run_id: Uuid, filter: &StepFilter) -> Result<Vec<StepRecord>, StoreError> {
         dispatch!(self, steps_page(run_id, filter))
@@ -274,9 +269,10 @@ impl Store {
         Ok(counts?.into_iter().collect())
     }
 
-    /// The logs of these step executions.
-    pub async fn logs_of(&self, step_ids: &[Uuid]) -> Result<Vec<LogRecord>, StoreError> {
-        dispatch!(self, logs_of(step_ids))
+    /// The logs of these step executions (a page of them, say).
+    pub async fn logs_of(&self, steps: &[StepRecord]) -> Result<Vec<LogRecord>, StoreError> {
+        let ids: Vec<Uuid> = steps.iter().map(|step| step.id).collect();
+        dispatch!(self, logs_of(&ids))
     }
 
     /// Claims up to `limit` runs that no host is executing (pending, or under an expired
