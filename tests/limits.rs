@@ -311,7 +311,7 @@ async fn a_row_the_database_refuses_fails_only_its_own_writer() {
         let steps: Vec<StepRecord> = store.run_steps(run.id).await.unwrap();
         assert_eq!(steps.len(), 199, "{}", db.kind);
         assert!(steps.iter().all(|s| s.status == StepStatus::Succeeded));
-        assert_eq!(store.logs_of(&steps).await.unwrap().len(), 199, "logs went with their rows");
+        assert_eq!(store.details_of(&steps).await.unwrap().logs.len(), 199, "logs went with their rows");
         store.close().await.unwrap();
         db.drop_database().await;
     }

@@ -63,6 +63,6 @@ pub fn run_document_reader(text: &str) {
     let mut step = StepRecord::new(id, "s", "agent", StepStatus::Succeeded);
     step.input = Some(value.clone());
     step.output = Some(value);
-    let document = run_document(&run, &[step], &[]);
+    let document = run_document(&run, &[step], &Default::default());
     assert_eq!(document["steps"].as_array().map(Vec::len), Some(1));
 }

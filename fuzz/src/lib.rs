@@ -5,6 +5,9 @@
 pub mod checks;
 #[path = "../../host/src/limits.rs"]
 pub mod limits;
+pub mod outbound;
+#[path = "../../host/src/secrets.rs"]
+pub mod secrets;
 pub mod store;
 #[path = "../../host/src/workflow/mod.rs"]
 pub mod workflow;

@@ -6,4 +6,4 @@ mod document;
 pub mod records;
 
 pub use document::{paged_document, run_document};
-pub use records::{LogRecord, RunRecord, RunStatus, StepRecord, StepStatus};
+pub use records::{HttpCallRecord, LogRecord, RunRecord, RunStatus, StepDetails, StepRecord, StepStatus};

@@ -157,6 +157,9 @@ impl From<Error> for StepError {
     }
 }
 
+#[cfg(feature = "http")]
+pub mod http;
+
 /// Logging through the host: each call becomes one line of the step execution's logs.
 ///
 /// Lines past the host's log cap are dropped and counted by the host; logging never fails.

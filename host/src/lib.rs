@@ -13,6 +13,9 @@
 //! * [`registry`]: where agents come from (a folder of components) and their digests.
 //! * [`cluster`]: hosts and ownership: leases, fencing epochs, claims, heartbeats.
 //! * [`store`]: sqlx. Runs, step executions and logs in Postgres or SQLite, batched writes.
+//! * [`outbound`]: outbound HTTP for agents: host-pattern grants, the operator's ceiling,
+//!   refusing private addresses, the shared client, the record of each request.
+//! * [`secrets`]: secrets from the host (environment, a secrets file) and their redaction.
 //! * [`limits`]: what callers and authors may send: JSON depth and characters, read-back.
 //! * [`cli`]: the `braid` command line, parsing and rendering; `main.rs` only calls it.
 //!
@@ -28,7 +31,9 @@ pub mod cluster;
 pub mod engine;
 pub mod limits;
 pub mod metrics;
+pub mod outbound;
 pub mod registry;
 pub mod sandbox;
+pub mod secrets;
 pub mod store;
 pub mod workflow;

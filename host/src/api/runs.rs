@@ -94,20 +94,20 @@ async fn document(state: &AppState, id: Uuid) -> Result<Value, ApiError> {
     let page = page?;
     let next = next_cursor(&page, filter.limit);
     // A run that fits in one page is counted from the page (most runs: one query fewer).
-    let (logs, counts) = match next {
+    let (details, counts) = match next {
         None => {
             let mut counts = std::collections::BTreeMap::new();
             for step in &page {
                 *counts.entry(step.status.as_str().to_owned()).or_insert(0i64) += 1;
             }
-            (store.logs_of(&page).await?, counts)
+            (store.details_of(&page).await?, counts)
         }
         Some(_) => {
-            let (logs, counts) = tokio::join!(store.logs_of(&page), store.step_counts(id));
-            (logs?, counts?)
+            let (details, counts) = tokio::join!(store.details_of(&page), store.step_counts(id));
+            (details?, counts?)
         }
     };
-    Ok(paged_document(&run, &page, &logs, &counts, next))
+    Ok(paged_document(&run, &page, &details, &counts, next))
 }
 
 /// The cursor of the page after `page`: its last id, when the page is full.
@@ -161,9 +161,9 @@ pub async fn steps(
         return Err(ApiError::not_found(format!("no run {id}")));
     }
     let page = store.steps_page(id, &filter).await?;
-    let logs = store.logs_of(&page).await?;
+    let details = store.details_of(&page).await?;
     let next = next_cursor(&page, limit);
-    Ok(Json(json!({ "run_id": id, "steps": step_documents(&page, &logs), "next": next })))
+    Ok(Json(json!({ "run_id": id, "steps": step_documents(&page, &details), "next": next })))
 }
 
 #[derive(Debug, Deserialize)]

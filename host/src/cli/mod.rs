@@ -79,20 +79,73 @@ pub struct HostArgs {
     #[arg(long, value_name = "MIB", default_value_t = crate::limits::DEFAULT_MAX_RUN_BYTES >> 20,
           value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
     pub max_run_mb: u64,
+    /// The most any workflow may grant agents over HTTP: a `scheme://host[:port]` pattern
+    /// (repeatable; default: any public host). A grant beyond it fails the deploy or run.
+    #[arg(long = "allow-outbound", value_name = "PATTERN")]
+    pub allow_outbound: Vec<String>,
+    /// Let agents reach private, loopback and link-local addresses (refused by default,
+    /// after DNS too, even when a workflow grants the host).
+    #[arg(long)]
+    pub allow_private_network: bool,
+    /// Most outbound HTTP requests one agent execution may make.
+    #[arg(long, value_name = "N", default_value_t = crate::outbound::DEFAULT_MAX_REQUESTS,
+          value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    pub max_http_requests: u32,
+    /// Most bytes of one outbound response body (and of one request body); beyond it the
+    /// body stream fails for the agent.
+    #[arg(long, value_name = "BYTES", default_value_t = crate::outbound::DEFAULT_MAX_BODY_BYTES,
+          value_parser = clap::value_parser!(u64).range(1..=(1 << 32)))]
+    pub max_http_response_bytes: u64,
+    /// A TOML or JSON file of secret name → value, for steps' `secrets` (the environment's
+    /// `BRAID_SECRET_<NAME>` variables win on a clash).
+    #[arg(long, env = "BRAID_SECRETS_FILE", value_name = "FILE")]
+    pub secrets_file: Option<std::path::PathBuf>,
 }
 
 impl HostArgs {
+    /// The sandbox's settings, `base` with this host's outbound HTTP policy.
+    pub fn sandbox_config(&self, base: crate::sandbox::SandboxConfig) -> anyhow::Result<crate::sandbox::SandboxConfig> {
+        let ceiling = if self.allow_outbound.is_empty() {
+            crate::outbound::HostPatterns::any()
+        } else {
+            crate::outbound::HostPatterns::parse(&self.allow_outbound).map_err(|errors| {
+                let lines: Vec<String> = errors.iter().map(|e| format!("  --allow-outbound {e}")).collect();
+                anyhow::anyhow!("invalid --allow-outbound:\n{}", lines.join("\n"))
+            })?
+        };
+        let outbound = crate::outbound::OutboundConfig {
+            ceiling,
+            allow_private_network: self.allow_private_network,
+            max_requests: self.max_http_requests,
+            max_body_bytes: self.max_http_response_bytes,
+            ..base.outbound.clone()
+        };
+        Ok(crate::sandbox::SandboxConfig { outbound, ..base })
+    }
+
     /// The host's settings, executing at most `max_active_runs` runs at once.
-    pub fn config(&self, max_active_runs: Option<usize>) -> crate::cluster::HostConfig {
+    pub fn config(&self, max_active_runs: Option<usize>) -> anyhow::Result<crate::cluster::HostConfig> {
         let host_id = self.host_id.clone().unwrap_or_else(crate::cluster::default_host_id);
         let mut config = crate::cluster::HostConfig::new(host_id);
         config.lease = std::time::Duration::from_millis(self.lease_ms);
         config.run_limits =
             crate::engine::RunLimits { max_map_items: self.max_map_items, max_run_bytes: self.max_run_mb << 20 };
+        config.secrets = std::sync::Arc::new(crate::secrets::Secrets::load(self.secrets_file.as_deref())?);
         if let Some(max) = max_active_runs {
             config.max_active_runs = max;
         }
-        config
+        Ok(config)
+    }
+}
+
+/// Errors a guest can cause at will (a failed stream read, a refused request) must not
+/// make the host capture and symbolicate a Rust backtrace each time: that is slow and
+/// takes ~100 MiB with debug info. `RUST_LIB_BACKTRACE=0` turns capture off for library
+/// errors unless the operator sets it; panics still honour `RUST_BACKTRACE`.
+fn without_library_backtraces() {
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        // SAFETY: the first thing `main` does, before any other thread exists.
+        unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
     }
 }
 
@@ -125,6 +178,7 @@ impl From<Status> for ExitCode {
 /// Parses the command line, runs the command and maps the result to an exit code: errors
 /// that stop a command before it runs (bad usage, bad input) exit with 2.
 pub fn main() -> ExitCode {
+    without_library_backtraces();
     let cli = Cli::parse();
     if !matches!(cli.command, Command::Serve(_)) {
         end_quietly_on_a_closed_pipe();

@@ -74,9 +74,10 @@ enum WorkflowAction {
 pub(super) async fn open_registry(
     database: &DatabaseArgs,
     registry: &RegistryArgs,
+    sandbox: SandboxConfig,
 ) -> anyhow::Result<(Store, Registry)> {
     let store = Store::open(&database.database_url).await?;
-    let sandbox = Arc::new(Sandbox::new(SandboxConfig { max_instances: 16, ..SandboxConfig::default() })?);
+    let sandbox = Arc::new(Sandbox::new(SandboxConfig { max_instances: 16, ..sandbox })?);
     let registry = Registry::new(store.clone(), sandbox, &registry.cache_dir);
     Ok((store, registry))
 }
@@ -98,7 +99,7 @@ impl AgentCommand {
             match self.action {
                 AgentAction::Push { file, name, version, database, registry } => {
                     let wasm = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
-                    let (store, registry) = open_registry(&database, &registry).await?;
+                    let (store, registry) = open_registry(&database, &registry, SandboxConfig::default()).await?;
                     let (agent, deployed) = registry.deploy_agent(&name, &version, wasm).await?;
                     println!("{} {}@{} ({})", deployed_word(deployed), agent.name, agent.version, agent.digest);
                     store.close().await?;
@@ -142,7 +143,7 @@ impl WorkflowCommand {
                     let field = |key: &str| definition.get(key).map(|v| v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string()));
                     let name = name.or_else(|| field("name")).context("the workflow has no name: give --name")?;
                     let version = version.or_else(|| field("version")).context("the workflow has no version: give --version")?;
-                    let (store, registry) = open_registry(&database, &registry).await?;
+                    let (store, registry) = open_registry(&database, &registry, SandboxConfig::default()).await?;
                     let (workflow, deployed) = registry.deploy_workflow(&name, &version, definition).await?;
                     println!("{} {}@{} ({})", deployed_word(deployed), workflow.name, workflow.version, workflow.digest);
                     store.close().await?;

@@ -1,15 +1,20 @@
 //! Rendering recorded runs as text: the tree of steps. (The JSON document of a run is
 //! [`crate::store::run_document`], shared with the HTTP API.)
 
-use crate::store::{RunRecord, StepRecord};
+use crate::store::{HttpCallRecord, RunRecord, StepRecord};
 use std::collections::HashMap;
 use uuid::Uuid;
 
-/// The run as a tree of steps with status, outcome and duration, then its output or error.
-pub fn run_text(run: &RunRecord, steps: &[StepRecord]) -> String {
+/// The run as a tree of steps with status, outcome and duration (and each agent step's
+/// outbound HTTP requests), then its output or error.
+pub fn run_text(run: &RunRecord, steps: &[StepRecord], calls: &[HttpCallRecord]) -> String {
     let mut children: HashMap<Option<Uuid>, Vec<&StepRecord>> = HashMap::new();
     for step in steps {
         children.entry(step.parent_step_id).or_default().push(step);
+    }
+    let mut calls_of: HashMap<Uuid, Vec<&HttpCallRecord>> = HashMap::new();
+    for call in calls {
+        calls_of.entry(call.step_execution_id).or_default().push(call);
     }
     let mut text = format!(
         "run {}  {}@{}  {}{}\n",
@@ -19,7 +24,7 @@ pub fn run_text(run: &RunRecord, steps: &[StepRecord]) -> String {
         run.status,
         duration(run.started_at, run.finished_at)
     );
-    write_children(&mut text, &children, None, 1);
+    write_children(&mut text, &Tree { children, calls_of }, None, 1);
     if let Some(output) = &run.output {
         text.push_str(&format!("output: {}\n", serde_json::to_string_pretty(output).unwrap_or_default()));
     }
@@ -29,13 +34,14 @@ pub fn run_text(run: &RunRecord, steps: &[StepRecord]) -> String {
     text
 }
 
-fn write_children(
-    text: &mut String,
-    children: &HashMap<Option<Uuid>, Vec<&StepRecord>>,
-    parent: Option<Uuid>,
-    depth: usize,
-) {
-    for step in children.get(&parent).into_iter().flatten() {
+/// The steps by parent, and the requests by step.
+struct Tree<'a> {
+    children: HashMap<Option<Uuid>, Vec<&'a StepRecord>>,
+    calls_of: HashMap<Uuid, Vec<&'a HttpCallRecord>>,
+}
+
+fn write_children(text: &mut String, tree: &Tree, parent: Option<Uuid>, depth: usize) {
+    for step in tree.children.get(&parent).into_iter().flatten() {
         let branch = step.branch_name.as_ref().map(|b| format!("[{b}] ")).unwrap_or_default();
         let item = step.item_index.map(|i| format!("#{i} ")).unwrap_or_default();
         let attempt = if step.attempt > 1 { format!(" (attempt {})", step.attempt) } else { String::new() };
@@ -56,7 +62,25 @@ fn write_children(
         if let (Some(error), false) = (&step.error, step.status.as_str() == "succeeded") {
             text.push_str(&format!("{}  error: {error}\n", "  ".repeat(depth)));
         }
-        write_children(text, children, Some(step.id), depth + 1);
+        for call in tree.calls_of.get(&step.id).into_iter().flatten() {
+            let ended = match (call.status, &call.error) {
+                (Some(status), None) => format!("{status}, {} bytes in", call.bytes_in),
+                (Some(status), Some(error)) => format!("{status}, then {error}"),
+                (None, Some(error)) => error.clone(),
+                (None, None) => "no response".to_owned(),
+            };
+            text.push_str(&format!(
+                "{}  http {} {}://{}:{}{} → {ended}  {:.1} ms\n",
+                "  ".repeat(depth),
+                call.method,
+                call.scheme,
+                call.host,
+                call.port,
+                call.path,
+                call.duration_us as f64 / 1000.0
+            ));
+        }
+        write_children(text, tree, Some(step.id), depth + 1);
     }
 }
 

@@ -48,9 +48,14 @@ impl RunCommand {
         let text = std::fs::read_to_string(&self.workflow)
             .with_context(|| format!("cannot read {}", self.workflow.display()))?;
         let agents = AgentDirectory::new(&self.agents);
-        let definition = workflow::check(&text, &|reference| agents.path_of(reference).is_some())?;
+        let sandbox_config = self.host.sandbox_config(SandboxConfig::default())?;
+        let definition = workflow::check_on_host(
+            &text,
+            &|reference| agents.path_of(reference).is_some(),
+            &sandbox_config.outbound.ceiling,
+        )?;
         definition.check_input(&input)?;
-        let sandbox = Arc::new(Sandbox::new(SandboxConfig::default())?);
+        let sandbox = Arc::new(Sandbox::new(sandbox_config)?);
         let resolved = agents.resolve(&definition, &sandbox)?;
         let components = agents.components(&definition)?;
         let document: serde_json::Value = serde_json::from_str(&text)?;
@@ -75,7 +80,8 @@ impl RunCommand {
         };
         let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
         runtime.block_on(async {
-            let (store, registry) = open_registry(&self.database, &self.registry).await?;
+            let sandbox = self.host.sandbox_config(SandboxConfig::default())?;
+            let (store, registry) = open_registry(&self.database, &self.registry, sandbox).await?;
             let plan = registry.plan(&name, version.as_deref()).await?;
             plan.workflow.check_input(&input)?;
             self.run_plan(&store, Arc::new(registry), plan, input).await
@@ -93,7 +99,7 @@ impl RunCommand {
         input: serde_json::Value,
     ) -> anyhow::Result<Status> {
         let engine = Engine::new(registry.sandbox().clone(), store.recorder().clone());
-        let runner = Runner::new(engine, registry, self.host.config(Some(1)));
+        let runner = Runner::new(engine, registry, self.host.config(Some(1))?);
         runner.start_host(false);
         let started = runner.start(plan, input, None).await?;
         let (on_interrupt, id) = (runner.clone(), started.run_id);
@@ -134,7 +140,8 @@ pub(super) async fn print_run(
             // A tree is for people: the first page of it, and how much more there is.
             let first = crate::store::StepFilter { limit: PRINT_PAGE, ..Default::default() };
             let page = store.steps_page(run.id, &first).await?;
-            print!("{}", run_text(run, &page));
+            let details = store.details_of(&page).await?;
+            print!("{}", run_text(run, &page, &details.http_calls));
             if page.len() == PRINT_PAGE as usize {
                 let total: i64 = store.step_counts(run.id).await?.values().sum();
                 println!("(the first {PRINT_PAGE} of {total} step executions; --output json prints them all)");
@@ -159,8 +166,8 @@ async fn print_document(store: &Store, run: &crate::store::RunRecord) -> anyhow:
     let mut first = true;
     loop {
         let page = store.steps_page(run.id, &filter).await?;
-        let logs = store.logs_of(&page).await?;
-        for step in crate::store::step_documents(&page, &logs) {
+        let details = store.details_of(&page).await?;
+        for step in crate::store::step_documents(&page, &details) {
             let text = serde_json::to_string_pretty(&step)?;
             writeln!(out, "{}", if first { "" } else { "," })?;
             first = false;

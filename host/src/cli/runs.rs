@@ -99,7 +99,8 @@ enum Drive {
 impl DriveArgs {
     /// Claims run `id` and executes it here to its end, printing it as `braid run` does.
     async fn drive(&self, id: Uuid, how: Drive) -> anyhow::Result<Status> {
-        let (store, registry) = open_registry(&self.database, &self.registry).await?;
+        let sandbox = self.host.sandbox_config(crate::sandbox::SandboxConfig::default())?;
+        let (store, registry) = open_registry(&self.database, &self.registry, sandbox).await?;
         let run = store.get_run(id).await?.ok_or_else(|| anyhow!("no run with id {id}"))?;
         if how == Drive::Redrive && store.redrive(id).await?.is_none() {
             bail!("run {id} is {}: only failed or cancelled runs can be redriven", run.status);
@@ -111,7 +112,7 @@ impl DriveArgs {
             );
         }
         let engine = Engine::new(registry.sandbox().clone(), store.recorder().clone());
-        let runner = Runner::new(engine, Arc::new(registry), self.host.config(Some(1)));
+        let runner = Runner::new(engine, Arc::new(registry), self.host.config(Some(1))?);
         runner.start_host(false);
         let run = match runner.drive(id).await? {
             Some(run) => run,

@@ -66,13 +66,15 @@ impl ServeCommand {
                 self.listen
             );
         }
-        let sandbox =
-            Arc::new(Sandbox::new(SandboxConfig { max_instances: self.max_instances, ..SandboxConfig::default() })?);
+        let sandbox = Arc::new(Sandbox::new(
+            self.host
+                .sandbox_config(SandboxConfig { max_instances: self.max_instances, ..SandboxConfig::default() })?,
+        )?);
         let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
         runtime.block_on(async move {
             let store = Store::open(&self.database.database_url).await?;
             let registry = Arc::new(Registry::new(store.clone(), sandbox.clone(), &self.registry.cache_dir));
-            let config = self.host.config(self.max_active_runs.map(|n| usize::try_from(n).unwrap_or(usize::MAX)));
+            let config = self.host.config(self.max_active_runs.map(|n| usize::try_from(n).unwrap_or(usize::MAX)))?;
             let runner = Runner::new(Engine::new(sandbox.clone(), store.recorder().clone()), registry.clone(), config);
             let listener = tokio::net::TcpListener::bind(self.listen)
                 .await

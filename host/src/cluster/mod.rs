@@ -31,6 +31,8 @@ pub struct HostConfig {
     pub poll: Duration,
     /// What one run may take of this host.
     pub run_limits: crate::engine::RunLimits,
+    /// The secrets steps may ask for.
+    pub secrets: std::sync::Arc<crate::secrets::Secrets>,
 }
 
 impl HostConfig {
@@ -42,6 +44,7 @@ impl HostConfig {
             max_active_runs: default_max_active_runs(),
             poll: Duration::from_millis(500),
             run_limits: crate::engine::RunLimits::default(),
+            secrets: std::sync::Arc::default(),
         }
     }
 }

@@ -74,7 +74,8 @@ pub struct Started {
 
 impl Runner {
     pub fn new(engine: Engine, registry: Arc<Registry>, config: HostConfig) -> Arc<Self> {
-        let engine = engine.with_host_id(&config.host_id).with_limits(config.run_limits);
+        let engine =
+            engine.with_host_id(&config.host_id).with_limits(config.run_limits).with_secrets(config.secrets.clone());
         Arc::new(Runner {
             engine,
             registry,

@@ -1,13 +1,17 @@
-//! Agent steps: rendering the input, executing in the sandbox, and retrying what a retry
-//! could help (retryable guest errors, timeouts, traps) with exponential backoff — each
-//! attempt its own row.
+//! Agent steps: rendering the input, giving the agent its config, secrets and outbound HTTP
+//! grants, executing in the sandbox, redacting secrets from what it hands back, and
+//! retrying what a retry could help (retryable guest errors, timeouts, traps) with
+//! exponential backoff — each attempt its own row, with its logs and HTTP requests.
 
 use super::{Ended, Placement, ResolvedAgent, RunContext, failed, finish_row, new_row};
+use crate::outbound::HttpCall;
 use crate::sandbox::{self, ExecutionRequest, Limits, LogLine, StepContext};
-use crate::store::{LogRecord, Pending, StepRecord, StepStatus};
+use crate::secrets::Redactor;
+use crate::store::{HttpCallRecord, LogRecord, Pending, StepDetails, StepRecord, StepStatus};
 use crate::workflow::{AgentStep, RetryPolicy, Scope, Step};
 use chrono::Utc;
 use serde_json::Value;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -39,7 +43,7 @@ pub(super) async fn run(
         Ok(input) => input,
         Err(err) => {
             let ended = failed(err);
-            let row = finish_row(context, row, &ended, Vec::new());
+            let row = finish_row(context, row, &ended, StepDetails::default());
             return (ended, row);
         }
     };
@@ -47,8 +51,17 @@ pub(super) async fn run(
     let Some(resolved) = resolved else {
         // Validation resolves every agent before a run; reaching this is a bug, not input.
         let ended = failed(format!("agent {:?} was not resolved before the run", agent_step.agent));
-        let row = finish_row(context, row, &ended, Vec::new());
+        let row = finish_row(context, row, &ended, StepDetails::default());
         return (ended, row);
+    };
+
+    let given = match given_to_agent(context, agent_step) {
+        Ok(given) => given,
+        Err(err) => {
+            let ended = failed(err);
+            let row = finish_row(context, row, &ended, StepDetails::default());
+            return (ended, row);
+        }
     };
 
     let retry = agent_step.retry.unwrap_or(RetryPolicy { max_attempts: 1, ..RetryPolicy::default() });
@@ -71,7 +84,7 @@ pub(super) async fn run(
         attempt_row.attempt = attempt;
         attempt_row.started_at = Some(Utc::now());
         let (ended, retryable, written) =
-            attempt_agent(context, step, agent_step, &resolved, &input, attempt_row, placement, cancel).await;
+            attempt_agent(context, step, agent_step, &resolved, &given, &input, attempt_row, placement, cancel).await;
         let delay = backoff.next();
         let retry_helps = ended.status == StepStatus::Failed && retryable && !cancel.is_cancelled();
         match delay {
@@ -109,6 +122,41 @@ fn backoff_delays(retry: &RetryPolicy) -> impl Iterator<Item = Duration> {
     builder.build()
 }
 
+/// What a step hands its agent besides the input: its config with the secrets it names,
+/// and the redactor that keeps those secrets out of the records.
+struct Given {
+    config: Arc<BTreeMap<String, String>>,
+    redactor: Redactor,
+}
+
+/// The step's config with its secrets filled in from the host; a secret the host does not
+/// have fails the step before it runs, naming the secret (never a value).
+fn given_to_agent(context: &RunContext, agent_step: &AgentStep) -> Result<Given, String> {
+    if agent_step.secrets.is_empty() {
+        return Ok(Given { config: Arc::new(agent_step.config.clone()), redactor: Redactor::default() });
+    }
+    let secrets = &context.engine.secrets;
+    let mut config = agent_step.config.clone();
+    let mut missing = Vec::new();
+    for (key, name) in &agent_step.secrets {
+        match secrets.get(name) {
+            Some(value) => {
+                config.insert(key.clone(), value.to_owned());
+            }
+            None => missing.push(format!("{name:?} (config key {key:?})")),
+        }
+    }
+    if !missing.is_empty() {
+        return Err(format!(
+            "the host has no secret {}: set {}<NAME> in its environment or add it to its --secrets-file",
+            missing.join(", "),
+            crate::secrets::ENV_PREFIX
+        ));
+    }
+    let redactor = Redactor::new(agent_step.secrets.values().filter_map(|name| secrets.get(name)));
+    Ok(Given { config: Arc::new(config), redactor })
+}
+
 /// One attempt: executes the agent and records the attempt's row. Returns how it ended,
 /// whether a retry could help, and the row being committed.
 #[allow(clippy::too_many_arguments)]
@@ -117,6 +165,7 @@ async fn attempt_agent(
     step: &Step,
     agent_step: &AgentStep,
     resolved: &ResolvedAgent,
+    given: &Given,
     input: &Value,
     mut row: StepRecord,
     placement: &Placement,
@@ -141,8 +190,9 @@ async fn attempt_agent(
             memory_bytes: agent_step.memory_mb.map_or(defaults.memory_bytes, |mb| mb.saturating_mul(1 << 20)),
             fuel: agent_step.fuel.or(defaults.fuel),
         }),
-        config: Arc::new(agent_step.config.clone()),
+        config: given.config.clone(),
         cancel: cancel.clone(),
+        allowed_hosts: Arc::new(agent_step.allowed_hosts.patterns.clone()),
     };
     // A step still running after a moment gets a "running" row, so that long steps are
     // visible while they run. Quick steps skip it: their final row is their only write,
@@ -152,18 +202,19 @@ async fn attempt_agent(
     let result = tokio::select! {
         result = &mut running => result,
         () = tokio::time::sleep(RUNNING_ROW_AFTER) => {
-            let _ = context.write(row.clone(), Vec::new());
+            let _ = context.write(row.clone(), StepDetails::default());
             running.await
         }
     };
-    let execution = match result {
+    let mut execution = match result {
         Ok(execution) => execution,
         Err(err) => {
             let ended = failed(err.to_string());
-            let written = finish_row(context, row, &ended, Vec::new());
+            let written = finish_row(context, row, &ended, StepDetails::default());
             return (ended, false, written);
         }
     };
+    redact(&given.redactor, &mut execution);
     row.outcome = Some(execution.outcome.as_str().to_owned());
     row.queued_us = Some(micros(execution.queued));
     row.instantiate_us = Some(micros(execution.instantiate));
@@ -187,9 +238,57 @@ async fn attempt_agent(
     {
         ended = failed(over);
     }
-    let logs = log_records(row.id, execution.logs);
-    let written = finish_row(context, row, &ended, logs);
+    let details = StepDetails {
+        logs: log_records(row.id, execution.logs),
+        http_calls: call_records(row.id, execution.http_calls),
+    };
+    let written = finish_row(context, row, &ended, details);
     (ended, execution.retryable, written)
+}
+
+/// Takes the step's secrets out of everything of `execution` that is recorded or passed on.
+fn redact(redactor: &Redactor, execution: &mut sandbox::Execution) {
+    if redactor.is_empty() {
+        return;
+    }
+    if let Some(output) = &mut execution.output {
+        redactor.json(output);
+    }
+    if let Some(error) = &mut execution.error {
+        redactor.in_place(error);
+    }
+    for line in &mut execution.logs {
+        redactor.in_place(&mut line.message);
+    }
+    for call in &mut execution.http_calls {
+        redactor.in_place(&mut call.path);
+        redactor.in_place(&mut call.host);
+        if let Some(error) = &mut call.error {
+            redactor.in_place(error);
+        }
+    }
+}
+
+fn call_records(step_execution_id: Uuid, calls: Vec<HttpCall>) -> Vec<HttpCallRecord> {
+    calls
+        .into_iter()
+        .enumerate()
+        .map(|(seq, call)| HttpCallRecord {
+            step_execution_id,
+            seq: i32::try_from(seq).unwrap_or(i32::MAX),
+            method: call.method,
+            scheme: call.scheme,
+            host: call.host,
+            port: i32::from(call.port),
+            path: call.path,
+            status: call.status.map(i32::from),
+            error: call.error,
+            bytes_out: i64::try_from(call.bytes_out).unwrap_or(i64::MAX),
+            bytes_in: i64::try_from(call.bytes_in).unwrap_or(i64::MAX),
+            duration_us: i64::try_from(call.duration_us).unwrap_or(i64::MAX),
+            started_at: call.started_at,
+        })
+        .collect()
 }
 
 fn micros(duration: Duration) -> i64 {

@@ -9,7 +9,7 @@ use super::scope::{bind, view};
 use super::{
     Ended, Placement, RunContext, StepEnd, Stop, failed, finish_row, new_row, record_not_started, run_sequence,
 };
-use crate::store::{StepStatus, StoreError};
+use crate::store::{StepDetails, StepStatus, StoreError};
 use crate::workflow::{MapBlock, Scope, Step, json_to_cel};
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -44,7 +44,7 @@ pub(super) async fn run(
         Err(err) => return Ok(fail(context, step, row, format!("items: {err}"))),
     };
     row.input = Some(json!({ "items": items.len() }));
-    let _ = context.write(row.clone(), Vec::new());
+    let _ = context.write(row.clone(), StepDetails::default());
 
     let anchor = row.clone();
     let item_placement = |index: usize| Placement::inside(&anchor, None, Some(index as i64), &format!("[{index}]"));
@@ -86,13 +86,13 @@ pub(super) async fn run(
         .collect();
     let (status, error) = block_ending(&end, map.join_policy, stop, &failures);
     let ended = Ended { status, output: Some(Value::Array(output)), error };
-    let written = finish_row(context, row, &ended, Vec::new());
+    let written = finish_row(context, row, &ended, StepDetails::default());
     Ok((ended.clone(), vec![(step.id.clone(), view(&ended))], written))
 }
 
 /// Ends a block that could not start, with `error`.
 pub(super) fn fail(context: &RunContext, step: &Step, row: crate::store::StepRecord, error: String) -> StepEnd {
     let ended = failed(error);
-    let written = finish_row(context, row, &ended, Vec::new());
+    let written = finish_row(context, row, &ended, StepDetails::default());
     (ended.clone(), vec![(step.id.clone(), view(&ended))], written)
 }

@@ -19,7 +19,7 @@ mod scope;
 
 use crate::metrics::METRICS;
 use crate::sandbox::{self, Sandbox};
-use crate::store::{Fence, LogRecord, Pending, Recorder, RunRecord, RunStatus, StepRecord, StepStatus, StoreError};
+use crate::store::{Fence, Pending, Recorder, RunRecord, RunStatus, StepDetails, StepRecord, StepStatus, StoreError};
 use crate::workflow::{Scope, Step, StepKind, Workflow};
 use chrono::Utc;
 use futures::future::BoxFuture;
@@ -135,6 +135,8 @@ pub struct Engine {
     /// The host this engine runs in, recorded with every step execution.
     host_id: Arc<str>,
     limits: RunLimits,
+    /// The host's secrets, for steps that map config keys to them.
+    secrets: Arc<crate::secrets::Secrets>,
 }
 
 /// What one run may take of a host, beyond what its definition says.
@@ -171,8 +173,8 @@ struct RunContext {
 
 impl RunContext {
     /// Queues a step row (with its logs) under the run's fence.
-    fn write(&self, row: StepRecord, logs: Vec<LogRecord>) -> Pending {
-        self.engine.recorder.step(row, logs, &self.fence)
+    fn write(&self, row: StepRecord, details: StepDetails) -> Pending {
+        self.engine.recorder.step_with(row, details, &self.fence)
     }
 
     /// Counts `bytes` more recorded; an error once the run is over its cap.
@@ -274,12 +276,24 @@ impl Ended {
 
 impl Engine {
     pub fn new(sandbox: Arc<Sandbox>, recorder: Recorder) -> Self {
-        Engine { sandbox, recorder, host_id: crate::cluster::default_host_id().into(), limits: RunLimits::default() }
+        Engine {
+            sandbox,
+            recorder,
+            host_id: crate::cluster::default_host_id().into(),
+            limits: RunLimits::default(),
+            secrets: Arc::default(),
+        }
     }
 
     /// The same engine, holding runs to `limits`.
     pub fn with_limits(mut self, limits: RunLimits) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// The same engine, giving steps the host's `secrets` where they ask for them.
+    pub fn with_secrets(mut self, secrets: Arc<crate::secrets::Secrets>) -> Self {
+        self.secrets = secrets;
         self
     }
 
@@ -584,7 +598,7 @@ async fn run_step(
             if let StepKind::Agent(agent) = &step.kind {
                 row.agent_name = context.plan.agents.get(&agent.agent).map(|a| a.name.clone());
             }
-            let written = finish_row(context, row, &ended, Vec::new());
+            let written = finish_row(context, row, &ended, StepDetails::default());
             let view = scope::view(&ended);
             return Ok((ended, vec![(step.id.clone(), view)], written));
         }
@@ -616,7 +630,7 @@ fn adopt(context: &RunContext, row: &StepRecord, placement: &Placement) -> Pendi
     }
     let mut adopted = row.clone();
     adopted.parent_step_id = placement.parent;
-    context.write(adopted, Vec::new())
+    context.write(adopted, StepDetails::default())
 }
 
 /// A fresh row for a step execution of `context`'s run, numbered after the attempts
@@ -662,7 +676,7 @@ fn recorded_bytes(rows: &[StepRecord]) -> u64 {
 }
 
 /// Ends `row` as `ended` and queues it (with `logs`) for the next commit.
-fn finish_row(context: &RunContext, mut row: StepRecord, ended: &Ended, logs: Vec<LogRecord>) -> Pending {
+fn finish_row(context: &RunContext, mut row: StepRecord, ended: &Ended, details: StepDetails) -> Pending {
     row.status = ended.status;
     row.output = ended.output.clone();
     row.error = ended.error.clone();
@@ -673,7 +687,7 @@ fn finish_row(context: &RunContext, mut row: StepRecord, ended: &Ended, logs: Ve
         let seconds = (Utc::now() - started).num_microseconds().unwrap_or(0) as f64 / 1e6;
         METRICS.step_seconds.with_label_values(&[&row.step_type]).observe(seconds);
     }
-    context.write(row, logs)
+    context.write(row, details)
 }
 
 fn failed(error: String) -> Ended {
@@ -695,7 +709,7 @@ fn record_not_started(context: &RunContext, steps: &[Step], placement: &Placemen
             row.agent_name = context.plan.agents.get(&agent.agent).map(|a| a.name.clone());
         }
         let ended = Ended { status, output: None, error: Some("cancelled before it started".into()) };
-        rows.push(finish_row(context, row, &ended, Vec::new()));
+        rows.push(finish_row(context, row, &ended, StepDetails::default()));
     }
     rows
 }

@@ -9,7 +9,7 @@
 use super::scope::block_view;
 use super::{Ended, Placement, RunContext, StepEnd, Stop, finish_row, new_row, record_not_started, run_sequence};
 use crate::store::Pending;
-use crate::store::{StepStatus, StoreError};
+use crate::store::{StepDetails, StepStatus, StoreError};
 use crate::workflow::{JoinPolicy, ParallelBlock, Scope, Step};
 use futures::future::BoxFuture;
 use serde_json::{Map, Value, json};
@@ -176,7 +176,7 @@ pub(super) async fn run(
     let mut row = new_row(context, step, placement);
     row.join_policy = Some(block.join_policy.label());
     // The block's row must exist before its branches' rows point at it.
-    let _ = context.write(row.clone(), Vec::new());
+    let _ = context.write(row.clone(), StepDetails::default());
 
     let branches = block.branches.clone();
     let anchor = row.clone();
@@ -234,7 +234,7 @@ pub(super) async fn run(
     }
     let (status, error) = block_ending(&end, block.join_policy, stop, &failures);
     let ended = Ended { status, output: Some(Value::Object(output)), error };
-    let row = finish_row(context, row, &ended, Vec::new());
+    let row = finish_row(context, row, &ended, StepDetails::default());
     views.push((step.id.clone(), block_view(&ended, branch_views)));
     Ok((ended, views, row))
 }

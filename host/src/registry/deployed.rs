@@ -159,7 +159,8 @@ impl Registry {
             .iter()
             .flat_map(|agent| [agent.name.clone(), format!("{}@{}", agent.name, agent.version)])
             .collect();
-        workflow::check(&definition.to_string(), &|reference| known.contains(reference))?;
+        let ceiling = &self.sandbox.config().outbound.ceiling;
+        workflow::check_on_host(&definition.to_string(), &|reference| known.contains(reference), ceiling)?;
         let record = WorkflowRecord {
             name: name.to_owned(),
             version: version.to_owned(),
@@ -252,10 +253,10 @@ impl Registry {
         if let Some(parsed) = lock(&self.parsed).get(&record.digest) {
             return Ok(parsed.clone());
         }
-        let parsed = workflow::parse(&record.definition.to_string()).map_err(|source| PlanError::Invalid {
-            name: record.name.clone(),
-            version: record.version.clone(),
-            source,
+        // Checked against this host's ceiling too: it may allow less than the deploying one.
+        let ceiling = &self.sandbox.config().outbound.ceiling;
+        let parsed = workflow::check_on_host(&record.definition.to_string(), &|_| true, ceiling).map_err(|source| {
+            PlanError::Invalid { name: record.name.clone(), version: record.version.clone(), source }
         })?;
         let parsed = Arc::new(parsed);
         lock(&self.parsed).insert(record.digest.clone(), parsed.clone());

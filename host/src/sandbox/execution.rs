@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use wasmtime::component::ResourceTable;
 use wasmtime::{Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 /// Why the host interrupted a running guest (set just before interrupting it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,6 +24,8 @@ enum Interruption {
 /// The data of one execution's `Store`.
 pub(crate) struct StepState {
     wasi: WasiCtx,
+    http_ctx: WasiHttpCtx,
+    http: super::http::StepHttp,
     table: ResourceTable,
     limiter: MemoryLimiter,
     logs: LogCapture,
@@ -36,6 +39,12 @@ pub(crate) struct StepState {
 impl WasiView for StepState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl WasiHttpView for StepState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { ctx: &mut self.http_ctx, table: &mut self.table, hooks: &mut self.http }
     }
 }
 
@@ -93,8 +102,18 @@ impl Sandbox {
 
         let logs = LogCapture::new(self.config.max_log_bytes);
         let wasi = WasiCtx::builder().stdout(logs.pipe(LogSource::Stdout)).stderr(logs.pipe(LogSource::Stderr)).build();
+        let http_calls = super::http::CallLog::default();
         let state = StepState {
             wasi,
+            http_ctx: WasiHttpCtx::new(),
+            http: super::http::StepHttp {
+                outbound: self.outbound.clone(),
+                grants: request.allowed_hosts.clone(),
+                deadline,
+                logs: logs.clone(),
+                calls: http_calls.clone(),
+                requests: 0,
+            },
             table: ResourceTable::new(),
             limiter: MemoryLimiter::new(usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX)),
             logs: logs.clone(),
@@ -165,6 +184,7 @@ impl Sandbox {
             execute,
             fuel_consumed: Some(fuel_budget - fuel_left),
             memory_peak_bytes: state.limiter.peak_bytes() as u64,
+            http_calls: Vec::new(),
         };
         match result {
             Err(interruption) => self.fail(&mut execution, state, interruption_outcome(interruption), limits),
@@ -192,8 +212,11 @@ impl Sandbox {
             // an interrupted loop never does, so the count would understate what ran.
             execution.fuel_consumed = None;
         }
-        execution.logs = logs.finish();
         drop(store);
+        // After the store: response bodies the guest left unread end their records on drop.
+        execution.logs = logs.finish();
+        execution.http_calls =
+            std::mem::take(&mut *http_calls.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
         Ok(execution)
     }
 
@@ -290,6 +313,7 @@ fn refused(outcome: Outcome, message: &str, queued: Duration) -> Execution {
         execute: Duration::ZERO,
         fuel_consumed: None,
         memory_peak_bytes: 0,
+        http_calls: Vec::new(),
     }
 }
 

@@ -105,6 +105,11 @@ impl LogCapture {
         self.lock().push(level, LogSource::Host, message);
     }
 
+    /// Records a line from Braid itself about the execution (source `braid`).
+    pub(crate) fn note(&self, level: LogLevel, message: String) {
+        self.lock().push(level, LogSource::Braid, message);
+    }
+
     /// A pipe for the guest's stdout or stderr that feeds this buffer.
     pub(crate) fn pipe(&self, source: LogSource) -> CapturePipe {
         debug_assert!(matches!(source, LogSource::Stdout | LogSource::Stderr));

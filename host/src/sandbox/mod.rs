@@ -12,11 +12,14 @@
 //!
 //! WASI is denied by default: no preopened directories, no environment, no arguments, no
 //! sockets or name lookups, stdin empty; stdout and stderr are captured into the logs.
+//! `wasi:http` is linked for every agent, so components that import it load, and every
+//! request is refused unless the step grants its host (see `http`).
 
 mod agent;
 mod bindings;
 mod epoch;
 mod execution;
+mod http;
 mod limiter;
 mod logs;
 mod outcome;
@@ -74,6 +77,8 @@ pub struct SandboxConfig {
     /// The longest an execution waits for an instance slot before it ends as `timeout`
     /// (retryable). Separate from the step's own deadline, which starts once it has a slot.
     pub max_queue_wait: Duration,
+    /// Outbound HTTP: the ceiling, private networks, per-execution limits.
+    pub outbound: crate::outbound::OutboundConfig,
 }
 
 impl Default for SandboxConfig {
@@ -88,6 +93,7 @@ impl Default for SandboxConfig {
             epoch_tick: Duration::from_millis(5),
             allocator: AllocatorChoice::Auto,
             max_queue_wait: Duration::from_secs(600),
+            outbound: crate::outbound::OutboundConfig::default(),
         }
     }
 }
@@ -136,12 +142,21 @@ pub struct ExecutionRequest {
     /// Cancelling it interrupts the execution (within one epoch tick), which then ends
     /// as `cancelled`.
     pub cancel: CancellationToken,
+    /// Where the guest may send HTTP requests (none by default).
+    pub allowed_hosts: Arc<crate::outbound::HostPatterns>,
 }
 
 impl ExecutionRequest {
     /// A request with default limits, no config and a fresh cancellation token.
     pub fn new(context: StepContext, input: String) -> Self {
-        ExecutionRequest { context, input, limits: None, config: Arc::default(), cancel: CancellationToken::new() }
+        ExecutionRequest {
+            context,
+            input,
+            limits: None,
+            config: Arc::default(),
+            cancel: CancellationToken::new(),
+            allowed_hosts: Arc::default(),
+        }
     }
 }
 
@@ -152,6 +167,8 @@ pub enum SandboxError {
     Engine(String),
     #[error("could not start the epoch ticker thread: {0}")]
     Ticker(#[from] std::io::Error),
+    #[error(transparent)]
+    Outbound(#[from] crate::outbound::ClientError),
 }
 
 /// Why an execution was refused before it started. Everything that happens once the guest
@@ -170,6 +187,7 @@ pub enum ExecuteError {
 pub struct Sandbox {
     engine: Engine,
     linker: Linker<StepState>,
+    outbound: Arc<crate::outbound::Outbound>,
     instance_slots: Arc<Semaphore>,
     config: SandboxConfig,
     pooling: bool,
@@ -193,10 +211,14 @@ impl Sandbox {
         };
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
         bindings::Agent::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |state| state)
             .map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
         let ticker = EpochTicker::start(&engine, config.epoch_tick)?;
+        let outbound = Arc::new(crate::outbound::Outbound::new(config.outbound.clone())?);
         Ok(Sandbox {
+            outbound,
             instance_slots: Arc::new(Semaphore::new(config.max_instances as usize)),
             engine,
             linker,

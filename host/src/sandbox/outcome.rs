@@ -90,6 +90,9 @@ pub struct Execution {
     pub fuel_consumed: Option<u64>,
     /// The most linear memory the instance held at once.
     pub memory_peak_bytes: u64,
+    /// Every outbound HTTP request the guest made, refused ones included, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub http_calls: Vec<crate::outbound::HttpCall>,
 }
 
 impl Execution {

@@ -74,7 +74,8 @@ macro_rules! sql_backend {
     ) => {
         use super::backend::ROWS_PER_STATEMENT;
         use super::records::{
-            AgentRecord, Inserted, LogRecord, RunFilter, RunRecord, StepFilter, StepRecord, WorkflowRecord,
+            AgentRecord, HttpCallRecord, Inserted, LogRecord, RunFilter, RunRecord, StepDetails, StepFilter,
+            StepRecord, WorkflowRecord,
         };
         use super::stored_json::StoredJson;
         use super::{Batch, StoreError, Written};
@@ -162,7 +163,7 @@ macro_rules! sql_backend {
         pub(super) async fn write_batch(pool: &$pool, batch: &Batch) -> Result<Written, StoreError> {
             // One statement commits on its own: skipping BEGIN and COMMIT saves two round
             // trips, which is most of the cost of a sequential chain of short steps.
-            let statements = [batch.runs.len(), batch.steps.len(), batch.logs.len()]
+            let statements = [batch.runs.len(), batch.steps.len(), batch.details.logs.len(), batch.details.http_calls.len()]
                 .iter()
                 .map(|rows| rows.div_ceil(ROWS_PER_STATEMENT))
                 .sum::<usize>();
@@ -215,7 +216,7 @@ macro_rules! sql_backend {
                 .map(|(step, _)| step.id)
                 .collect();
             let logs: Vec<&LogRecord> =
-                batch.logs.iter().filter(|log| !refused_steps.contains(&log.step_execution_id)).collect();
+                batch.details.logs.iter().filter(|log| !refused_steps.contains(&log.step_execution_id)).collect();
             for chunk in logs.chunks(ROWS_PER_STATEMENT) {
                 let mut query = QueryBuilder::<$db>::new(
                     "INSERT INTO step_logs (step_execution_id, seq, level, source, message, logged_at) ",
@@ -227,6 +228,32 @@ macro_rules! sql_backend {
                         .push_bind(&log.source)
                         .push_bind(&log.message)
                         .push_bind(log.logged_at);
+                });
+                query.push(" ON CONFLICT (step_execution_id, seq) DO NOTHING");
+                query.build().execute(&mut *connection).await.map_err(StoreError::query)?;
+            }
+            let calls: Vec<&HttpCallRecord> = batch
+                .details
+                .http_calls
+                .iter()
+                .filter(|call| !refused_steps.contains(&call.step_execution_id))
+                .collect();
+            for chunk in calls.chunks(ROWS_PER_STATEMENT) {
+                let mut query = QueryBuilder::<$db>::new(format!("INSERT INTO step_http_calls ({HTTP_CALL_COLUMNS}) "));
+                query.push_values(chunk, |mut row, call| {
+                    row.push_bind(to_id(call.step_execution_id))
+                        .push_bind(call.seq)
+                        .push_bind(&call.method)
+                        .push_bind(&call.scheme)
+                        .push_bind(&call.host)
+                        .push_bind(call.port)
+                        .push_bind(&call.path)
+                        .push_bind(call.status)
+                        .push_bind(&call.error)
+                        .push_bind(call.bytes_out)
+                        .push_bind(call.bytes_in)
+                        .push_bind(call.duration_us)
+                        .push_bind(call.started_at);
                 });
                 query.push(" ON CONFLICT (step_execution_id, seq) DO NOTHING");
                 query.build().execute(&mut *connection).await.map_err(StoreError::query)?;
@@ -368,6 +395,46 @@ macro_rules! sql_backend {
             logged_at: DateTime<Utc>,
         }
 
+        const HTTP_CALL_COLUMNS: &str = "step_execution_id, seq, method, scheme, host, port, path, status, error, \
+            bytes_out, bytes_in, duration_us, started_at";
+
+        #[derive(sqlx::FromRow)]
+        struct HttpCallRow {
+            step_execution_id: $id,
+            seq: i32,
+            method: String,
+            scheme: String,
+            host: String,
+            port: i32,
+            path: String,
+            status: Option<i32>,
+            error: Option<String>,
+            bytes_out: i64,
+            bytes_in: i64,
+            duration_us: i64,
+            started_at: DateTime<Utc>,
+        }
+
+        impl HttpCallRow {
+            fn into_record(self) -> Result<HttpCallRecord, StoreError> {
+                Ok(HttpCallRecord {
+                    step_execution_id: from_id(self.step_execution_id)?,
+                    seq: self.seq,
+                    method: self.method,
+                    scheme: self.scheme,
+                    host: self.host,
+                    port: self.port,
+                    path: self.path,
+                    status: self.status,
+                    error: self.error,
+                    bytes_out: self.bytes_out,
+                    bytes_in: self.bytes_in,
+                    duration_us: self.duration_us,
+                    started_at: self.started_at,
+                })
+            }
+        }
+
         impl LogRow {
             fn into_record(self) -> Result<LogRecord, StoreError> {
                 Ok(LogRecord {
@@ -476,11 +543,29 @@ macro_rules! sql_backend {
             query.build_query_as().fetch_all(pool).await.map_err(StoreError::query)
         }
 
-        /// The logs of these step executions.
-        pub(super) async fn logs_of(pool: &$pool, step_ids: &[Uuid]) -> Result<Vec<LogRecord>, StoreError> {
+        /// The logs and HTTP requests of these step executions.
+        pub(super) async fn details_of(pool: &$pool, step_ids: &[Uuid]) -> Result<StepDetails, StoreError> {
             if step_ids.is_empty() {
-                return Ok(Vec::new());
+                return Ok(StepDetails::default());
             }
+            let (logs, http_calls) = futures::try_join!(logs_of(pool, step_ids), http_calls_of(pool, step_ids))?;
+            Ok(StepDetails { logs, http_calls })
+        }
+
+        async fn http_calls_of(pool: &$pool, step_ids: &[Uuid]) -> Result<Vec<HttpCallRecord>, StoreError> {
+            let mut query = QueryBuilder::<$db>::new(format!(
+                "SELECT {HTTP_CALL_COLUMNS} FROM step_http_calls WHERE step_execution_id IN ("
+            ));
+            let mut list = query.separated(", ");
+            for id in step_ids {
+                list.push_bind(to_id(*id));
+            }
+            query.push(") ORDER BY step_execution_id, seq");
+            let rows: Vec<HttpCallRow> = query.build_query_as().fetch_all(pool).await.map_err(StoreError::query)?;
+            rows.into_iter().map(HttpCallRow::into_record).collect()
+        }
+
+        async fn logs_of(pool: &$pool, step_ids: &[Uuid]) -> Result<Vec<LogRecord>, StoreError> {
             let mut query = QueryBuilder::<$db>::new(
                 "SELECT step_execution_id, seq, level, source, message, logged_at FROM step_logs \
                  WHERE step_execution_id IN (",

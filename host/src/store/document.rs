@@ -1,18 +1,18 @@
 //! The JSON document of a recorded run, as `braid run --output json`, `braid runs show`
 //! and `GET /v1/runs/{id}` print it: the run's columns (with `run_id` for its id) and
-//! `steps`, step execution rows with their `logs` — all of them for the CLI, one page with
+//! `steps`, step execution rows with their `logs` and `http_calls` — all of them for the CLI, one page with
 //! the counts by status and the next page's cursor for the API ([`paged_document`]).
 
-use super::{LogRecord, RunRecord, StepRecord};
+use super::{HttpCallRecord, LogRecord, RunRecord, StepDetails, StepRecord};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use uuid::Uuid;
 
 /// `{run_id, status, output, error, workflow, ..., steps: [...]}`; each step is its
-/// `step_executions` row with its `logs`.
-pub fn run_document(run: &RunRecord, steps: &[StepRecord], logs: &[LogRecord]) -> Value {
+/// `step_executions` row with its `logs` and `http_calls`.
+pub fn run_document(run: &RunRecord, steps: &[StepRecord], details: &StepDetails) -> Value {
     let mut document = run_columns(run);
-    document["steps"] = Value::Array(step_documents(steps, logs));
+    document["steps"] = Value::Array(step_documents(steps, details));
     document
 }
 
@@ -21,22 +21,26 @@ pub fn run_document(run: &RunRecord, steps: &[StepRecord], logs: &[LogRecord]) -
 pub fn paged_document(
     run: &RunRecord,
     page: &[StepRecord],
-    logs: &[LogRecord],
+    details: &StepDetails,
     counts: &std::collections::BTreeMap<String, i64>,
     next: Option<Uuid>,
 ) -> Value {
-    let mut document = run_document(run, page, logs);
+    let mut document = run_document(run, page, details);
     document["step_counts"] = json!(counts);
     document["steps_total"] = json!(counts.values().sum::<i64>());
     document["steps_next"] = json!(next);
     document
 }
 
-/// Each step execution row as JSON, with its `logs`.
-pub fn step_documents(steps: &[StepRecord], logs: &[LogRecord]) -> Vec<Value> {
+/// Each step execution row as JSON, with its `logs` and `http_calls`.
+pub fn step_documents(steps: &[StepRecord], details: &StepDetails) -> Vec<Value> {
     let mut logs_by_step: HashMap<Uuid, Vec<&LogRecord>> = HashMap::new();
-    for log in logs {
+    for log in &details.logs {
         logs_by_step.entry(log.step_execution_id).or_default().push(log);
+    }
+    let mut calls_by_step: HashMap<Uuid, Vec<&HttpCallRecord>> = HashMap::new();
+    for call in &details.http_calls {
+        calls_by_step.entry(call.step_execution_id).or_default().push(call);
     }
     steps
         .iter()
@@ -52,6 +56,22 @@ pub fn step_documents(steps: &[StepRecord], logs: &[LogRecord]) -> Vec<Value> {
                 })
                 .unwrap_or_default();
             value["logs"] = Value::Array(lines);
+            let calls: Vec<Value> = calls_by_step
+                .get(&step.id)
+                .map(|calls| {
+                    calls
+                        .iter()
+                        .map(|c| {
+                            json!({
+                                "seq": c.seq, "method": c.method, "scheme": c.scheme, "host": c.host, "port": c.port,
+                                "path": c.path, "status": c.status, "error": c.error, "bytes_out": c.bytes_out,
+                                "bytes_in": c.bytes_in, "duration_us": c.duration_us, "started_at": c.started_at,
+                            })
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            value["http_calls"] = Value::Array(calls);
             value
         })
         .collect()

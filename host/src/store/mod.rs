@@ -20,8 +20,8 @@ mod stored_json;
 
 pub use document::{paged_document, run_columns, run_document, step_documents};
 pub use records::{
-    AgentRecord, Inserted, LogRecord, RunFilter, RunRecord, RunStatus, StepFilter, StepRecord, StepStatus,
-    WorkflowRecord,
+    AgentRecord, HttpCallRecord, Inserted, LogRecord, RunFilter, RunRecord, RunStatus, StepDetails, StepFilter,
+    StepRecord, StepStatus, WorkflowRecord,
 };
 
 use sqlx::postgres::{PgListener, PgPoolOptions};
@@ -269,10 +269,10 @@ impl Store {
         Ok(counts?.into_iter().collect())
     }
 
-    /// The logs of these step executions (a page of them, say).
-    pub async fn logs_of(&self, steps: &[StepRecord]) -> Result<Vec<LogRecord>, StoreError> {
+    /// The logs and HTTP requests of these step executions (a page of them, say).
+    pub async fn details_of(&self, steps: &[StepRecord]) -> Result<StepDetails, StoreError> {
         let ids: Vec<Uuid> = steps.iter().map(|step| step.id).collect();
-        dispatch!(self, logs_of(&ids))
+        dispatch!(self, details_of(&ids))
     }
 
     /// Claims up to `limit` runs that no host is executing (pending, or under an expired
@@ -474,7 +474,7 @@ pub(crate) struct Batch {
     runs: Vec<(RunRecord, Option<i64>)>,
     /// Each step row with the epoch of the host writing it.
     steps: Vec<(StepRecord, i64)>,
-    logs: Vec<LogRecord>,
+    details: StepDetails,
     run_index: HashMap<Uuid, usize>,
     step_index: HashMap<Uuid, usize>,
 }
@@ -495,9 +495,10 @@ impl Batch {
                 let lease = lease.or_else(|| self.run_index.get(&id).and_then(|&at| self.runs[at].1));
                 Some(RowAt::Run(upsert(&mut self.runs, &mut self.run_index, id, (*run, lease))))
             }
-            Write::Step(step, logs, epoch) => {
+            Write::Step(step, details, epoch) => {
                 let id = step.id;
-                self.logs.extend(logs);
+                self.details.logs.extend(details.logs);
+                self.details.http_calls.extend(details.http_calls);
                 Some(RowAt::Step(upsert(&mut self.steps, &mut self.step_index, id, (*step, epoch))))
             }
             Write::Flush => None,
@@ -505,7 +506,7 @@ impl Batch {
     }
 
     fn is_empty(&self) -> bool {
-        self.runs.is_empty() && self.steps.is_empty() && self.logs.is_empty()
+        self.runs.is_empty() && self.steps.is_empty() && self.details.is_empty()
     }
 
     /// Every row, runs first (a step row needs its run's row).
@@ -521,7 +522,11 @@ impl Batch {
             RowAt::Run(at) => alone.runs.push(self.runs[at].clone()),
             RowAt::Step(at) => {
                 let step = &self.steps[at];
-                alone.logs = self.logs.iter().filter(|log| log.step_execution_id == step.0.id).cloned().collect();
+                let id = step.0.id;
+                alone.details.logs =
+                    self.details.logs.iter().filter(|log| log.step_execution_id == id).cloned().collect();
+                alone.details.http_calls =
+                    self.details.http_calls.iter().filter(|call| call.step_execution_id == id).cloned().collect();
                 alone.steps.push(step.clone());
             }
         }
@@ -545,7 +550,7 @@ fn upsert<T>(rows: &mut Vec<T>, index: &mut HashMap<Uuid, usize>, id: Uuid, row:
 
 enum Write {
     Run(Box<RunRecord>, Option<i64>),
-    Step(Box<StepRecord>, Vec<LogRecord>, i64),
+    Step(Box<StepRecord>, StepDetails, i64),
     Flush,
 }
 
@@ -654,8 +659,13 @@ impl Recorder {
 
     /// Inserts or updates a `step_executions` row, with log lines to add, under `fence`.
     pub fn step(&self, step: StepRecord, logs: Vec<LogRecord>, fence: &Fence) -> Pending {
+        self.step_with(step, StepDetails::logs(logs), fence)
+    }
+
+    /// [`Recorder::step`], with log lines and HTTP requests to add.
+    pub fn step_with(&self, step: StepRecord, details: StepDetails, fence: &Fence) -> Pending {
         let owner = (step.run_id, Some(fence.lost.clone()));
-        self.send(Write::Step(Box::new(step), logs, fence.epoch), Some(owner))
+        self.send(Write::Step(Box::new(step), details, fence.epoch), Some(owner))
     }
 
     /// Waits until everything queued so far is committed.

@@ -144,6 +144,43 @@ pub struct LogRecord {
     pub logged_at: DateTime<Utc>,
 }
 
+/// A `step_http_calls` row: one outbound HTTP request of a step execution. No query
+/// string, headers or bodies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpCallRecord {
+    pub step_execution_id: Uuid,
+    pub seq: i32,
+    pub method: String,
+    pub scheme: String,
+    pub host: String,
+    pub port: i32,
+    pub path: String,
+    pub status: Option<i32>,
+    pub error: Option<String>,
+    pub bytes_out: i64,
+    pub bytes_in: i64,
+    pub duration_us: i64,
+    pub started_at: DateTime<Utc>,
+}
+
+/// What is written and read with step rows besides the rows: their log lines and their
+/// outbound HTTP requests.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StepDetails {
+    pub logs: Vec<LogRecord>,
+    pub http_calls: Vec<HttpCallRecord>,
+}
+
+impl StepDetails {
+    pub fn logs(logs: Vec<LogRecord>) -> StepDetails {
+        StepDetails { logs, http_calls: Vec::new() }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.logs.is_empty() && self.http_calls.is_empty()
+    }
+}
+
 /// Generates a status enum stored as its snake_case name.
 macro_rules! status_enum {
     ($(#[$doc:meta])* $name:ident { $($variant:ident = $text:literal),+ $(,)? }) => {

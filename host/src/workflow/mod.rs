@@ -14,11 +14,11 @@ mod validate;
 
 pub use expr::{ExprError, Scope, Template, cel_to_json, json_to_cel};
 pub use model::{
-    AgentStep, Branch, Case, InputSchema, InvalidInput, JoinPolicy, LoopBlock, MapBlock, ParallelBlock, RetryPolicy,
-    Step, StepKind, SwitchBlock, Workflow,
+    AgentStep, Branch, Case, Grants, InputSchema, InvalidInput, JoinPolicy, LoopBlock, MapBlock, ParallelBlock,
+    RetryPolicy, Step, StepKind, SwitchBlock, Workflow,
 };
 pub use parse::parse;
-pub use validate::{check, validate};
+pub use validate::{check, check_on_host, validate};
 
 use std::fmt;
 

@@ -155,6 +155,20 @@ pub struct AgentStep {
     pub config: BTreeMap<String, String>,
     /// The step's own `retry`, or the workflow's.
     pub retry: Option<RetryPolicy>,
+    /// Where the agent may send HTTP requests: its own `allowed_hosts`, or the nearest
+    /// enclosing branch's, map's or workflow's; none by default.
+    pub allowed_hosts: Arc<Grants>,
+    /// Config keys whose values are the host's secrets: key → secret name.
+    pub secrets: BTreeMap<String, String>,
+}
+
+/// An `allowed_hosts` list and where it was written (for messages about it).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Grants {
+    pub patterns: crate::outbound::HostPatterns,
+    /// The JSON path of the list (`allowed_hosts`, `steps[2].allowed_hosts`); empty when
+    /// nothing was granted.
+    pub path: String,
 }
 
 /// When and how often a failed agent step is tried again: exponential backoff from

@@ -3,8 +3,8 @@
 //! not returned one at a time, each with the JSON path of the field it is about.
 
 use super::model::{
-    AgentStep, Branch, Case, InputSchema, JoinPolicy, LoopBlock, MapBlock, ParallelBlock, RetryPolicy, Step, StepKind,
-    SwitchBlock, Workflow,
+    AgentStep, Branch, Case, Grants, InputSchema, JoinPolicy, LoopBlock, MapBlock, ParallelBlock, RetryPolicy, Step,
+    StepKind, SwitchBlock, Workflow,
 };
 use super::{InvalidWorkflow, Problem, Template};
 use serde_json::{Map, Value};
@@ -13,15 +13,24 @@ use std::ops::RangeInclusive;
 use std::sync::Arc;
 
 const WORKFLOW_FIELDS: &[&str] =
-    &["name", "version", "description", "input_schema", "retry", "timeout_ms", "steps", "output"];
+    &["name", "version", "description", "input_schema", "retry", "timeout_ms", "allowed_hosts", "steps", "output"];
 const STEP_FIELDS: &[&str] = &["id", "type", "if"];
 /// A branch in its short form is a step with a name.
 const BRANCH_STEP_FIELDS: &[&str] = &["id", "type", "if", "name"];
-const AGENT_FIELDS: &[&str] = &["agent", "input", "timeout_ms", "memory_mb", "fuel", "config", "retry"];
+const AGENT_FIELDS: &[&str] =
+    &["agent", "input", "timeout_ms", "memory_mb", "fuel", "config", "secrets", "retry", "allowed_hosts"];
 const RETRY_FIELDS: &[&str] = &["max_attempts", "initial_backoff_ms", "max_backoff_ms", "jitter"];
 const PARALLEL_FIELDS: &[&str] = &["max_parallelism", "join_policy", "tolerated_failures", "branches", "timeout_ms"];
-const MAP_FIELDS: &[&str] =
-    &["items", "max_parallelism", "max_items", "join_policy", "tolerated_failures", "step", "timeout_ms"];
+const MAP_FIELDS: &[&str] = &[
+    "items",
+    "max_parallelism",
+    "max_items",
+    "join_policy",
+    "tolerated_failures",
+    "step",
+    "timeout_ms",
+    "allowed_hosts",
+];
 const SWITCH_FIELDS: &[&str] = &["cases", "default", "timeout_ms"];
 const LOOP_FIELDS: &[&str] = &["steps", "until", "max_iterations", "on_max_iterations", "timeout_ms"];
 const STEP_TYPES: &[&str] = &["agent", "parallel", "map", "switch", "loop"];
@@ -77,7 +86,8 @@ pub(super) fn parse_partial(text: &str) -> Partial {
             return Partial { workflow: None, problems, left_out: BTreeSet::new() };
         }
     };
-    let mut parser = Parser { problems: Vec::new(), default_retry: None, left_out: BTreeSet::new() };
+    let mut parser =
+        Parser { problems: Vec::new(), default_retry: None, default_grants: Arc::default(), left_out: BTreeSet::new() };
     let workflow = parser.workflow(&document);
     Partial { workflow, problems: parser.problems, left_out: parser.left_out }
 }
@@ -86,6 +96,9 @@ struct Parser {
     problems: Vec<Problem>,
     /// The workflow's `retry`, for agent steps without their own.
     default_retry: Option<RetryPolicy>,
+    /// The nearest enclosing `allowed_hosts` (workflow, branch or map), for agent steps
+    /// without their own.
+    default_grants: Arc<Grants>,
     /// Ids of steps that could not be parsed.
     left_out: BTreeSet<String>,
 }
@@ -198,7 +211,7 @@ impl Parser {
         };
         self.string(&fields, "description", false);
         self.default_retry = fields.map.get("retry").and_then(|value| self.retry(value, "retry"));
-        let steps = self.steps(fields.map.get("steps"), "steps");
+        let steps = self.with_grants(&fields, |parser| parser.steps(fields.map.get("steps"), "steps"));
         let output = fields.map.get("output").and_then(|value| self.template(value, "output"));
         let input_schema = match fields.map.get("input_schema") {
             None => None,
@@ -321,11 +334,89 @@ impl Parser {
         let memory_mb = self.integer(fields, "memory_mb", 1..=crate::limits::MAX_STEP_MEMORY_MB);
         let fuel = self.integer(fields, "fuel", 1..=i64::MAX as u64);
         let config = self.config(fields)?;
+        let secrets = self.secrets(fields, &config);
         let retry = match fields.map.get("retry") {
             Some(value) => Some(self.retry(value, &fields.at("retry"))?),
             None => self.default_retry,
         };
-        Some(AgentStep { agent: agent?, input: input?, timeout_ms, memory_mb, fuel, config, retry })
+        let allowed_hosts = self.grants(fields).unwrap_or_else(|| self.default_grants.clone());
+        Some(AgentStep {
+            agent: agent?,
+            input: input?,
+            timeout_ms,
+            memory_mb,
+            fuel,
+            config,
+            secrets: secrets?,
+            retry,
+            allowed_hosts,
+        })
+    }
+
+    /// The object's own `allowed_hosts`, if it has one (every bad entry reported).
+    fn grants(&mut self, fields: &Fields) -> Option<Arc<Grants>> {
+        let value = fields.map.get("allowed_hosts")?;
+        let path = fields.at("allowed_hosts");
+        let Value::Array(items) = value else {
+            self.problem(&path, format!("must be a list of \"scheme://host[:port]\" strings, not {}", kind(value)));
+            return Some(Arc::default());
+        };
+        let mut entries = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            match item {
+                Value::String(entry) => entries.push(entry.clone()),
+                other => self.problem(format!("{path}[{i}]"), format!("must be a string, not {}", kind(other))),
+            }
+        }
+        match crate::outbound::HostPatterns::parse(&entries) {
+            Ok(patterns) => Some(Arc::new(Grants { patterns, path })),
+            Err(errors) => {
+                for error in errors {
+                    let index = entries.iter().position(|entry| *entry == error.entry).unwrap_or_default();
+                    self.problem(format!("{path}[{index}]"), error.to_string());
+                }
+                Some(Arc::default())
+            }
+        }
+    }
+
+    /// Parses what `inside` parses with the object's `allowed_hosts` (if any) as the
+    /// default for the agent steps in it.
+    fn with_grants<T>(&mut self, fields: &Fields, inside: impl FnOnce(&mut Self) -> T) -> T {
+        let Some(grants) = self.grants(fields) else { return inside(self) };
+        let outer = std::mem::replace(&mut self.default_grants, grants);
+        let result = inside(self);
+        self.default_grants = outer;
+        result
+    }
+
+    /// `secrets`: config keys mapped to the names of the host's secrets. A key may not be
+    /// both a secret and plain config.
+    fn secrets(&mut self, fields: &Fields, config: &BTreeMap<String, String>) -> Option<BTreeMap<String, String>> {
+        let Some(value) = fields.map.get("secrets") else { return Some(BTreeMap::new()) };
+        let path = fields.at("secrets");
+        let Value::Object(map) = value else {
+            self.problem(path, format!("must be an object of config key → secret name, not {}", kind(value)));
+            return None;
+        };
+        let mut secrets = BTreeMap::new();
+        for (key, value) in map {
+            let at = format!("{path}.{key}");
+            match value {
+                Value::String(name) if crate::secrets::is_secret_name(name) => {
+                    if config.contains_key(key) {
+                        self.problem(at, format!("{key:?} is also in config; a key is either config or a secret"));
+                    } else {
+                        secrets.insert(key.clone(), name.clone());
+                    }
+                }
+                Value::String(name) => {
+                    self.problem(at, format!("{name:?} is not a secret name (letters, digits and '_', at most 128)"))
+                }
+                other => self.problem(at, format!("must be a secret's name, not {}", kind(other))),
+            }
+        }
+        Some(secrets)
     }
 
     /// A CEL condition: bare (`"input.n > 1"`) or wrapped (`"${ input.n > 1 }"`).
@@ -427,21 +518,7 @@ impl Parser {
         let tolerated_failures = self.integer(fields, "tolerated_failures", 0..=MAX_COUNT).unwrap_or(0);
         // `step` is one agent step (its id defaults to `<map id>_item`) or `{ "steps": [...] }`.
         let path = fields.at("step");
-        let body = match fields.map.get("step") {
-            None => {
-                self.problem(&path, "is required");
-                None
-            }
-            Some(Value::Object(step)) if step.contains_key("steps") => {
-                let inner = Fields { map: step, path: path.clone() };
-                self.unknown_fields(&inner, &[&["steps"]], "a map's step list");
-                self.steps(step.get("steps"), &inner.at("steps"))
-            }
-            Some(value) => {
-                let default_id = format!("{id}_item");
-                self.step(value, &path, None, Some(&default_id)).map(|step| Arc::from(vec![step]))
-            }
-        };
+        let body = self.with_grants(fields, |parser| parser.map_body(fields, &path, id));
         Some(MapBlock {
             items: items?,
             max_parallelism: max_parallelism?,
@@ -450,6 +527,25 @@ impl Parser {
             tolerated_failures,
             body: body?,
         })
+    }
+
+    /// A map's `step`: one step, or `{ "steps": [...] }`.
+    fn map_body(&mut self, fields: &Fields, path: &str, id: &str) -> Option<Arc<[Step]>> {
+        match fields.map.get("step") {
+            None => {
+                self.problem(path, "is required");
+                None
+            }
+            Some(Value::Object(step)) if step.contains_key("steps") => {
+                let inner = Fields { map: step, path: path.to_owned() };
+                self.unknown_fields(&inner, &[&["steps"]], "a map's step list");
+                self.steps(step.get("steps"), &inner.at("steps"))
+            }
+            Some(value) => {
+                let default_id = format!("{id}_item");
+                self.step(value, path, None, Some(&default_id)).map(|step| Arc::from(vec![step]))
+            }
+        }
     }
 
     fn switch_block(&mut self, fields: &Fields) -> Option<SwitchBlock> {
@@ -560,8 +656,8 @@ impl Parser {
         let fields = self.object(value, path, "a branch")?;
         let name = self.string(&fields, "name", true);
         if fields.map.contains_key("steps") {
-            self.unknown_fields(&fields, &[&["name", "steps"]], "a branch with steps");
-            let steps = self.steps(fields.map.get("steps"), &fields.at("steps"));
+            self.unknown_fields(&fields, &[&["name", "steps", "allowed_hosts"]], "a branch with steps");
+            let steps = self.with_grants(&fields, |parser| parser.steps(fields.map.get("steps"), &fields.at("steps")));
             return Some(Branch { name: name?, steps: steps? });
         }
         let step = self.step(value, path, name.as_deref(), None);

@@ -1,25 +1,36 @@
 //! Validation beyond structure: unique ids and branch names, sensible block settings,
 //! expressions that read only known variables and steps that have run by then, and
-//! agents that exist. Every problem is reported, each with its path.
+//! agents that exist, and grants of outbound HTTP within the host's ceiling. Every problem is reported, each with its path.
 
 use super::expr::VARIABLES;
-use super::model::{JoinPolicy, Step, StepKind, Workflow};
+use super::model::{Grants, JoinPolicy, Step, StepKind, Workflow};
 use super::{InvalidWorkflow, Problem, Template};
+use crate::outbound::HostPatterns;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Checks `workflow`; `agent_exists` answers whether an agent reference (`name` or
 /// `name@version`) can be resolved.
 pub fn validate(workflow: &Workflow, agent_exists: &dyn Fn(&str) -> bool) -> Result<(), InvalidWorkflow> {
-    validate_assuming(workflow, agent_exists, &BTreeSet::new())
+    validate_assuming(workflow, agent_exists, &HostPatterns::any(), &BTreeSet::new())
 }
 
 /// Parses and validates a definition, reporting every problem at once: structural ones
 /// and, in the steps that did parse, duplicate ids, unknown agents and references.
 pub fn check(text: &str, agent_exists: &dyn Fn(&str) -> bool) -> Result<Workflow, InvalidWorkflow> {
+    check_on_host(text, agent_exists, &HostPatterns::any())
+}
+
+/// [`check`] on a host whose operator allows outbound HTTP only within `ceiling`
+/// (`--allow-outbound`): a grant beyond it is a problem too.
+pub fn check_on_host(
+    text: &str,
+    agent_exists: &dyn Fn(&str) -> bool,
+    ceiling: &HostPatterns,
+) -> Result<Workflow, InvalidWorkflow> {
     let partial = super::parse::parse_partial(text);
     let mut problems = partial.problems;
     if let Some(workflow) = &partial.workflow
-        && let Err(invalid) = validate_assuming(workflow, agent_exists, &partial.left_out)
+        && let Err(invalid) = validate_assuming(workflow, agent_exists, ceiling, &partial.left_out)
     {
         problems.extend(invalid.problems);
     }
@@ -34,9 +45,17 @@ pub fn check(text: &str, agent_exists: &dyn Fn(&str) -> bool) -> Result<Workflow
 fn validate_assuming(
     workflow: &Workflow,
     agent_exists: &dyn Fn(&str) -> bool,
+    ceiling: &HostPatterns,
     left_out: &BTreeSet<String>,
 ) -> Result<(), InvalidWorkflow> {
-    let mut checker = Checker { problems: Vec::new(), ids: BTreeMap::new(), agent_exists, left_out };
+    let mut checker = Checker {
+        problems: Vec::new(),
+        ids: BTreeMap::new(),
+        agent_exists,
+        ceiling,
+        grants_checked: BTreeSet::new(),
+        left_out,
+    };
     checker.collect_ids(&workflow.steps);
     let mut visible = Vec::new();
     checker.sequence(&workflow.steps, &mut visible, &[]);
@@ -51,10 +70,36 @@ struct Checker<'a> {
     /// Every step id, with the path of its first definition.
     ids: BTreeMap<String, String>,
     agent_exists: &'a dyn Fn(&str) -> bool,
+    /// The host's `--allow-outbound`.
+    ceiling: &'a HostPatterns,
+    /// The `allowed_hosts` lists already checked against the ceiling, by path (a workflow's
+    /// default is shared by many steps, and reported once).
+    grants_checked: BTreeSet<String>,
     left_out: &'a BTreeSet<String>,
 }
 
 impl Checker<'_> {
+    /// Grants beyond the host's ceiling, each named.
+    fn grants(&mut self, grants: &Grants) {
+        if grants.patterns.is_empty() || !self.grants_checked.insert(grants.path.clone()) {
+            return;
+        }
+        let ceiling: Vec<&str> = self.ceiling.iter().map(|pattern| pattern.as_str()).collect();
+        let beyond: Vec<(usize, String)> = grants
+            .patterns
+            .iter()
+            .enumerate()
+            .filter(|(_, grant)| !self.ceiling.iter().any(|outer| grant.within(outer)))
+            .map(|(i, grant)| (i, grant.to_string()))
+            .collect();
+        for (i, grant) in beyond {
+            self.problem(
+                format!("{}[{i}]", grants.path),
+                format!("{grant:?} is beyond what this host allows (--allow-outbound {})", ceiling.join(", ")),
+            );
+        }
+    }
+
     fn problem(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.problems.push(Problem { path: path.into(), message: message.into() });
     }
@@ -120,6 +165,7 @@ impl Checker<'_> {
                     if !(self.agent_exists)(&agent.agent) {
                         self.problem(format!("{}.agent", step.path), format!("unknown agent {:?}", agent.agent));
                     }
+                    self.grants(&agent.allowed_hosts);
                 }
                 StepKind::Parallel(block) => {
                     let branch_count = u32::try_from(block.branches.len()).unwrap_or(u32::MAX);
@@ -254,7 +300,7 @@ mod tests {
         assert_eq!(found[0], "version: is required");
         assert_eq!(
             found[1],
-            "steps[0].colour: unknown field in an agent step (expected one of: id, type, if, agent, input, timeout_ms, memory_mb, fuel, config, retry)"
+            "steps[0].colour: unknown field in an agent step (expected one of: id, type, if, agent, input, timeout_ms, memory_mb, fuel, config, secrets, retry, allowed_hosts)"
         );
         assert_eq!(
             found[2],

@@ -164,6 +164,19 @@ impl braid_sdk::bindings::Guest for Misbehave {
                     Err(err) => fail(format!("connect {addr}: {err}")),
                 }
             }
+            // Leaks config value `config_key` (a secret, say) every way it can: host.log,
+            // stdout, stderr, then its error (or, with `"succeed": true`, its output).
+            "leak" => {
+                let value = host::config(field_str(&input, "config_key", "key")).unwrap_or_default();
+                host::log(LogLevel::Info, &format!("the key is {value}"));
+                println!("stdout has {value}");
+                eprintln!("stderr has {value}");
+                if input.get("succeed").and_then(Value::as_bool).unwrap_or(false) {
+                    Ok(json!({ "leaked": value, value.clone(): "as a key" }).to_string())
+                } else {
+                    fail(format!("failed holding {value}"))
+                }
+            }
             other => fail(format!("unknown action {other:?}")),
         }
     }
