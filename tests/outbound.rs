@@ -281,6 +281,17 @@ async fn grants_beyond_allow_outbound_fail_the_run_and_the_deploy_and_bad_entrie
     let within = fetch_workflow("https://api.example.com/x", json!({ "allowed_hosts": ["https://api.example.com"] }));
     let (status, body) = put_workflow(&client, &server, "fetch", "1", &within).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
+
+    // Another host with a narrower ceiling refuses to run what this one deployed.
+    let output = braid()
+        .current_dir(cwd.path())
+        .args(["run", "fetch@1", "--database-url", &db.url, "--allow-outbound", "https://other.example.net"])
+        .arg("--cache-dir")
+        .arg(cache.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(stderr(&output).contains("steps[0].allowed_hosts[0]"), "{}", stderr(&output));
 }
 
 #[tokio::test]

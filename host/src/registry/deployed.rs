@@ -253,11 +253,11 @@ impl Registry {
         if let Some(parsed) = lock(&self.parsed).get(&record.digest) {
             return Ok(parsed.clone());
         }
+        let invalid =
+            |source| PlanError::Invalid { name: record.name.clone(), version: record.version.clone(), source };
+        let parsed = workflow::parse(&record.definition.to_string()).map_err(invalid)?;
         // Checked against this host's ceiling too: it may allow less than the deploying one.
-        let ceiling = &self.sandbox.config().outbound.ceiling;
-        let parsed = workflow::check_on_host(&record.definition.to_string(), &|_| true, ceiling).map_err(|source| {
-            PlanError::Invalid { name: record.name.clone(), version: record.version.clone(), source }
-        })?;
+        workflow::check_grants(&parsed, &self.sandbox.config().outbound.ceiling).map_err(invalid)?;
         let parsed = Arc::new(parsed);
         lock(&self.parsed).insert(record.digest.clone(), parsed.clone());
         Ok(parsed)

@@ -18,7 +18,7 @@ pub use model::{
     RetryPolicy, Step, StepKind, SwitchBlock, Workflow,
 };
 pub use parse::parse;
-pub use validate::{check, check_on_host, validate};
+pub use validate::{check, check_grants, check_on_host, validate};
 
 use std::fmt;
 

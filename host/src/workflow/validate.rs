@@ -40,6 +40,23 @@ pub fn check_on_host(
     }
 }
 
+/// Only the grants of a parsed (and once validated) workflow against a host's `ceiling`: what
+/// a host checks of a deployed definition before running it, when another host, maybe with a
+/// wider ceiling, validated the rest at deploy.
+pub fn check_grants(workflow: &Workflow, ceiling: &HostPatterns) -> Result<(), InvalidWorkflow> {
+    let left_out = BTreeSet::new();
+    let mut checker = Checker {
+        problems: Vec::new(),
+        ids: BTreeMap::new(),
+        agent_exists: &|_| true,
+        ceiling,
+        grants_checked: BTreeSet::new(),
+        left_out: &left_out,
+    };
+    checker.grants_in(&workflow.steps);
+    if checker.problems.is_empty() { Ok(()) } else { Err(InvalidWorkflow { problems: checker.problems }) }
+}
+
 /// [`validate`], taking the steps in `left_out` (which could not be parsed) to exist and
 /// to have run wherever they are referenced.
 fn validate_assuming(
@@ -79,6 +96,18 @@ struct Checker<'a> {
 }
 
 impl Checker<'_> {
+    /// The grants of every agent step in `steps`, nested ones included.
+    fn grants_in(&mut self, steps: &[Step]) {
+        for step in steps {
+            if let StepKind::Agent(agent) = &step.kind {
+                self.grants(&agent.allowed_hosts);
+            }
+            for (nested, _) in step.kind.nested() {
+                self.grants_in(nested);
+            }
+        }
+    }
+
     /// Grants beyond the host's ceiling, each named.
     fn grants(&mut self, grants: &Grants) {
         if grants.patterns.is_empty() || !self.grants_checked.insert(grants.path.clone()) {
