@@ -128,3 +128,56 @@ fn bad_usage_and_bad_input_exit_2_with_the_reason() {
     assert_refused(&["call"], "AGENT.wasm");
     assert_refused(&["call", misbehave, "--output", "yaml"], "invalid value 'yaml'");
 }
+
+/// `braid call` (and `braid run FILE`) with `--cache-dir DIR` and debug logs: what it printed
+/// to stderr.
+fn with_cache(args: &[&str], cache: &std::path::Path) -> (i32, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_braid"))
+        .args(args)
+        .arg("--cache-dir")
+        .arg(cache)
+        .env("BRAID_LOG", "braid=debug")
+        .output()
+        .expect("run braid");
+    (output.status.code().unwrap(), String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+#[test]
+fn an_agent_is_compiled_once_per_machine_and_loaded_precompiled_after_that() {
+    let cache = tempfile::tempdir().unwrap();
+    let path = agent_path("word-count");
+    let call = ["call", path.to_str().unwrap(), "--input", r#"{"text": "a b"}"#];
+    let (code, first) = with_cache(&call, cache.path());
+    assert_eq!(code, 0, "{first}");
+    assert!(first.contains("agent compiled and cached"), "{first}");
+    let artifacts: Vec<_> = std::fs::read_dir(cache.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(artifacts.len(), 1, "{artifacts:?}");
+    assert!(artifacts[0].to_string_lossy().ends_with(".cwasm"));
+
+    let (code, second) = with_cache(&call, cache.path());
+    assert_eq!(code, 0, "{second}");
+    assert!(second.contains("agent loaded precompiled from the cache"), "{second}");
+    assert!(!second.contains("agent compiled"), "{second}");
+
+    // `braid run FILE --agents DIR` shares the cache: word-count is not compiled again.
+    let scratch = tempfile::tempdir().unwrap();
+    let workflow = scratch.path().join("w.json");
+    let definition = json!({ "name": "w", "version": "1",
+        "steps": [ { "id": "count", "agent": "word-count", "input": { "text": "x y z" } } ] });
+    std::fs::write(&workflow, definition.to_string()).unwrap();
+    let agents = path.parent().unwrap().to_str().unwrap().to_owned();
+    let database = format!("sqlite://{}", scratch.path().join("b.db").display());
+    let run = ["run", workflow.to_str().unwrap(), "--agents", &agents, "--database-url", &database];
+    let (code, ran) = with_cache(&run, cache.path());
+    assert_eq!(code, 0, "{ran}");
+    assert!(ran.contains("agent loaded precompiled from the cache"), "{ran}");
+
+    // A damaged artifact is ignored and replaced, never fatal.
+    let artifact = cache.path().join(&artifacts[0]);
+    std::fs::write(&artifact, b"not an artifact").unwrap();
+    let (code, damaged) = with_cache(&call, cache.path());
+    assert_eq!(code, 0, "{damaged}");
+    assert!(damaged.contains("ignoring cached artifact") && damaged.contains("agent compiled and cached"), "{damaged}");
+    let (_, repaired) = with_cache(&call, cache.path());
+    assert!(repaired.contains("agent loaded precompiled from the cache"), "{repaired}");
+}

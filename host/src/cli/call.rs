@@ -33,6 +33,8 @@ pub struct CallCommand {
     /// How to print the result.
     #[arg(long, value_enum, default_value_t)]
     output: OutputFormat,
+    #[command(flatten)]
+    registry: super::RegistryArgs,
 }
 
 fn parse_key_value(text: &str) -> Result<(String, String), String> {
@@ -54,7 +56,12 @@ impl CallCommand {
         let wasm = std::fs::read(&self.agent).with_context(|| format!("cannot read {}", self.agent.display()))?;
         // The pool's slots are sized for the host maximum, which --memory-mb cannot exceed.
         let sandbox = Sandbox::new(SandboxConfig { max_instances: 1, ..SandboxConfig::default() })?;
-        let agent = sandbox.load(&wasm).with_context(|| format!("{} is not a usable agent", self.agent.display()))?;
+        // Compiled once per machine: a second call of the same bytes loads the artifact.
+        let cache = crate::registry::ArtifactCache::new(&self.registry.cache_dir);
+        let digest = crate::registry::digest(&wasm);
+        let (agent, _) = cache
+            .load(&sandbox, &digest, &wasm)
+            .with_context(|| format!("{} is not a usable agent", self.agent.display()))?;
 
         let request = ExecutionRequest {
             limits: Some(limits),

@@ -49,12 +49,13 @@ pub struct DatabaseArgs {
     pub database_url: String,
 }
 
-/// Where precompiled agents are cached (deployed agents only).
+/// Where precompiled agents are cached.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RegistryArgs {
-    /// Folder for precompiled agent components, keyed by digest and engine; reused across
-    /// restarts so that a deployed agent is compiled once.
-    #[arg(long, env = "BRAID_CACHE_DIR", value_name = "DIR", default_value = ".braid-cache")]
+    /// Folder for precompiled agent components, keyed by digest and engine, shared by every
+    /// command: a component is compiled once per machine (default: `$XDG_CACHE_HOME/braid`
+    /// or `~/.cache/braid`).
+    #[arg(long, env = "BRAID_CACHE_DIR", value_name = "DIR", default_value_os_t = crate::registry::default_cache_dir())]
     pub cache_dir: std::path::PathBuf,
 }
 

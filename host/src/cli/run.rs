@@ -47,7 +47,8 @@ impl RunCommand {
         }
         let text = std::fs::read_to_string(&self.workflow)
             .with_context(|| format!("cannot read {}", self.workflow.display()))?;
-        let agents = AgentDirectory::new(&self.agents);
+        let agents =
+            AgentDirectory::new(&self.agents).with_cache(crate::registry::ArtifactCache::new(&self.registry.cache_dir));
         let sandbox_config = self.host.sandbox_config(SandboxConfig::default())?;
         let definition = workflow::check_on_host(
             &text,

@@ -8,7 +8,7 @@
 //! version (the most recently deployed), `"name@version"` pins one. A run pins the exact
 //! digests when it starts; deploying later never changes it.
 
-use super::{agent_name, agent_references, digest};
+use super::{ArtifactCache, agent_name, agent_references, digest};
 use crate::engine::{ResolvedAgent, RunPlan};
 use crate::metrics::METRICS;
 use crate::sandbox::{LoadError, Sandbox};
@@ -65,7 +65,7 @@ pub enum Deployed {
 pub struct Registry {
     store: Store,
     sandbox: Arc<Sandbox>,
-    cache_dir: PathBuf,
+    cache: ArtifactCache,
     /// Agents ready to run, by digest: compiled at most once per process.
     loaded: Mutex<HashMap<String, Arc<ResolvedAgent>>>,
     /// Deployed definitions, parsed, by digest.
@@ -90,7 +90,7 @@ impl Registry {
         Registry {
             store,
             sandbox,
-            cache_dir: cache_dir.into(),
+            cache: ArtifactCache::new(cache_dir),
             loaded: Mutex::new(HashMap::new()),
             parsed: Mutex::new(HashMap::new()),
         }
@@ -270,21 +270,13 @@ impl Registry {
             return Ok(ready.clone());
         }
         let reference = format!("{name}@{}", version.unwrap_or("?"));
-        let cached = self.cache_path(digest);
-        if cached.is_file() {
-            let sandbox = self.sandbox.clone();
-            let path = cached.clone();
-            let loaded = tokio::task::spawn_blocking(move || sandbox.load_precompiled(&path)).await.map_err(|e| {
-                PlanError::Load { reference: reference.clone(), source: LoadError::Compile(e.to_string()) }
-            })?;
-            match loaded {
-                Ok(agent) => {
-                    METRICS.compiles.with_label_values(&["precompiled"]).inc();
-                    return Ok(self.remember(name, version, digest, agent));
-                }
-                // A damaged or foreign artifact is not fatal: compile again below.
-                Err(err) => tracing::warn!("ignoring cached artifact {}: {err}", cached.display()),
-            }
+        let (sandbox, cache, key) = (self.sandbox.clone(), self.cache.clone(), digest.to_owned());
+        let cached = tokio::task::spawn_blocking(move || cache.cached(&sandbox, &key))
+            .await
+            .map_err(|e| PlanError::Load { reference: reference.clone(), source: LoadError::Compile(e.to_string()) })?;
+        if let Some(agent) = cached {
+            METRICS.compiles.with_label_values(&["precompiled"]).inc();
+            return Ok(self.remember(name, version, digest, agent));
         }
         let wasm = self.store.agent_wasm(digest).await?.ok_or_else(|| PlanError::UnknownAgent(reference.clone()))?;
         self.compile_and_cache(name, version, digest, wasm).await.map_err(|err| match err {
@@ -302,33 +294,12 @@ impl Registry {
         digest: &str,
         wasm: Vec<u8>,
     ) -> Result<Arc<ResolvedAgent>, DeployError> {
-        let sandbox = self.sandbox.clone();
-        let (agent, artifact) = tokio::task::spawn_blocking(move || {
-            let agent = sandbox.load(&wasm)?;
-            let artifact = agent.precompiled()?;
-            Ok::<_, LoadError>((agent, artifact))
-        })
-        .await
-        .map_err(|e| LoadError::Compile(e.to_string()))??;
+        let (sandbox, cache, key) = (self.sandbox.clone(), self.cache.clone(), digest.to_owned());
+        let agent = tokio::task::spawn_blocking(move || cache.compile(&sandbox, &key, &wasm))
+            .await
+            .map_err(|e| LoadError::Compile(e.to_string()))??;
         METRICS.compiles.with_label_values(&["compiled"]).inc();
-        if let Err(err) = self.write_artifact(digest, &artifact) {
-            // The cache only saves time: a host that cannot write it still works.
-            tracing::warn!("could not cache the precompiled agent {digest}: {err}");
-        }
         Ok(self.remember(name, version, digest, agent))
-    }
-
-    fn write_artifact(&self, digest: &str, artifact: &[u8]) -> std::io::Result<()> {
-        std::fs::create_dir_all(&self.cache_dir)?;
-        let path = self.cache_path(digest);
-        // Write then rename, so that a reader never sees half an artifact.
-        let partial = path.with_extension(format!("partial-{}", std::process::id()));
-        std::fs::write(&partial, artifact)?;
-        std::fs::rename(&partial, &path)
-    }
-
-    fn cache_path(&self, digest: &str) -> PathBuf {
-        self.cache_dir.join(format!("{digest}-{}.cwasm", self.sandbox.artifact_key()))
     }
 
     fn remember(

@@ -1,8 +1,9 @@
 //! A local folder of agent components (`braid run FILE --agents DIR`): a workflow's
 //! `"agent": "word-count"` resolves to `DIR/word-count.wasm` or `DIR/word_count.wasm`
 //! (hyphens and underscores alike), and `"name@version"` to `DIR/name@version.wasm`.
+//! With a cache ([`AgentDirectory::with_cache`]) a component is compiled once per machine.
 
-use super::{RegistryError, agent_name, agent_references, digest, file_names};
+use super::{ArtifactCache, RegistryError, agent_name, agent_references, digest, file_names};
 use crate::engine::ResolvedAgent;
 use crate::sandbox::Sandbox;
 use crate::workflow::Workflow;
@@ -13,11 +14,20 @@ use std::sync::Arc;
 /// A folder of agent components.
 pub struct AgentDirectory {
     dir: PathBuf,
+    cache: Option<ArtifactCache>,
 }
 
 impl AgentDirectory {
+    /// The folder, compiling every component it loads.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        AgentDirectory { dir: dir.into() }
+        AgentDirectory { dir: dir.into(), cache: None }
+    }
+
+    /// The same folder, loading components precompiled from `cache` (and caching those it
+    /// compiles).
+    pub fn with_cache(mut self, cache: ArtifactCache) -> Self {
+        self.cache = Some(cache);
+        self
     }
 
     /// The component file for `reference`, if there is one.
@@ -50,12 +60,17 @@ impl AgentDirectory {
             path: path.clone(),
             source,
         })?;
-        let agent = sandbox.load(&bytes).map_err(|source| RegistryError::Load {
+        let digest = digest(&bytes);
+        let loaded = match &self.cache {
+            Some(cache) => cache.load(sandbox, &digest, &bytes).map(|(agent, _)| agent),
+            None => sandbox.load(&bytes),
+        };
+        let agent = loaded.map_err(|source| RegistryError::Load {
             reference: reference.to_owned(),
             path: path.clone(),
             source,
         })?;
-        Ok(ResolvedAgent { name: agent_name(reference).to_owned(), version: None, digest: digest(&bytes), agent })
+        Ok(ResolvedAgent { name: agent_name(reference).to_owned(), version: None, digest, agent })
     }
 
     /// The component bytes of every agent `workflow` names, with their digests.

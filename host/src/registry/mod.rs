@@ -3,13 +3,15 @@
 //!
 //! Two sources: a local folder of components for `braid run FILE --agents DIR`
 //! ([`AgentDirectory`]), and the deployed registry in the database ([`Registry`]), with
-//! its on-disk cache of precompiled components. Either way, every agent a workflow names is
+//! the on-disk cache of precompiled components every command shares ([`ArtifactCache`]). Either way, every agent a workflow names is
 //! resolved, compiled (or loaded precompiled) and linked before its run starts, which pins
 //! the run to exactly those bytes.
 
+mod cache;
 mod deployed;
 mod local;
 
+pub use cache::{ArtifactCache, Source, default_cache_dir};
 pub use deployed::{DeployError, Deployed, PlanError, Registry};
 pub use local::AgentDirectory;
 

@@ -1,0 +1,103 @@
+//! The on-disk cache of precompiled agents, shared by every command that loads agents
+//! (`braid serve`, `braid run`, `braid call`, …): an artifact per component digest and
+//! engine (`<sha256>-<engine key>.cwasm`), so that a component is compiled once per
+//! machine and later processes load it in milliseconds. Written then renamed, so that a
+//! reader never sees half an artifact; a damaged or foreign artifact is ignored and
+//! replaced. The cache only saves time: a host that cannot write it still works.
+//!
+//! Where agents come from, and which digest a component has, are the registries' concern.
+
+use crate::sandbox::{Agent, LoadError, Sandbox};
+use std::path::{Path, PathBuf};
+
+/// A folder of precompiled agents.
+#[derive(Debug, Clone)]
+pub struct ArtifactCache {
+    dir: PathBuf,
+}
+
+/// Where an agent came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Its precompiled artifact, without compiling.
+    Cache,
+    /// Compiled now (and cached, if the cache could be written).
+    Compiled,
+}
+
+/// The default cache folder: `$XDG_CACHE_HOME/braid`, else `~/.cache/braid`, else
+/// `.braid-cache` in the current directory.
+pub fn default_cache_dir() -> PathBuf {
+    let from_env = |name: &str| std::env::var_os(name).filter(|value| !value.is_empty()).map(PathBuf::from);
+    from_env("XDG_CACHE_HOME")
+        .or_else(|| from_env("HOME").map(|home| home.join(".cache")))
+        .map_or_else(|| PathBuf::from(".braid-cache"), |base| base.join("braid"))
+}
+
+impl ArtifactCache {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        ArtifactCache { dir: dir.into() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The artifact of the component with `digest` for `sandbox`'s engine.
+    pub fn path(&self, sandbox: &Sandbox, digest: &str) -> PathBuf {
+        self.dir.join(format!("{digest}-{}.cwasm", sandbox.artifact_key()))
+    }
+
+    /// The cached agent with `digest`, if there is a usable artifact (CPU work: call from a
+    /// blocking context).
+    pub fn cached(&self, sandbox: &Sandbox, digest: &str) -> Option<Agent> {
+        let path = self.path(sandbox, digest);
+        if !path.is_file() {
+            return None;
+        }
+        match sandbox.load_precompiled(&path) {
+            Ok(agent) => Some(agent),
+            Err(err) => {
+                tracing::warn!("ignoring cached artifact {}: {err}", path.display());
+                None
+            }
+        }
+    }
+
+    /// Compiles and links `wasm` (whose digest is `digest`) and caches the artifact
+    /// (CPU-heavy: call from a blocking context).
+    pub fn compile(&self, sandbox: &Sandbox, digest: &str, wasm: &[u8]) -> Result<Agent, LoadError> {
+        let agent = sandbox.load(wasm)?;
+        match agent.precompiled() {
+            Ok(artifact) => {
+                if let Err(err) = self.write(&self.path(sandbox, digest), &artifact) {
+                    tracing::warn!("could not cache the precompiled agent {digest} in {}: {err}", self.dir.display());
+                }
+            }
+            Err(err) => tracing::warn!("could not precompile the agent {digest}: {err}"),
+        }
+        Ok(agent)
+    }
+
+    /// The agent with `digest`: cached, or compiled from `wasm` and cached.
+    pub fn load(&self, sandbox: &Sandbox, digest: &str, wasm: &[u8]) -> Result<(Agent, Source), LoadError> {
+        match self.cached(sandbox, digest) {
+            Some(agent) => {
+                tracing::debug!(digest, "agent loaded precompiled from the cache");
+                Ok((agent, Source::Cache))
+            }
+            None => {
+                let agent = self.compile(sandbox, digest, wasm)?;
+                tracing::debug!(digest, "agent compiled and cached");
+                Ok((agent, Source::Compiled))
+            }
+        }
+    }
+
+    fn write(&self, path: &Path, artifact: &[u8]) -> std::io::Result<()> {
+        std::fs::create_dir_all(&self.dir)?;
+        let partial = path.with_extension(format!("partial-{}", std::process::id()));
+        std::fs::write(&partial, artifact)?;
+        std::fs::rename(&partial, path)
+    }
+}
