@@ -368,3 +368,25 @@ async fn the_on_demand_allocator_fallback_runs_agents_too() {
     assert_eq!(execution.output, Some(json!({ "words": 2, "lines": 1, "chars": 12 })));
     assert!(sandbox().is_pooling(), "this machine has the address space for the pool");
 }
+
+/// A component that instantiates `count` core modules (and implements nothing).
+fn component_with_core_instances(count: usize) -> Vec<u8> {
+    let instances = "(core instance (instantiate $m))".repeat(count);
+    wat::parse_str(format!("(component (core module $m) {instances})")).unwrap()
+}
+
+#[test]
+fn a_slot_fits_a_python_sized_component_and_a_bigger_one_is_refused_at_load_naming_the_limit() {
+    assert!(sandbox().is_pooling(), "the pool is what this test is about");
+    // 14 core instances, as componentize-py makes: past the pool's check, refused only for
+    // not implementing the world.
+    let python_sized = sandbox().load(&component_with_core_instances(14)).err().unwrap();
+    assert!(matches!(python_sized, LoadError::WrongWorld(_)), "{python_sized}");
+    // More than a slot holds: refused before anything runs, naming the limit and the need.
+    let too_big = sandbox().load(&component_with_core_instances(33)).err().unwrap().to_string();
+    assert!(
+        too_big.contains("33 core module instances")
+            && too_big.contains(&format!("maximum of {}", braid::sandbox::CORE_INSTANCES_PER_SLOT)),
+        "{too_big}"
+    );
+}

@@ -188,6 +188,11 @@ impl Sandbox {
         };
         match result {
             Err(interruption) => self.fail(&mut execution, state, interruption_outcome(interruption), limits),
+            // The host ran out, not the agent: every slot holds what any loadable component
+            // needs, so this would be a Braid bug, and is reported as one.
+            Ok(Err(err)) if err.downcast_ref::<wasmtime::PoolConcurrencyLimitError>().is_some() => {
+                return Err(ExecuteError::Host(format!("the host's instance pool ran out ({err:#})")));
+            }
             Ok(Err(err)) => {
                 let outcome = classify_trap(&err, state);
                 execution.error = Some(self.describe(outcome, Some(&err), state, limits));

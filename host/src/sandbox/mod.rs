@@ -42,6 +42,18 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 
 const MIB: u64 = 1024 * 1024;
 
+/// What one instance slot of the pool holds, per component instance: room for the largest
+/// agents there are, with headroom — a componentize-py component instantiates 14 core
+/// modules (Rust agents: one to three). The pool holds `max_instances` slots of these, so an
+/// execution that has a slot always fits, and a fan-out of heavy agents waits for a slot
+/// instead of failing. A component that needs more than one slot holds is refused at load,
+/// with wasmtime's message naming the limit and what it needs.
+pub const CORE_INSTANCES_PER_SLOT: u32 = 32;
+/// Linear memories per slot (each reserves address space for the host's maximum memory).
+pub const MEMORIES_PER_SLOT: u32 = 4;
+/// Tables per slot.
+pub const TABLES_PER_SLOT: u32 = 32;
+
 /// Which instance allocator the engine uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AllocatorChoice {
@@ -264,12 +276,12 @@ fn build_engine(config: &SandboxConfig, pooling: bool) -> Result<Engine, Sandbox
         let slots = config.max_instances;
         let mut pool = PoolingAllocationConfig::new();
         pool.total_component_instances(slots)
-            .total_core_instances(slots * 8)
-            .max_core_instances_per_component(16)
-            .total_memories(slots * 2)
-            .max_memories_per_component(2)
-            .total_tables(slots * 8)
-            .max_tables_per_component(8)
+            .total_core_instances(slots * CORE_INSTANCES_PER_SLOT)
+            .max_core_instances_per_component(CORE_INSTANCES_PER_SLOT)
+            .total_memories(slots * MEMORIES_PER_SLOT)
+            .max_memories_per_component(MEMORIES_PER_SLOT)
+            .total_tables(slots * TABLES_PER_SLOT)
+            .max_tables_per_component(TABLES_PER_SLOT)
             .total_stacks(slots)
             .max_memory_size(usize::try_from(config.max_memory_bytes).unwrap_or(usize::MAX))
             // Reset small memories and tables with memset instead of madvise: the
