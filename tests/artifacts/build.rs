@@ -1,6 +1,9 @@
 //! Builds every guest crate (the example agents in `examples/agents/` and the test agents in
 //! `tests/agents/`) for `wasm32-wasip2` with the `agent` profile, the way wasmtime's
-//! test-programs crate does, and tells the library where the `.wasm` files are.
+//! test-programs crate does, and tells the library where the `.wasm` files are. Python
+//! agents there (a folder with an `app.py`) are built with componentize-py, installed at the
+//! version `guest-sdk/python/requirements.txt` pins into a virtual environment of its own
+//! (`target/agents/python-venv`), into the same folder.
 //!
 //! The nested cargo uses its own target directory (`target/agents`), so it never waits on
 //! the lock of the build that runs this script. `examples/quickstart.sh` builds into the
@@ -52,7 +55,96 @@ fn main() {
         "building the guest agents failed; is the target installed? `rustup target add wasm32-wasip2`"
     );
     let wasm_dir = target_dir.join("wasm32-wasip2/agent");
+    build_python_agents(&root, &target_dir, &wasm_dir);
     println!("cargo:rustc-env=BRAID_AGENTS_DIR={}", wasm_dir.display());
+}
+
+/// Builds every Python agent (a folder under `examples/agents` or `tests/agents` holding an
+/// `app.py`) into `wasm_dir/<name>.wasm` (underscores for hyphens), in parallel, skipping
+/// those whose component is newer than every input.
+fn build_python_agents(root: &Path, target_dir: &Path, wasm_dir: &Path) {
+    let agents: Vec<PathBuf> = ["examples/agents", "tests/agents"]
+        .iter()
+        .flat_map(|dir| std::fs::read_dir(root.join(dir)).into_iter().flatten().flatten())
+        .map(|entry| entry.path())
+        .filter(|path| path.join("app.py").is_file())
+        .collect();
+    if agents.is_empty() {
+        return;
+    }
+    let sdk = root.join("guest-sdk/python");
+    let wit = root.join("guest-sdk/wit");
+    let componentize = python_tools(target_dir, &sdk.join("requirements.txt"));
+    let sdk_changed = newest(&sdk).max(newest(&wit));
+    std::thread::scope(|scope| {
+        for agent in &agents {
+            let name = agent.file_name().unwrap().to_string_lossy().replace('-', "_");
+            let output = wasm_dir.join(format!("{name}.wasm"));
+            let built = std::fs::metadata(&output).and_then(|m| m.modified()).ok();
+            if built.is_some_and(|built| built > sdk_changed.max(newest(agent))) {
+                continue;
+            }
+            let (componentize, sdk, wit) = (&componentize, &sdk, &wit);
+            scope.spawn(move || {
+                std::fs::create_dir_all(output.parent().unwrap()).unwrap();
+                let status = Command::new(componentize)
+                    .current_dir(agent)
+                    // No __pycache__ in the source folders (it would look like a change).
+                    .env("PYTHONDONTWRITEBYTECODE", "1")
+                    .arg("-d")
+                    .arg(wit)
+                    .args(["-w", "agent", "componentize", "app", "-p", "."])
+                    .arg("-p")
+                    .arg(sdk)
+                    .arg("-o")
+                    .arg(&output)
+                    .status()
+                    .expect("could not run componentize-py");
+                assert!(status.success(), "building the Python agent {} failed", agent.display());
+            });
+        }
+    });
+}
+
+/// componentize-py in a virtual environment under `target_dir`, installed (again) when the
+/// pinned requirements change.
+fn python_tools(target_dir: &Path, requirements: &Path) -> PathBuf {
+    let venv = target_dir.join("python-venv");
+    let tool = venv.join("bin/componentize-py");
+    let stamp = venv.join("installed-requirements.txt");
+    let wanted = std::fs::read_to_string(requirements).expect("guest-sdk/python/requirements.txt");
+    if tool.is_file() && std::fs::read_to_string(&stamp).is_ok_and(|installed| installed == wanted) {
+        return tool;
+    }
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_owned());
+    let status = Command::new(&python).args(["-m", "venv"]).arg(&venv).status();
+    assert!(
+        status.is_ok_and(|s| s.success()),
+        "could not create a Python virtual environment with `{python} -m venv` (Debian: apt-get install python3-venv)"
+    );
+    let status = Command::new(venv.join("bin/pip"))
+        .args(["install", "--quiet", "--disable-pip-version-check", "-r"])
+        .arg(requirements)
+        .status()
+        .expect("could not run pip");
+    assert!(status.success(), "could not install componentize-py (see guest-sdk/python/requirements.txt)");
+    std::fs::write(&stamp, wanted).unwrap();
+    tool
+}
+
+/// The newest modification time of any file under `path`.
+fn newest(path: &Path) -> std::time::SystemTime {
+    let mut newest = std::time::SystemTime::UNIX_EPOCH;
+    let mut pending = vec![path.to_owned()];
+    while let Some(path) = pending.pop() {
+        let Ok(meta) = std::fs::metadata(&path) else { continue };
+        if meta.is_dir() {
+            pending.extend(std::fs::read_dir(&path).into_iter().flatten().flatten().map(|e| e.path()));
+        } else if let Ok(modified) = meta.modified() {
+            newest = newest.max(modified);
+        }
+    }
+    newest
 }
 
 /// The package names of the crates directly under `dir`.

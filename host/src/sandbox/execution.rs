@@ -199,6 +199,16 @@ impl Sandbox {
                 execution.outcome = outcome;
                 execution.retryable = matches!(outcome, Outcome::Trap | Outcome::Timeout);
             }
+            // A guest that failed after it was refused memory (Python's MemoryError, say)
+            // failed because of its memory limit.
+            Ok(Ok(Err(step_error))) if state.limiter.refused_bytes().is_some() => {
+                let limit = self.describe(Outcome::MemoryLimit, None, state, limits);
+                execution.outcome = Outcome::MemoryLimit;
+                execution.error = Some(crate::limits::storable_text(format!(
+                    "{limit}; the agent then failed: {}",
+                    step_error.message
+                )));
+            }
             Ok(Ok(Err(step_error))) => {
                 execution.outcome = Outcome::GuestError;
                 execution.error = Some(crate::limits::storable_text(step_error.message));
