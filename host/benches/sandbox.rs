@@ -201,7 +201,50 @@ fn main() {
         );
     }
     println!("| native Rust, same logic (parse + serialise) | {:.2} µs | | | |", micros(native));
+
+    // Agents by language: the same word count in Rust and in Python (componentize-py).
+    let languages = [("Rust (`word-count`)", "word-count"), ("Python (`word-count-py`)", "word-count-py")];
+    let mut rows = Vec::new();
+    for (label, name) in languages {
+        let sandbox = Arc::new(Sandbox::new(SandboxConfig::default()).unwrap());
+        let agent = sandbox.load(&braid_test_artifacts::agent_bytes(name)).unwrap();
+        let figures = runtime.block_on(measure(LANGUAGE_CALLS, move || {
+            let (sandbox, agent) = (sandbox.clone(), agent.clone());
+            async move {
+                let request = ExecutionRequest::new(
+                    StepContext {
+                        run_id: "bench".into(),
+                        step_id: "count".into(),
+                        attempt: 1,
+                        ..StepContext::default()
+                    },
+                    WORDS.to_owned(),
+                );
+                let execution = sandbox.execute(&agent, request).await.unwrap();
+                assert_eq!(execution.outcome, Outcome::Succeeded, "{:?}", execution.error);
+            }
+        }));
+        rows.push((label, figures));
+    }
+    println!(
+        "\n{LANGUAGE_CALLS} calls of a word count by language (fresh instance + call each); {IN_FLIGHT} in flight for calls/s\n"
+    );
+    println!("| agent | median | p99 | calls/s ({IN_FLIGHT} in flight) | median vs Rust |");
+    println!("|---|---|---|---|---|");
+    for (label, f) in &rows {
+        println!(
+            "| {label} | {:.2} ms | {:.2} ms | {:.0} | {:.1}× |",
+            micros(f.median) / 1000.0,
+            micros(f.p99) / 1000.0,
+            f.per_second,
+            micros(f.median) / micros(rows[0].1.median)
+        );
+    }
 }
+
+/// Calls per language: a Python instance costs milliseconds, not microseconds.
+const LANGUAGE_CALLS: usize = 1000;
+const WORDS: &str = r#"{"text": "Braid runs every step of a workflow in its own sandbox, in Rust or in Python."}"#;
 
 fn micros(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1e6
