@@ -202,8 +202,13 @@ fn main() {
     }
     println!("| native Rust, same logic (parse + serialise) | {:.2} µs | | | |", micros(native));
 
-    // Agents by language: the same word count in Rust and in Python (componentize-py).
-    let languages = [("Rust (`word-count`)", "word-count"), ("Python (`word-count-py`)", "word-count-py")];
+    // Agents by language: the same word count in Rust, Python (componentize-py) and
+    // JavaScript (ComponentizeJS).
+    let languages = [
+        ("Rust (`word-count`)", "word-count"),
+        ("Python (`word-count-py`)", "word-count-py"),
+        ("JavaScript (`word-count-js`)", "word-count-js"),
+    ];
     let mut rows = Vec::new();
     for (label, name) in languages {
         let sandbox = Arc::new(Sandbox::new(SandboxConfig::default()).unwrap());
@@ -242,7 +247,7 @@ fn main() {
     }
 }
 
-/// Calls per language: a Python instance costs milliseconds, not microseconds.
+/// Calls per language: a Python or JavaScript instance costs milliseconds, not microseconds.
 const LANGUAGE_CALLS: usize = 1000;
 const WORDS: &str = r#"{"text": "Braid runs every step of a workflow in its own sandbox, in Rust or in Python."}"#;
 

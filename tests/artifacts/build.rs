@@ -3,7 +3,9 @@
 //! test-programs crate does, and tells the library where the `.wasm` files are. Python
 //! agents there (a folder with an `app.py`) are built with componentize-py, installed at the
 //! version `guest-sdk/python/requirements.txt` pins into a virtual environment of its own
-//! (`target/agents/python-venv`), into the same folder.
+//! (`target/agents/python-venv`), into the same folder; JavaScript agents (a folder with an
+//! `agent.js`) are bundled with esbuild and built with ComponentizeJS, both installed with
+//! `npm ci` from `guest-sdk/js`'s lock file into `target/agents/js-tools`.
 //!
 //! The nested cargo uses its own target directory (`target/agents`), so it never waits on
 //! the lock of the build that runs this script. `examples/quickstart.sh` builds into the
@@ -56,6 +58,7 @@ fn main() {
     );
     let wasm_dir = target_dir.join("wasm32-wasip2/agent");
     build_python_agents(&root, &target_dir, &wasm_dir);
+    build_javascript_agents(&root, &target_dir, &wasm_dir);
     println!("cargo:rustc-env=BRAID_AGENTS_DIR={}", wasm_dir.display());
 }
 
@@ -63,12 +66,7 @@ fn main() {
 /// `app.py`) into `wasm_dir/<name>.wasm` (underscores for hyphens), in parallel, skipping
 /// those whose component is newer than every input.
 fn build_python_agents(root: &Path, target_dir: &Path, wasm_dir: &Path) {
-    let agents: Vec<PathBuf> = ["examples/agents", "tests/agents"]
-        .iter()
-        .flat_map(|dir| std::fs::read_dir(root.join(dir)).into_iter().flatten().flatten())
-        .map(|entry| entry.path())
-        .filter(|path| path.join("app.py").is_file())
-        .collect();
+    let agents = agents_with(root, "app.py");
     if agents.is_empty() {
         return;
     }
@@ -78,10 +76,8 @@ fn build_python_agents(root: &Path, target_dir: &Path, wasm_dir: &Path) {
     let sdk_changed = newest(&sdk).max(newest(&wit));
     std::thread::scope(|scope| {
         for agent in &agents {
-            let name = agent.file_name().unwrap().to_string_lossy().replace('-', "_");
-            let output = wasm_dir.join(format!("{name}.wasm"));
-            let built = std::fs::metadata(&output).and_then(|m| m.modified()).ok();
-            if built.is_some_and(|built| built > sdk_changed.max(newest(agent))) {
+            let output = output_of(agent, wasm_dir);
+            if is_fresh(&output, sdk_changed.max(newest(agent))) {
                 continue;
             }
             let (componentize, sdk, wit) = (&componentize, &sdk, &wit);
@@ -104,6 +100,98 @@ fn build_python_agents(root: &Path, target_dir: &Path, wasm_dir: &Path) {
             });
         }
     });
+}
+
+/// Bundles (esbuild, `braid-sdk` resolved to `guest-sdk/js`) and builds (ComponentizeJS)
+/// every JavaScript agent (a folder under `examples/agents` or `tests/agents` holding an
+/// `agent.js`) into `wasm_dir/<name>.wasm`, in parallel, skipping those up to date.
+fn build_javascript_agents(root: &Path, target_dir: &Path, wasm_dir: &Path) {
+    let agents = agents_with(root, "agent.js");
+    if agents.is_empty() {
+        return;
+    }
+    let sdk = root.join("guest-sdk/js");
+    let wit = root.join("guest-sdk/wit");
+    let tools = javascript_tools(target_dir, &sdk);
+    let bundles = target_dir.join("js-bundles");
+    std::fs::create_dir_all(&bundles).unwrap();
+    let sdk_changed = newest(&sdk.join("index.js")).max(newest(&wit));
+    std::thread::scope(|scope| {
+        for agent in &agents {
+            let output = output_of(agent, wasm_dir);
+            if is_fresh(&output, sdk_changed.max(newest(agent))) {
+                continue;
+            }
+            let bundle = bundles.join(format!("{}.js", agent.file_name().unwrap().to_string_lossy()));
+            let (tools, sdk, wit) = (&tools, &sdk, &wit);
+            scope.spawn(move || {
+                std::fs::create_dir_all(output.parent().unwrap()).unwrap();
+                let status = Command::new(tools.join("node_modules/.bin/esbuild"))
+                    .current_dir(agent)
+                    .args(["agent.js", "--bundle", "--format=esm", "--platform=neutral", "--log-level=warning"])
+                    .arg("--external:braid:*")
+                    .arg(format!("--alias:braid-sdk={}", sdk.join("index.js").display()))
+                    .arg(format!("--outfile={}", bundle.display()))
+                    .status()
+                    .expect("could not run esbuild");
+                assert!(status.success(), "bundling the JavaScript agent {} failed", agent.display());
+                let status = Command::new(tools.join("node_modules/.bin/componentize-js"))
+                    .arg(&bundle)
+                    .arg("--wit")
+                    .arg(wit)
+                    .args(["--world-name", "agent", "-o"])
+                    .arg(&output)
+                    .status()
+                    .expect("could not run componentize-js");
+                assert!(status.success(), "building the JavaScript agent {} failed", agent.display());
+            });
+        }
+    });
+}
+
+/// esbuild and ComponentizeJS, installed with `npm ci` from `sdk`'s lock file into a folder
+/// under `target_dir` (again when the lock file changes).
+fn javascript_tools(target_dir: &Path, sdk: &Path) -> PathBuf {
+    let tools = target_dir.join("js-tools");
+    let lock = std::fs::read_to_string(sdk.join("package-lock.json")).expect("guest-sdk/js/package-lock.json");
+    let stamp = tools.join("installed-lock.json");
+    if tools.join("node_modules/.bin/componentize-js").is_file()
+        && std::fs::read_to_string(&stamp).is_ok_and(|installed| installed == lock)
+    {
+        return tools;
+    }
+    std::fs::create_dir_all(&tools).unwrap();
+    for file in ["package.json", "package-lock.json"] {
+        std::fs::copy(sdk.join(file), tools.join(file)).unwrap();
+    }
+    let status =
+        Command::new("npm").current_dir(&tools).args(["ci", "--no-audit", "--no-fund", "--loglevel=error"]).status();
+    assert!(
+        status.is_ok_and(|s| s.success()),
+        "could not install ComponentizeJS with `npm ci` (Node.js 20 and npm are needed; see guest-sdk/js)"
+    );
+    std::fs::write(&stamp, lock).unwrap();
+    tools
+}
+
+/// The folders under `examples/agents` and `tests/agents` that hold `marker`.
+fn agents_with(root: &Path, marker: &str) -> Vec<PathBuf> {
+    ["examples/agents", "tests/agents"]
+        .iter()
+        .flat_map(|dir| std::fs::read_dir(root.join(dir)).into_iter().flatten().flatten())
+        .map(|entry| entry.path())
+        .filter(|path| path.join(marker).is_file())
+        .collect()
+}
+
+/// Where the component of the agent in `folder` goes (underscores for hyphens).
+fn output_of(folder: &Path, wasm_dir: &Path) -> PathBuf {
+    wasm_dir.join(format!("{}.wasm", folder.file_name().unwrap().to_string_lossy().replace('-', "_")))
+}
+
+/// Whether `output` exists and is newer than `inputs_changed`.
+fn is_fresh(output: &Path, inputs_changed: std::time::SystemTime) -> bool {
+    std::fs::metadata(output).and_then(|m| m.modified()).is_ok_and(|built| built > inputs_changed)
 }
 
 /// componentize-py in a virtual environment under `target_dir`, installed (again) when the

@@ -1,7 +1,8 @@
-//! Python agents (componentize-py, `guest-sdk/python`), with the real binary: every outcome
-//! of the `misbehave-py` test agent, the example agents' answers, a workflow mixing Rust and
-//! Python branches, and a 32-branch fan-out of Python agents. One precompiled cache for the
-//! file, so that each 19 MB component is compiled once.
+//! Python agents (componentize-py, `guest-sdk/python`) and JavaScript agents (ComponentizeJS,
+//! `guest-sdk/js`), with the real binary: every outcome of the `misbehave-py` and
+//! `misbehave-js` test agents, the example agents agreeing with the Rust ones, a workflow
+//! mixing Rust, Python and JavaScript branches, and a 32-branch fan-out of each. One
+//! precompiled cache for the file, so that each 12–19 MB component is compiled once.
 
 use braid_test_artifacts::{agent_path, agents_dir};
 use serde_json::{Value, json};
@@ -9,7 +10,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn cache_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("python-agents-cache")
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("language-agents-cache")
 }
 
 /// `braid call AGENT --output json ARGS...`: the exit code and the document.
@@ -49,32 +50,52 @@ fn run(definition: &Value, input: Value) -> (i32, Value) {
     (output.status.code().unwrap(), document)
 }
 
-#[test]
-fn a_python_agent_gets_its_context_and_config_and_every_misbehaviour_its_outcome() {
-    let (code, ok) = call("misbehave-py", json!({ "action": "ok", "config_key": "model" }), &["--config", "model=m1"]);
+/// What differs between the languages' test agents: the agent, the context field naming,
+/// the action that throws an uncaught exception, and what its message names.
+struct Language {
+    misbehave: &'static str,
+    step_id_field: &'static str,
+    uncaught: &'static str,
+    uncaught_names: &'static str,
+}
+
+const PYTHON: Language = Language {
+    misbehave: "misbehave-py",
+    step_id_field: "step_id",
+    uncaught: "raise",
+    uncaught_names: "ZeroDivisionError",
+};
+const JAVASCRIPT: Language = Language {
+    misbehave: "misbehave-js",
+    step_id_field: "stepId",
+    uncaught: "throw",
+    uncaught_names: "uncaught TypeError",
+};
+
+/// Every outcome of a language's `misbehave` agent.
+fn every_outcome(language: &Language) {
+    let agent = language.misbehave;
+    let (code, ok) = call(agent, json!({ "action": "ok", "config_key": "model" }), &["--config", "model=m1"]);
     assert_eq!(code, 0, "{ok}");
     assert_eq!(ok["output"]["config"], "m1");
-    assert_eq!(ok["output"]["step_id"], "call");
+    assert_eq!(ok["output"][language.step_id_field], "call");
     assert_eq!(ok["output"]["attempt"], 1);
 
-    let (code, fatal) = call("misbehave-py", json!({ "action": "error", "message": "bad input" }), &[]);
+    let (code, fatal) = call(agent, json!({ "action": "error", "message": "bad input" }), &[]);
     assert_eq!(
         (code, &fatal["outcome"], &fatal["retryable"], &fatal["error"]),
         (1, &json!("guest_error"), &json!(false), &json!("bad input"))
     );
-    let (_, retryable) = call("misbehave-py", json!({ "action": "retryable" }), &[]);
+    let (_, retryable) = call(agent, json!({ "action": "retryable" }), &[]);
     assert_eq!((&retryable["outcome"], &retryable["retryable"]), (&json!("guest_error"), &json!(true)));
 
-    // An uncaught exception: a non-retryable guest error with the traceback.
-    let (_, raised) = call("misbehave-py", json!({ "action": "raise" }), &[]);
+    // An uncaught exception: a non-retryable guest error naming it, with where it happened.
+    let (_, raised) = call(agent, json!({ "action": language.uncaught }), &[]);
     assert_eq!((&raised["outcome"], &raised["retryable"]), (&json!("guest_error"), &json!(false)));
     let message = raised["error"].as_str().unwrap();
-    assert!(message.contains("uncaught exception") && message.contains("ZeroDivisionError"), "{message}");
+    assert!(message.contains(language.uncaught_names) && message.lines().count() > 1, "{message}");
 
-    let (_, not_json) = call("misbehave-py", json!({ "action": "not_json" }), &[]);
-    assert!(not_json["error"].as_str().unwrap().contains("not JSON"), "{not_json}");
-
-    let (code, logged) = call("misbehave-py", json!({ "action": "log", "lines": 2 }), &[]);
+    let (code, logged) = call(agent, json!({ "action": "log", "lines": 2 }), &[]);
     assert_eq!(code, 0);
     let lines: Vec<(String, String)> = logged["logs"]
         .as_array()
@@ -88,19 +109,36 @@ fn a_python_agent_gets_its_context_and_config_and_every_misbehaviour_its_outcome
             .map(|(s, m)| (s.to_owned(), m.to_owned()))
     );
 
-    let (_, spun) = call("misbehave-py", json!({ "action": "loop" }), &["--timeout-ms", "500"]);
+    let (_, spun) = call(agent, json!({ "action": "loop" }), &["--timeout-ms", "500"]);
     assert_eq!(spun["outcome"], "timeout", "{spun}");
-    let (_, hoarded) = call("misbehave-py", json!({ "action": "alloc" }), &["--memory-mb", "64"]);
+    let (_, hoarded) = call(agent, json!({ "action": "alloc" }), &["--memory-mb", "64"]);
     assert_eq!(hoarded["outcome"], "memory_limit", "{hoarded}");
 }
 
 #[test]
-fn python_and_rust_agents_agree_and_run_side_by_side_in_one_workflow() {
+fn a_python_agent_gets_its_context_and_config_and_every_misbehaviour_its_outcome() {
+    every_outcome(&PYTHON);
+    let (_, not_json) = call("misbehave-py", json!({ "action": "not_json" }), &[]);
+    assert!(not_json["error"].as_str().unwrap().contains("not JSON"), "{not_json}");
+}
+
+#[test]
+fn a_javascript_agent_gets_its_context_and_config_and_every_misbehaviour_its_outcome() {
+    every_outcome(&JAVASCRIPT);
+    // A thrown value that is not an Error still gets a readable message.
+    let (_, bare) = call("misbehave-js", json!({ "action": "throw_string" }), &[]);
+    assert_eq!(bare["error"], "uncaught throw of a value that is not an Error: \"a bare string\"");
+}
+
+#[test]
+fn python_javascript_and_rust_agents_agree_and_run_side_by_side_in_one_workflow() {
     let text = json!({ "text": "Braid runs every step\nin its own sandbox" });
-    let (code, python) = call("word-count-py", text.clone(), &[]);
-    assert_eq!(code, 0, "{python}");
     let (_, rust) = call("word-count", text.clone(), &[]);
-    assert_eq!(python["output"], rust["output"]);
+    for agent in ["word-count-py", "word-count-js"] {
+        let (code, answer) = call(agent, text.clone(), &[]);
+        assert_eq!(code, 0, "{answer}");
+        assert_eq!(answer["output"], rust["output"], "{agent}");
+    }
 
     let example: Value = serde_json::from_str(
         &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/workflows/mixed.json")).unwrap(),
@@ -108,18 +146,27 @@ fn python_and_rust_agents_agree_and_run_side_by_side_in_one_workflow() {
     .unwrap();
     let (code, doc) = run(&example, text);
     assert_eq!(code, 0, "{doc}");
-    assert_eq!(doc["output"]["parts"], 3, "{doc}");
+    assert_eq!(doc["output"]["parts"], 4, "{doc}");
     let report = doc["output"]["report"].as_str().unwrap();
-    let counts = "{\"chars\": 40, \"lines\": 2, \"words\": 8}";
-    assert!(report.contains(&format!("python: {counts}")) && report.contains(&format!("rust: {counts}")), "{report}");
+    let counts = "{\"chars\":40,\"lines\":2,\"words\":8}";
+    for language in ["javascript", "python", "rust"] {
+        assert!(report.contains(&format!("{language}: {counts}")), "{language}: {report}");
+    }
 }
 
 #[test]
 fn a_32_branch_fan_out_of_python_agents_under_max_parallelism_16_all_succeed() {
+    fan_out_of("word-count-py");
+}
+
+#[test]
+fn a_32_branch_fan_out_of_javascript_agents_under_max_parallelism_16_all_succeed() {
+    fan_out_of("word-count-js");
+}
+
+fn fan_out_of(agent: &str) {
     let branches: Vec<Value> = (0..32)
-        .map(
-            |i| json!({ "name": format!("b{i}"), "agent": "word-count-py", "input": { "text": "a b ".repeat(i + 1) } }),
-        )
+        .map(|i| json!({ "name": format!("b{i}"), "agent": agent, "input": { "text": "a b ".repeat(i + 1) } }))
         .collect();
     let definition = json!({ "name": "fan", "version": "1", "steps": [
         { "id": "fan", "type": "parallel", "max_parallelism": 16, "branches": branches } ] });
