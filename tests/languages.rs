@@ -178,3 +178,55 @@ fn fan_out_of(agent: &str) {
     assert!(branches.iter().all(|s| s["status"] == "succeeded" && s["attempt"] == 1), "{doc}");
     assert_eq!(doc["output"]["b31"]["words"], 64);
 }
+
+#[test]
+fn braid_new_and_braid_build_make_an_agent_that_braid_call_runs_in_every_language() {
+    // The build tools the test build installed, as a user would have them on PATH.
+    let tools = agents_dir().join("../..");
+    let path = format!(
+        "{}:{}:{}",
+        tools.join("python-venv/bin").display(),
+        tools.join("js-tools/node_modules/.bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let scratch = tempfile::tempdir().unwrap();
+    for language in ["rust", "python", "js"] {
+        let name = format!("hello-{language}");
+        let braid = |args: &[&str]| {
+            Command::new(env!("CARGO_BIN_EXE_braid"))
+                .current_dir(scratch.path())
+                .env("PATH", &path)
+                .env_remove("CARGO_TARGET_DIR")
+                .args(args)
+                .output()
+                .unwrap()
+        };
+        let created = braid(&["new", "agent", &name, "--lang", language]);
+        assert_eq!(created.status.code(), Some(0), "{}", String::from_utf8_lossy(&created.stderr));
+        let again = braid(&["new", "agent", &name, "--lang", language]);
+        assert_eq!(again.status.code(), Some(2), "a second new must not overwrite the first");
+        let built = braid(&["build", &name]);
+        assert_eq!(built.status.code(), Some(0), "{language}: {}", String::from_utf8_lossy(&built.stderr));
+        let wasm = scratch.path().join(&name).join(format!("{name}.wasm"));
+        let cache = cache_dir();
+        let called = braid(&[
+            "call",
+            wasm.to_str().unwrap(),
+            "--input",
+            r#"{"text": "one two three"}"#,
+            "--output",
+            "json",
+            "--cache-dir",
+            cache.to_str().unwrap(),
+        ]);
+        assert_eq!(called.status.code(), Some(0), "{language}: {}", String::from_utf8_lossy(&called.stdout));
+        let document: Value = serde_json::from_slice(&called.stdout).unwrap();
+        assert_eq!(document["output"]["words"], 3, "{language}: {document}");
+        let refused = braid(&["call", wasm.to_str().unwrap(), "--input", r#"{"text": ""}"#, "--output", "json"]);
+        let document: Value = serde_json::from_slice(&refused.stdout).unwrap();
+        assert_eq!((refused.status.code(), &document["outcome"]), (Some(1), &json!("guest_error")), "{language}");
+    }
+    let unknown = Command::new(env!("CARGO_BIN_EXE_braid")).args(["build"]).arg(scratch.path()).output().unwrap();
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("not an agent project"));
+}

@@ -17,6 +17,7 @@
 //!   refusing private addresses, the shared client, the record of each request.
 //! * [`secrets`]: secrets from the host (environment, a secrets file) and their redaction.
 //! * [`limits`]: what callers and authors may send: JSON depth and characters, read-back.
+//! * [`build`]: agents from source: `braid new agent` and `braid build` for Rust, Python, JS.
 //! * [`cli`]: the `braid` command line, parsing and rendering; `main.rs` only calls it.
 //!
 //! The engine knows nothing of wasmtime or SQL; the sandbox knows nothing of workflows;
@@ -26,6 +27,7 @@
 #![warn(clippy::cast_possible_truncation)]
 
 pub mod api;
+pub mod build;
 pub mod cli;
 pub mod cluster;
 pub mod engine;

@@ -5,6 +5,7 @@
 
 mod call;
 mod migrate;
+mod project;
 mod registry;
 pub mod render;
 mod run;
@@ -38,6 +39,10 @@ enum Command {
     Runs(runs::RunsCommand),
     /// Apply (or revert) the database migrations.
     Migrate(migrate::MigrateCommand),
+    /// Create a project: `braid new agent NAME --lang rust|python|js`.
+    New(project::NewCommand),
+    /// Build the agent project in DIR into one .wasm component.
+    Build(project::BuildCommand),
 }
 
 /// Where records go: `--database-url` or `BRAID_DATABASE_URL`; without either, the
@@ -196,6 +201,8 @@ pub fn main() -> ExitCode {
         Command::Workflow(command) => command.execute(),
         Command::Runs(command) => command.execute(),
         Command::Migrate(command) => command.execute(),
+        Command::New(command) => command.execute(),
+        Command::Build(command) => command.execute(),
     };
     match result {
         Ok(status) => status.into(),
