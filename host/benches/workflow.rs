@@ -53,6 +53,44 @@ fn chain() -> Value {
     json!({ "name": "chain", "version": "1", "steps": steps })
 }
 
+/// 1,000 branches of one word-count agent, `max_parallelism` 64.
+const LANGUAGE_BRANCHES: usize = 1000;
+
+fn language_fan_out(agent: &str) -> Value {
+    let branches: Vec<Value> = (0..LANGUAGE_BRANCHES)
+        .map(|i| json!({ "name": format!("b{i}"), "agent": agent, "input": { "text": "one two three four ${ input.n }" } }))
+        .collect();
+    json!({ "name": "fan-out", "version": "1", "steps": [
+        { "id": "fan", "type": "parallel", "max_parallelism": IN_FLIGHT, "branches": branches } ] })
+}
+
+/// Recorded branches/s of a 1,000-branch fan-out of each language's word count on `url`
+/// (the best of two runs after a warm-up).
+async fn languages(sandbox: &Arc<Sandbox>, url: &str) -> Vec<(&'static str, f64)> {
+    let store = Store::open(url).await.unwrap();
+    let engine = Engine::new(sandbox.clone(), store.recorder().clone());
+    let mut rates = Vec::new();
+    for (label, agent) in [("Rust", "word-count"), ("Python", "word-count-py"), ("JavaScript", "word-count-js")] {
+        let plan = plan(sandbox, language_fan_out(agent));
+        let mut best: f64 = 0.0;
+        for round in 0..3 {
+            let started = Instant::now();
+            let run = engine
+                .run(plan.clone(), Uuid::now_v7(), json!({ "n": round }), CancellationToken::new())
+                .await
+                .unwrap();
+            let elapsed = started.elapsed();
+            assert_eq!(run.status, RunStatus::Succeeded, "{label}: {:?}", run.error);
+            if round > 0 {
+                best = best.max(LANGUAGE_BRANCHES as f64 / elapsed.as_secs_f64());
+            }
+        }
+        rates.push((label, best));
+    }
+    store.close().await.unwrap();
+    rates
+}
+
 async fn sandbox_only(sandbox: &Arc<Sandbox>, plan: &RunPlan) -> f64 {
     let agent = plan.agents["echo"].clone();
     let permits = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
@@ -148,15 +186,16 @@ fn main() {
     std::fs::create_dir_all(&scratch).unwrap();
     let sqlite_url = format!("sqlite://{}", scratch.join("braid.db").display());
 
-    let (sandbox_rate, postgres, sqlite) = runtime.block_on(async {
+    let (sandbox_rate, postgres, sqlite, by_language) = runtime.block_on(async {
         use sqlx::Connection;
         let mut admin_connection = sqlx::PgConnection::connect(&admin).await.unwrap();
         sqlx::query(&format!("CREATE DATABASE {database}")).execute(&mut admin_connection).await.unwrap();
         let sandbox_rate = sandbox_only(&sandbox, &fan).await;
         let postgres = measure(&sandbox, &postgres_url, &fan, &chain, &map).await;
         let sqlite = measure(&sandbox, &sqlite_url, &fan, &chain, &map).await;
+        let by_language = languages(&sandbox, &postgres_url).await;
         sqlx::query(&format!("DROP DATABASE {database} WITH (FORCE)")).execute(&mut admin_connection).await.unwrap();
-        (sandbox_rate, postgres, sqlite)
+        (sandbox_rate, postgres, sqlite, by_language)
     });
     std::fs::remove_dir_all(&scratch).ok();
 
@@ -177,5 +216,13 @@ fn main() {
             f.chain_median.as_secs_f64() * 1e3,
             f.chain_best.as_secs_f64() * 1e3
         );
+    }
+    println!(
+        "\n{LANGUAGE_BRANCHES} branches of a word count, max_parallelism {IN_FLIGHT}, recorded in Postgres (best of two)\n"
+    );
+    println!("| agent | recorded branches/s |");
+    println!("|---|---|");
+    for (label, rate) in by_language {
+        println!("| {label} | {rate:.0} |");
     }
 }
