@@ -44,9 +44,9 @@ const MIB: u64 = 1024 * 1024;
 
 /// What one instance slot of the pool holds, per component instance: room for the largest
 /// agents there are, with headroom — a componentize-py component instantiates 14 core
-/// modules, a ComponentizeJS one 4, a Rust one 3. The pool holds `max_instances` slots of these, so an
-/// execution that has a slot always fits, and a fan-out of heavy agents waits for a slot
-/// instead of failing. A component that needs more than one slot holds is refused at load,
+/// modules, a ComponentizeJS one 4, a Rust one 3. The pool holds `max_instances` slots of
+/// these, so an execution that has a slot always fits, and a fan-out of heavy agents waits
+/// for a slot instead of failing. A component that needs more than one slot holds is refused at load,
 /// with wasmtime's message naming the limit and what it needs.
 pub const CORE_INSTANCES_PER_SLOT: u32 = 32;
 /// Linear memories per slot (each reserves address space for the host's maximum memory).
