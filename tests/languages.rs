@@ -24,6 +24,11 @@ fn call(agent: &str, input: Value, args: &[&str]) -> (i32, Value) {
         .arg(cache_dir())
         .output()
         .unwrap();
+    code_and_document(&output)
+}
+
+/// A `--output json` process's exit code and document.
+fn code_and_document(output: &std::process::Output) -> (i32, Value) {
     let document = serde_json::from_slice(&output.stdout)
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&output.stderr)));
     (output.status.code().unwrap(), document)
@@ -45,9 +50,7 @@ fn run(definition: &Value, input: Value) -> (i32, Value) {
         .arg(cache_dir())
         .output()
         .unwrap();
-    let document = serde_json::from_slice(&output.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&output.stderr)));
-    (output.status.code().unwrap(), document)
+    code_and_document(&output)
 }
 
 /// What differs between the languages' test agents: the agent, the context field naming,
