@@ -76,7 +76,7 @@ impl Response {
 /// A request being built.
 #[derive(Debug)]
 pub struct Request {
-    method: Method,
+    method: String,
     url: String,
     headers: Vec<(String, String)>,
     body: Vec<u8>,
@@ -85,8 +85,7 @@ pub struct Request {
 impl Request {
     /// A request with `method` (`"GET"`, `"POST"`, …) to `url`.
     pub fn new(method: &str, url: &str) -> Request {
-        let method = Method::from_bytes(method.as_bytes()).unwrap_or(Method::GET);
-        Request { method, url: url.to_owned(), headers: Vec::new(), body: Vec::new() }
+        Request { method: method.to_owned(), url: url.to_owned(), headers: Vec::new(), body: Vec::new() }
     }
 
     /// A GET request.
@@ -122,8 +121,10 @@ impl Request {
     /// on the way, is an error (retryable when trying again could help).
     pub fn send(self) -> Result<Response, Error> {
         let url = self.url.clone();
+        let method = Method::from_bytes(self.method.as_bytes())
+            .map_err(|_| Error::fatal(format!("{:?} is not an HTTP method", self.method)))?;
         wstd::runtime::block_on(async move {
-            let mut builder = wstd::http::Request::builder().method(self.method).uri(&self.url);
+            let mut builder = wstd::http::Request::builder().method(method).uri(&self.url);
             for (name, value) in &self.headers {
                 builder = builder.header(name, value);
             }
