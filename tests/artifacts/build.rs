@@ -14,6 +14,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// The build tools' command lines, the same as `braid build`'s.
+#[path = "../../host/src/build/commands.rs"]
+mod commands;
+
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("workspace root");
     let target_dir = match std::env::var_os("CARGO_TARGET_DIR") {
@@ -83,17 +87,7 @@ fn build_python_agents(root: &Path, target_dir: &Path, wasm_dir: &Path) {
             let (componentize, sdk, wit) = (&componentize, &sdk, &wit);
             scope.spawn(move || {
                 std::fs::create_dir_all(output.parent().unwrap()).unwrap();
-                let status = Command::new(componentize)
-                    .current_dir(agent)
-                    // No __pycache__ in the source folders (it would look like a change).
-                    .env("PYTHONDONTWRITEBYTECODE", "1")
-                    .arg("-d")
-                    .arg(wit)
-                    .args(["-w", "agent", "componentize", "app", "-p", "."])
-                    .arg("-p")
-                    .arg(sdk)
-                    .arg("-o")
-                    .arg(&output)
+                let status = commands::componentize_py(componentize, agent, wit, sdk, &output)
                     .status()
                     .expect("could not run componentize-py");
                 assert!(status.success(), "building the Python agent {} failed", agent.display());
@@ -126,23 +120,15 @@ fn build_javascript_agents(root: &Path, target_dir: &Path, wasm_dir: &Path) {
             let (tools, sdk, wit) = (&tools, &sdk, &wit);
             scope.spawn(move || {
                 std::fs::create_dir_all(output.parent().unwrap()).unwrap();
-                let status = Command::new(tools.join("node_modules/.bin/esbuild"))
-                    .current_dir(agent)
-                    .args(["agent.js", "--bundle", "--format=esm", "--platform=neutral", "--log-level=warning"])
-                    .arg("--external:braid:*")
-                    .arg(format!("--alias:braid-sdk={}", sdk.join("index.js").display()))
-                    .arg(format!("--outfile={}", bundle.display()))
-                    .status()
-                    .expect("could not run esbuild");
+                let status =
+                    commands::esbuild(&tools.join("node_modules/.bin/esbuild"), agent, &sdk.join("index.js"), &bundle)
+                        .status()
+                        .expect("could not run esbuild");
                 assert!(status.success(), "bundling the JavaScript agent {} failed", agent.display());
-                let status = Command::new(tools.join("node_modules/.bin/componentize-js"))
-                    .arg(&bundle)
-                    .arg("--wit")
-                    .arg(wit)
-                    .args(["--world-name", "agent", "-o"])
-                    .arg(&output)
-                    .status()
-                    .expect("could not run componentize-js");
+                let status =
+                    commands::componentize_js(&tools.join("node_modules/.bin/componentize-js"), &bundle, wit, &output)
+                        .status()
+                        .expect("could not run componentize-js");
                 assert!(status.success(), "building the JavaScript agent {} failed", agent.display());
             });
         }

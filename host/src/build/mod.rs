@@ -9,6 +9,8 @@
 //! `componentize-js` and `esbuild`) are the user's; where each is looked for is documented
 //! on [`Language::build`]. Loading, running and recording agents is not this module's.
 
+pub mod commands;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -251,34 +253,24 @@ impl Language {
                 write(&sdk.join("braid_sdk/__init__.py"), PY_SDK_INIT)?;
                 write(&sdk.join("braid_sdk/log.py"), PY_SDK_LOG)?;
                 write(&scratch.path().join("wit/agent.wit"), WIT)?;
-                run(Command::new(tool(dir, ".venv/bin", "componentize-py"))
-                    .current_dir(dir)
-                    .env("PYTHONDONTWRITEBYTECODE", "1")
-                    .arg("-d")
-                    .arg(scratch.path().join("wit"))
-                    .args(["-w", "agent", "componentize", "app", "-p", "."])
-                    .arg("-p")
-                    .arg(&sdk)
-                    .arg("-o")
-                    .arg(output))?;
+                let wit = scratch.path().join("wit");
+                run(&mut commands::componentize_py(
+                    &tool(dir, ".venv/bin", "componentize-py"),
+                    dir,
+                    &wit,
+                    &sdk,
+                    output,
+                ))?;
             }
             Language::Js => {
                 let sdk = scratch.path().join("braid-sdk.js");
                 write(&sdk, JS_SDK)?;
                 write(&scratch.path().join("wit/agent.wit"), WIT)?;
                 let bundle = scratch.path().join("bundle.js");
-                run(Command::new(tool(dir, "node_modules/.bin", "esbuild"))
-                    .current_dir(dir)
-                    .args(["agent.js", "--bundle", "--format=esm", "--platform=neutral", "--log-level=warning"])
-                    .arg("--external:braid:*")
-                    .arg(format!("--alias:braid-sdk={}", sdk.display()))
-                    .arg(format!("--outfile={}", bundle.display())))?;
-                run(Command::new(tool(dir, "node_modules/.bin", "componentize-js"))
-                    .arg(&bundle)
-                    .arg("--wit")
-                    .arg(scratch.path().join("wit"))
-                    .args(["--world-name", "agent", "-o"])
-                    .arg(output))?;
+                let wit = scratch.path().join("wit");
+                run(&mut commands::esbuild(&tool(dir, "node_modules/.bin", "esbuild"), dir, &sdk, &bundle))?;
+                let componentize_js = tool(dir, "node_modules/.bin", "componentize-js");
+                run(&mut commands::componentize_js(&componentize_js, &bundle, &wit, output))?;
             }
         }
         Ok(())

@@ -192,7 +192,7 @@ async fn attempt_agent(
         }),
         config: given.config.clone(),
         cancel: cancel.clone(),
-        allowed_hosts: Arc::new(agent_step.allowed_hosts.patterns.clone()),
+        allowed_hosts: agent_step.allowed_hosts.patterns.clone(),
     };
     // A step still running after a moment gets a "running" row, so that long steps are
     // visible while they run. Quick steps skip it: their final row is their only write,

@@ -165,7 +165,8 @@ pub struct AgentStep {
 /// An `allowed_hosts` list and where it was written (for messages about it).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Grants {
-    pub patterns: crate::outbound::HostPatterns,
+    /// Shared with every execution of the step (the sandbox takes an `Arc`).
+    pub patterns: Arc<crate::outbound::HostPatterns>,
     /// The JSON path of the list (`allowed_hosts`, `steps[2].allowed_hosts`); empty when
     /// nothing was granted.
     pub path: String,

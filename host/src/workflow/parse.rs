@@ -369,7 +369,7 @@ impl Parser {
             }
         }
         match crate::outbound::HostPatterns::parse(&entries) {
-            Ok(patterns) => Some(Arc::new(Grants { patterns, path })),
+            Ok(patterns) => Some(Arc::new(Grants { patterns: Arc::new(patterns), path })),
             Err(errors) => {
                 for error in errors {
                     let index = entries.iter().position(|entry| *entry == error.entry).unwrap_or_default();
