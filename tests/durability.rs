@@ -249,7 +249,7 @@ async fn a_host_that_lost_its_lease_cannot_write_and_stops_its_instances() {
         let mut config = HostConfig::new("host-a");
         config.lease = Duration::from_millis(600);
         let runner = Runner::new(Engine::new(sandbox(), store.recorder().clone()), registry, config);
-        runner.start_host(false);
+        runner.start_host().await.unwrap();
         let slow = json!({ "name": "slow", "version": "1",
             "steps": [{ "id": "nap", "agent": "misbehave", "input": { "action": "sleep", "ms": 10000 } }] });
         let started = runner.start(plan(&slow), json!({}), None).await.unwrap();
@@ -827,7 +827,7 @@ async fn time_queued_for_an_instance_is_recorded_and_not_part_of_the_step_deadli
 }
 
 #[tokio::test]
-async fn a_server_started_beside_a_live_braid_run_leaves_its_run_alone() {
+async fn a_server_started_beside_a_live_braid_run_on_sqlite_is_refused_and_leaves_its_run_alone() {
     let db = TestDb::sqlite();
     let dir = scratch();
     let child = braid_run(&sleepy_file(dir.path()), &db.url, dir.path())
@@ -836,7 +836,16 @@ async fn a_server_started_beside_a_live_braid_run_leaves_its_run_alone() {
         .spawn()
         .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let server = Server::start(&db.url, &dir.path().join("server-cache"), None, &[]);
+    // SQLite is single-host: the server refuses to start beside the running host.
+    let refused = braid()
+        .args(["serve", "--listen", "127.0.0.1:0", "--database-url", &db.url])
+        .arg("--cache-dir")
+        .arg(dir.path().join("server-cache"))
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("need Postgres"), "{stderr}");
     let output = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()).await.unwrap();
     assert!(output.status.success(), "the run finished where it started");
     let document: Value = serde_json::from_slice(&output.stdout).unwrap();
@@ -845,6 +854,5 @@ async fn a_server_started_beside_a_live_braid_run_leaves_its_run_alone() {
     let steps = assert_exact(&store, &[id]).await.remove(0);
     assert_eq!(steps.len(), 3, "each step ran once, on the braid run host: {steps:#?}");
     assert!(steps.iter().all(|s| s.host_id == steps[0].host_id));
-    drop(server);
     store.close().await.unwrap();
 }

@@ -101,7 +101,7 @@ fn main() {
 
         // Runs through the API, 16 clients, each waiting for its run.
         let runner = Runner::new(engine.clone(), registry.clone(), HostConfig::new("bench"));
-        runner.start_host(true);
+        runner.start_host().await.unwrap();
         let state = AppState { registry: registry.clone(), runner: runner.clone(), sandbox: sandbox.clone(), token: None, metrics_token: None };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();

@@ -14,6 +14,7 @@ pub struct Metrics {
     pub step_seconds: HistogramVec,
     pub deploys: IntCounterVec,
     pub compiles: IntCounterVec,
+    pub units: IntCounterVec,
     pub live_instances: IntGauge,
     pub instance_capacity: IntGauge,
     pub pooling: IntGauge,
@@ -49,6 +50,17 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         &["how"],
     )
     .unwrap();
+    let units = IntCounterVec::new(
+        Opts::new(
+            "braid_units_total",
+            "Units of fan-outs (branches, map items) this host offered to other hosts, or took from them",
+        ),
+        &["direction"],
+    )
+    .unwrap();
+    for direction in ["offered", "taken"] {
+        units.with_label_values(&[direction]);
+    }
     let live_instances = IntGauge::new("braid_live_instances", "Agent instances alive right now").unwrap();
     let instance_capacity =
         IntGauge::new("braid_instance_capacity", "Most instances alive at once (the pool size)").unwrap();
@@ -59,13 +71,25 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         Box::new(step_seconds.clone()),
         Box::new(deploys.clone()),
         Box::new(compiles.clone()),
+        Box::new(units.clone()),
         Box::new(live_instances.clone()),
         Box::new(instance_capacity.clone()),
         Box::new(pooling.clone()),
     ] {
         registry.register(collector).unwrap();
     }
-    Metrics { registry, runs, steps, step_seconds, deploys, compiles, live_instances, instance_capacity, pooling }
+    Metrics {
+        registry,
+        runs,
+        steps,
+        step_seconds,
+        deploys,
+        compiles,
+        units,
+        live_instances,
+        instance_capacity,
+        pooling,
+    }
 });
 
 impl Metrics {

@@ -1,5 +1,5 @@
 //! The HTTP API (axum), JSON under `/v1`: deploy agents and workflows by name and version,
-//! start, read and cancel runs; `/healthz` and `/metrics` beside it.
+//! start, read and cancel runs, list the live hosts; `/healthz` and `/metrics` beside it.
 //!
 //! `router` builds the routes over an [`AppState`]; runs are executed by the host's
 //! [`Runner`] (see [`crate::cluster`]). Request bodies are read
@@ -74,6 +74,7 @@ pub fn router(state: AppState) -> Router {
         .route("/runs/{id}/steps", get(runs::steps))
         .route("/runs/{id}/cancel", post(runs::cancel))
         .route("/runs/{id}/redrive", post(runs::redrive))
+        .route("/hosts", get(hosts))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .nest("/v1", v1)
@@ -116,6 +117,13 @@ async fn authorized(token: Option<&str>, request: Request, next: Next) -> Respon
 /// Compares without an early exit, so that timing does not reveal how much matched.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `GET /v1/hosts`: the live hosts on this database, with their last heartbeat, instance
+/// slots in use, runs owned and units taken from and offered to other hosts.
+async fn hosts(State(state): State<AppState>) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let hosts = state.registry.store().live_hosts().await?;
+    Ok(axum::Json(serde_json::json!({ "hosts": hosts })))
 }
 
 /// `GET /healthz`: 200 while the database answers (within 2 s), 503 otherwise.

@@ -4,6 +4,7 @@
 //! Exit codes: 0 success, 1 the agent or run failed, 2 bad usage or bad input.
 
 mod call;
+mod hosts;
 mod migrate;
 mod project;
 mod registry;
@@ -29,8 +30,12 @@ enum Command {
     Call(call::CallCommand),
     /// Run a workflow (a file, or a deployed NAME[@VERSION]) once and record it.
     Run(run::RunCommand),
-    /// Serve the HTTP API: deploys, runs, metrics.
+    /// Serve the HTTP API: deploys, runs, metrics — and execute runs as a host.
     Serve(serve::ServeCommand),
+    /// Execute runs and other hosts' units as a host, without the HTTP API (Postgres).
+    Worker(serve::WorkerCommand),
+    /// List the live hosts on the database.
+    Hosts(hosts::HostsCommand),
     /// Deploy and list agents.
     Agent(registry::AgentCommand),
     /// Deploy and list workflows.
@@ -129,10 +134,15 @@ impl HostArgs {
         Ok(crate::sandbox::SandboxConfig { outbound, ..base })
     }
 
-    /// The host's settings, executing at most `max_active_runs` runs at once.
-    pub fn config(&self, max_active_runs: Option<usize>) -> anyhow::Result<crate::cluster::HostConfig> {
+    /// The settings of a host of `role`, executing at most `max_active_runs` runs at once.
+    pub fn config(
+        &self,
+        role: crate::store::HostRole,
+        max_active_runs: Option<usize>,
+    ) -> anyhow::Result<crate::cluster::HostConfig> {
         let host_id = self.host_id.clone().unwrap_or_else(crate::cluster::default_host_id);
         let mut config = crate::cluster::HostConfig::new(host_id);
+        config.role = role;
         config.lease = std::time::Duration::from_millis(self.lease_ms);
         config.run_limits =
             crate::engine::RunLimits { max_map_items: self.max_map_items, max_run_bytes: self.max_run_mb << 20 };
@@ -186,7 +196,7 @@ impl From<Status> for ExitCode {
 pub fn main() -> ExitCode {
     without_library_backtraces();
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::Serve(_)) {
+    if !matches!(cli.command, Command::Serve(_) | Command::Worker(_)) {
         end_quietly_on_a_closed_pipe();
     }
     tracing_subscriber::fmt()
@@ -197,6 +207,8 @@ pub fn main() -> ExitCode {
         Command::Call(command) => command.execute(),
         Command::Run(command) => command.execute(),
         Command::Serve(command) => command.execute(),
+        Command::Worker(command) => command.execute(),
+        Command::Hosts(command) => command.execute(),
         Command::Agent(command) => command.execute(),
         Command::Workflow(command) => command.execute(),
         Command::Runs(command) => command.execute(),

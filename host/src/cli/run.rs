@@ -100,8 +100,8 @@ impl RunCommand {
         input: serde_json::Value,
     ) -> anyhow::Result<Status> {
         let engine = Engine::new(registry.sandbox().clone(), store.recorder().clone());
-        let runner = Runner::new(engine, registry, self.host.config(Some(1))?);
-        runner.start_host(false);
+        let runner = Runner::new(engine, registry, self.host.config(crate::store::HostRole::Run, Some(1))?);
+        runner.start_host().await?;
         let started = runner.start(plan, input, None).await?;
         let (on_interrupt, id) = (runner.clone(), started.run_id);
         tokio::spawn(async move {
@@ -114,6 +114,7 @@ impl RunCommand {
         // code is 1 (a run that did not succeed), never 2 (refused before anything ran).
         let finished = async {
             let run = runner.wait(started.run_id, started.task).await?;
+            runner.shutdown(std::time::Duration::ZERO).await;
             print_run(store, &run, self.output).await?;
             store.close().await?;
             anyhow::Ok(run.status)

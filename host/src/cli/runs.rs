@@ -112,8 +112,8 @@ impl DriveArgs {
             );
         }
         let engine = Engine::new(registry.sandbox().clone(), store.recorder().clone());
-        let runner = Runner::new(engine, Arc::new(registry), self.host.config(Some(1))?);
-        runner.start_host(false);
+        let runner = Runner::new(engine, Arc::new(registry), self.host.config(crate::store::HostRole::Run, Some(1))?);
+        runner.start_host().await?;
         let run = match runner.drive(id).await? {
             Some(run) => run,
             None if how == Drive::Redrive => {
@@ -130,6 +130,7 @@ impl DriveArgs {
                 );
             }
         };
+        runner.shutdown(std::time::Duration::ZERO).await;
         print_run(&store, &run, self.output).await?;
         store.close().await?;
         Ok(if run.status == RunStatus::Succeeded { Status::Succeeded } else { Status::Failed })
@@ -176,6 +177,7 @@ impl RunsCommand {
                         // first, so that a host claiming it at the same moment cannot race.
                         let lease = std::time::Duration::from_secs(30);
                         if let Some(claimed) = store.claim_run(id, &host, lease).await? {
+                            store.drop_units_of_run(id, claimed.epoch).await?;
                             let previous = store.run_steps(id).await?;
                             crate::engine::close_cancelled(store.recorder(), claimed, &previous).await?;
                         }

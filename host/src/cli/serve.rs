@@ -1,4 +1,5 @@
-//! `braid serve`: the HTTP API, with deploys, runs and metrics (see [`crate::api`]).
+//! `braid serve`: the HTTP API, with deploys, runs and metrics (see [`crate::api`]), beside
+//! a host that executes runs; `braid worker`: the same host without the API.
 
 use super::{DatabaseArgs, HostArgs, RegistryArgs, Status};
 use crate::api::{self, AppState};
@@ -6,7 +7,7 @@ use crate::cluster::Runner;
 use crate::engine::Engine;
 use crate::registry::Registry;
 use crate::sandbox::{Sandbox, SandboxConfig};
-use crate::store::Store;
+use crate::store::{HostRole, Store};
 use anyhow::{Context as _, bail};
 use clap::Args;
 use std::io::Write as _;
@@ -20,6 +21,24 @@ pub struct ServeCommand {
     /// Address to listen on. Anything beyond loopback requires BRAID_API_TOKEN.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    /// Require a bearer token on `GET /metrics`: the API token (BRAID_API_TOKEN) when given
+    /// without a value, or TOKEN, for a scraper that should not hold the API token.
+    #[arg(long, value_name = "TOKEN", num_args = 0..=1, default_missing_value = "")]
+    metrics_token: Option<String>,
+    #[command(flatten)]
+    process: HostProcessArgs,
+}
+
+/// `braid worker`: a host without the HTTP API, for machines that only add capacity.
+#[derive(Debug, Args)]
+pub struct WorkerCommand {
+    #[command(flatten)]
+    process: HostProcessArgs,
+}
+
+/// What every long-running host (`serve`, `worker`) is started with.
+#[derive(Debug, Args)]
+pub struct HostProcessArgs {
     #[command(flatten)]
     database: DatabaseArgs,
     #[command(flatten)]
@@ -37,9 +56,12 @@ pub struct ServeCommand {
     /// Most agent instances alive at once (the instance pool's size).
     #[arg(long, value_name = "N", default_value_t = 128)]
     max_instances: u32,
-    /// Require a bearer token on `GET /metrics`: the API token (BRAID_API_TOKEN) when given
-    /// without a value, or TOKEN, for a scraper that should not hold the API token.
-    #[arg(long, value_name = "TOKEN", num_args = 0..=1, default_missing_value = "")]
+}
+
+/// The HTTP API a `serve` host runs beside its runner.
+struct ApiSettings {
+    listen: SocketAddr,
+    token: Option<String>,
     metrics_token: Option<String>,
 }
 
@@ -66,6 +88,20 @@ impl ServeCommand {
                 self.listen
             );
         }
+        self.process.run(HostRole::Serve, Some(ApiSettings { listen: self.listen, token, metrics_token }))
+    }
+}
+
+impl WorkerCommand {
+    pub fn execute(self) -> anyhow::Result<Status> {
+        self.process.run(HostRole::Worker, None)
+    }
+}
+
+impl HostProcessArgs {
+    /// Runs a host of `role` until SIGTERM or Ctrl-C — with the HTTP API when `api` is
+    /// given — then drains it.
+    fn run(self, role: HostRole, api: Option<ApiSettings>) -> anyhow::Result<Status> {
         let sandbox = Arc::new(Sandbox::new(
             self.host
                 .sandbox_config(SandboxConfig { max_instances: self.max_instances, ..SandboxConfig::default() })?,
@@ -74,37 +110,53 @@ impl ServeCommand {
         runtime.block_on(async move {
             let store = Store::open(&self.database.database_url).await?;
             let registry = Arc::new(Registry::new(store.clone(), sandbox.clone(), &self.registry.cache_dir));
-            let config = self.host.config(self.max_active_runs.map(|n| usize::try_from(n).unwrap_or(usize::MAX)))?;
+            let max_active_runs = self.max_active_runs.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+            let config = self.host.config(role, max_active_runs)?;
             let runner = Runner::new(Engine::new(sandbox.clone(), store.recorder().clone()), registry.clone(), config);
-            let listener = tokio::net::TcpListener::bind(self.listen)
-                .await
-                .with_context(|| format!("cannot listen on {}", self.listen))?;
-            let address = listener.local_addr()?;
-            // Fully up (migrated, listening): only now may this host claim runs, unfinished
-            // ones of hosts that died included.
-            runner.start_host(true);
-            println!("braid listening on http://{address}");
+            let stop = CancellationToken::new();
+            let serve = match api {
+                Some(api) => {
+                    let listener = tokio::net::TcpListener::bind(api.listen)
+                        .await
+                        .with_context(|| format!("cannot listen on {}", api.listen))?;
+                    let address = listener.local_addr()?;
+                    let state = AppState {
+                        registry,
+                        runner: runner.clone(),
+                        sandbox,
+                        token: api.token.map(Arc::from),
+                        metrics_token: api.metrics_token.map(Arc::from),
+                    };
+                    // Fully up (migrated, listening): only now may this host claim runs,
+                    // unfinished ones of hosts that died included.
+                    runner.start_host().await?;
+                    println!("braid listening on http://{address}");
+                    // Stop accepting and drain runs at the same time: a `?wait=true` request
+                    // only ends once its run has finished or been interrupted.
+                    let server = axum::serve(listener, api::router(state))
+                        .with_graceful_shutdown(stop.clone().cancelled_owned());
+                    Some(server)
+                }
+                None => {
+                    runner.start_host().await?;
+                    println!("braid worker up");
+                    None
+                }
+            };
             println!("host {}", runner.config().host_id);
             std::io::stdout().flush()?;
-
-            let state = AppState {
-                registry,
-                runner: runner.clone(),
-                sandbox,
-                token: token.map(Arc::from),
-                metrics_token: metrics_token.map(Arc::from),
-            };
-            let stop = CancellationToken::new();
             tokio::spawn(signal_stop(stop.clone()));
-            // Stop accepting and drain runs at the same time: a `?wait=true` request only
-            // ends once its run has finished or been interrupted.
-            let serve =
-                axum::serve(listener, api::router(state)).with_graceful_shutdown(stop.clone().cancelled_owned());
             let drain = async {
                 stop.cancelled().await;
                 runner.shutdown(Duration::from_millis(self.grace_period_ms)).await;
             };
-            let (served, ()) = tokio::join!(serve, drain);
+            let served = async {
+                match serve {
+                    Some(server) => server.await,
+                    None => Ok(()),
+                }
+            };
+            let (served, ()) = tokio::join!(served, drain);
             served?;
             store.close().await?;
             println!("braid stopped");

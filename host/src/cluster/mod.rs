@@ -7,11 +7,15 @@
 //!
 //! [`Runner`] is a host's executor: it accepts runs, claims runs no host is executing
 //! (woken by `LISTEN/NOTIFY` on Postgres, polling otherwise), bounds how many it executes
-//! at once, renews its leases and drops the runs it lost. The SQL lives in `store/`; the
+//! at once, renews its leases and drops the runs it lost. On Postgres, hosts also share
+//! the units of wide fan-outs through the [`Exchange`], and every host keeps a row in
+//! `hosts` with its heartbeat (`GET /v1/hosts`). The SQL lives in `store/`; the
 //! engine knows nothing of leases beyond the epoch its writes carry.
 
+mod exchange;
 mod runner;
 
+pub use exchange::Exchange;
 pub use runner::{Runner, Started};
 
 use std::time::Duration;
@@ -22,6 +26,9 @@ pub struct HostConfig {
     /// This host's id, recorded as the owner of the runs it executes and on every step
     /// execution it runs.
     pub host_id: String,
+    /// What kind of process it is: `serve` and `worker` hosts claim runs no host is
+    /// executing and take other hosts' units; a `run` host drives the runs it is given.
+    pub role: crate::store::HostRole,
     /// How long a lease lasts without renewal; renewed every third of it.
     pub lease: Duration,
     /// Most runs executed at once; more accepted runs wait in the database as `pending`.
@@ -40,6 +47,7 @@ impl HostConfig {
     pub fn new(host_id: impl Into<String>) -> Self {
         HostConfig {
             host_id: host_id.into(),
+            role: crate::store::HostRole::Serve,
             lease: DEFAULT_LEASE,
             max_active_runs: default_max_active_runs(),
             poll: Duration::from_millis(500),

@@ -10,9 +10,12 @@
 //! restarted) claims the runs and resumes them without re-running what succeeded.
 
 use super::HostConfig;
+use super::exchange::Exchange;
 use crate::engine::{Engine, RunControl, RunPlan};
 use crate::registry::Registry;
-use crate::store::{Fence, RunRecord, RunStatus, StepRecord, Store, StoreError, Wake, WakeListener};
+use crate::store::{
+    Fence, HostRecord, HostRole, RunRecord, RunStatus, StepRecord, Store, StoreError, Wake, WakeListener,
+};
 use chrono::Utc;
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
@@ -48,6 +51,11 @@ pub struct Runner {
     /// claim filled its room): only then does a run ending here look for more at once;
     /// otherwise notifications and the poll find them.
     backlog: AtomicBool,
+    /// Units of fan-outs shared with other hosts (Postgres only).
+    exchange: Option<Arc<Exchange>>,
+    started_at: chrono::DateTime<Utc>,
+    /// On SQLite, the lock that keeps other hosts off the file while this one runs.
+    single_host: Mutex<Option<std::fs::File>>,
 }
 
 /// The runs this host executes, and the slots reserved by claims in flight.
@@ -74,8 +82,15 @@ pub struct Started {
 
 impl Runner {
     pub fn new(engine: Engine, registry: Arc<Registry>, config: HostConfig) -> Arc<Self> {
-        let engine =
+        let mut engine =
             engine.with_host_id(&config.host_id).with_limits(config.run_limits).with_secrets(config.secrets.clone());
+        let exchange = registry.store().shares_work().then(|| {
+            let max_queue_wait = engine.sandbox().config().max_queue_wait;
+            Exchange::new(registry.store().clone(), &config.host_id, config.lease, config.poll, max_queue_wait)
+        });
+        if let Some(exchange) = &exchange {
+            engine = engine.with_offload(exchange.clone());
+        }
         Arc::new(Runner {
             engine,
             registry,
@@ -87,6 +102,9 @@ impl Runner {
             tasks: TaskTracker::new(),
             wake: Notify::new(),
             backlog: AtomicBool::new(false),
+            exchange,
+            started_at: Utc::now(),
+            single_host: Mutex::new(None),
         })
     }
 
@@ -99,12 +117,39 @@ impl Runner {
         &self.config
     }
 
-    /// Starts the host's background work: lease heartbeats and the wake-up loop that
-    /// notices cancel requests and, when `claim` is set, claims runs no host is executing.
-    /// Call it once the host is fully up (listening, migrated): it claims nothing before.
-    pub fn start_host(self: &Arc<Self>, claim: bool) {
+    /// Registers the host (its row in `hosts`) and starts its background work: heartbeats
+    /// (the host's row, its leases on runs and units) and the wake-up loop that notices
+    /// cancel requests and — for `serve` and `worker` hosts — claims runs no host is
+    /// executing and takes other hosts' units. Call it once the host is fully up
+    /// (listening, migrated): it claims nothing before.
+    pub async fn start_host(self: &Arc<Self>) -> Result<(), StoreError> {
+        *self.single_host.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = self.store().lock_single_host()?;
+        self.beat().await?;
+        self.store().wake(Wake::Hosts).await;
         tokio::spawn(self.clone().heartbeat());
-        tokio::spawn(self.clone().wake_loop(claim));
+        tokio::spawn(self.clone().wake_loop(self.config.role != HostRole::Run));
+        Ok(())
+    }
+
+    /// Writes this host's row and learns how many other hosts are live.
+    async fn beat(&self) -> Result<(), StoreError> {
+        let sandbox = self.engine.sandbox();
+        let record = HostRecord {
+            host_id: self.config.host_id.clone(),
+            role: self.config.role,
+            started_at: self.started_at,
+            heartbeat_at: Utc::now(),
+            max_instances: i32::try_from(sandbox.config().max_instances).unwrap_or(i32::MAX),
+            slots_in_use: i32::try_from(sandbox.live_instances()).unwrap_or(i32::MAX),
+            runs_owned: i32::try_from(self.active()).unwrap_or(i32::MAX),
+            units_taken: self.exchange.as_ref().map_or(0, |e| i64::try_from(e.taken_count()).unwrap_or(i64::MAX)),
+            units_offered: self.exchange.as_ref().map_or(0, |e| i64::try_from(e.offered_count()).unwrap_or(i64::MAX)),
+        };
+        let others = self.store().beat_host(&record, self.config.lease).await?;
+        if let Some(exchange) = &self.exchange {
+            exchange.set_others(others);
+        }
+        Ok(())
     }
 
     /// Accepts a run of `plan` on `input`. With `idempotency_key`, a key already used for
@@ -234,6 +279,9 @@ impl Runner {
     ) -> Result<RunRecord, StoreError> {
         let engine = &self.engine;
         let Some(plan) = plan else {
+            // Units an earlier owner offered are its no more: what they would write is
+            // refused (the epoch moved on), and the resume offers its own.
+            self.store().drop_units_of_run(run.id, run.epoch).await?;
             let previous = match self.store().run_steps(run.id).await {
                 Ok(previous) => previous,
                 // A row that cannot be read: resuming could run a finished step again.
@@ -298,10 +346,20 @@ impl Runner {
         self.tasks.close();
         if tokio::time::timeout(grace, self.tasks.wait()).await.is_err() {
             tracing::warn!("grace period over: interrupting {} runs", self.active());
+            if let Some(exchange) = &self.exchange {
+                // Given back first, so that their interrupted rows are refused and other
+                // hosts run them again.
+                exchange.release().await;
+                exchange.interrupt_all();
+            }
             self.shutdown.cancel();
             self.tasks.wait().await;
         }
         self.stopped.cancel();
+        if let Err(err) = self.store().remove_host(&self.config.host_id).await {
+            tracing::warn!("could not remove this host's row (it expires with its heartbeat): {err}");
+        }
+        self.store().wake(Wake::Hosts).await;
     }
 
     /// Reserves a slot for run `id`, if this host has room.
@@ -339,10 +397,10 @@ impl Runner {
         self.slots.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Renews this host's leases every third of the lease. A run the database no longer
-    /// shows as this host's (its epoch moved on) is dropped at once; when the database
-    /// cannot be reached for longer than a lease, every run is dropped — other hosts will
-    /// have claimed them by then.
+    /// Renews this host's row and leases every third of the lease. A run the database no
+    /// longer shows as this host's (its epoch moved on) is dropped at once, and so is a
+    /// unit it no longer holds; when the database cannot be reached for longer than a
+    /// lease, every run is dropped — other hosts will have claimed them by then.
     async fn heartbeat(self: Arc<Self>) {
         let interval = self.config.lease / 3;
         let mut last_renewed = Instant::now();
@@ -350,6 +408,14 @@ impl Runner {
             tokio::select! {
                 () = tokio::time::sleep(interval) => {}
                 () = self.stopped.cancelled() => break,
+            }
+            if let Err(err) = self.beat().await {
+                tracing::warn!("could not renew this host's row (retrying): {err}");
+            }
+            if let Some(exchange) = &self.exchange
+                && let Err(err) = exchange.renew().await
+            {
+                tracing::warn!("could not renew the leases on units (retrying): {err}");
             }
             let held: Vec<(Uuid, i64)> =
                 self.lock().active.iter().filter_map(|(id, active)| Some((*id, active.epoch?))).collect();
@@ -413,6 +479,34 @@ impl Runner {
                     Ok(Some(Wake::Cancel(id))) => {
                         self.cancel(id);
                     }
+                    Ok(Some(Wake::UnitDone(id))) => {
+                        if let Some(exchange) = &self.exchange {
+                            exchange.done(id);
+                        }
+                        // Its taker has a slot free now.
+                        if claim {
+                            self.take_units().await;
+                        }
+                        continue;
+                    }
+                    Ok(Some(Wake::UnitCancel(id))) => {
+                        if let Some(exchange) = &self.exchange {
+                            exchange.cancel_taken(id);
+                        }
+                        continue;
+                    }
+                    Ok(Some(Wake::Units)) => {
+                        if claim {
+                            self.take_units().await;
+                        }
+                        continue;
+                    }
+                    Ok(Some(Wake::Hosts)) => {
+                        if let Err(err) = self.beat().await {
+                            tracing::warn!("could not renew this host's row: {err}");
+                        }
+                        continue;
+                    }
                     Ok(Some(Wake::Run) | None) => {}
                     Err(err) => {
                         tracing::warn!("lost the wake-up connection (reconnecting): {err}");
@@ -422,10 +516,25 @@ impl Runner {
             }
             if polled {
                 self.check_cancel_requests().await;
+                if let Some(exchange) = &self.exchange {
+                    exchange.poll_done().await;
+                }
             }
             if claim {
                 self.claim_what_fits().await;
+                if polled {
+                    self.take_units().await;
+                }
             }
+        }
+    }
+
+    /// Takes other hosts' units while this host has free instance slots.
+    async fn take_units(&self) {
+        if let Some(exchange) = &self.exchange
+            && !self.draining.is_cancelled()
+        {
+            exchange.take(&self.engine, &self.registry, &self.tasks).await;
         }
     }
 

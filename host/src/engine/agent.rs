@@ -3,6 +3,7 @@
 //! retrying what a retry could help (retryable guest errors, timeouts, traps) with
 //! exponential backoff — each attempt its own row, with its logs and HTTP requests.
 
+use super::unit::{Offloaded, Unit};
 use super::{Ended, Placement, ResolvedAgent, RunContext, failed, finish_row, new_row};
 use crate::outbound::HttpCall;
 use crate::sandbox::{self, ExecutionRequest, Limits, LogLine, StepContext};
@@ -55,7 +56,7 @@ pub(super) async fn run(
         return (ended, row);
     };
 
-    let given = match given_to_agent(context, agent_step) {
+    let given = match Given::for_step(&context.engine.secrets, &agent_step.config, &agent_step.secrets) {
         Ok(given) => given,
         Err(err) => {
             let ended = failed(err);
@@ -83,8 +84,9 @@ pub(super) async fn run(
         attempt_row.id = Uuid::now_v7();
         attempt_row.attempt = attempt;
         attempt_row.started_at = Some(Utc::now());
-        let (ended, retryable, written) =
+        let (ended, retryable, written, recorded_as) =
             attempt_agent(context, step, agent_step, &resolved, &given, &input, attempt_row, placement, cancel).await;
+        attempt = recorded_as;
         let delay = backoff.next();
         let retry_helps = ended.status == StepStatus::Failed && retryable && !cancel.is_cancelled();
         match delay {
@@ -124,41 +126,50 @@ fn backoff_delays(retry: &RetryPolicy) -> impl Iterator<Item = Duration> {
 
 /// What a step hands its agent besides the input: its config with the secrets it names,
 /// and the redactor that keeps those secrets out of the records.
-struct Given {
-    config: Arc<BTreeMap<String, String>>,
-    redactor: Redactor,
+pub(super) struct Given {
+    pub config: Arc<BTreeMap<String, String>>,
+    pub redactor: Redactor,
 }
 
-/// The step's config with its secrets filled in from the host; a secret the host does not
-/// have fails the step before it runs, naming the secret (never a value).
-fn given_to_agent(context: &RunContext, agent_step: &AgentStep) -> Result<Given, String> {
-    if agent_step.secrets.is_empty() {
-        return Ok(Given { config: Arc::new(agent_step.config.clone()), redactor: Redactor::default() });
-    }
-    let secrets = &context.engine.secrets;
-    let mut config = agent_step.config.clone();
-    let mut missing = Vec::new();
-    for (key, name) in &agent_step.secrets {
-        match secrets.get(name) {
-            Some(value) => {
-                config.insert(key.clone(), value.to_owned());
-            }
-            None => missing.push(format!("{name:?} (config key {key:?})")),
+impl Given {
+    /// `config` with the secrets `secret_names` maps keys to filled in from `secrets`; a
+    /// secret the host does not have fails the step before it runs, naming the secret
+    /// (never a value).
+    pub(super) fn for_step(
+        secrets: &crate::secrets::Secrets,
+        config: &BTreeMap<String, String>,
+        secret_names: &BTreeMap<String, String>,
+    ) -> Result<Given, String> {
+        if secret_names.is_empty() {
+            return Ok(Given { config: Arc::new(config.clone()), redactor: Redactor::default() });
         }
+        let mut config = config.clone();
+        let mut missing = Vec::new();
+        for (key, name) in secret_names {
+            match secrets.get(name) {
+                Some(value) => {
+                    config.insert(key.clone(), value.to_owned());
+                }
+                None => missing.push(format!("{name:?} (config key {key:?})")),
+            }
+        }
+        if !missing.is_empty() {
+            return Err(format!(
+                "the host has no secret {}: set {}<NAME> in its environment or add it to its --secrets-file",
+                missing.join(", "),
+                crate::secrets::ENV_PREFIX
+            ));
+        }
+        let redactor = Redactor::new(secret_names.values().filter_map(|name| secrets.get(name)));
+        Ok(Given { config: Arc::new(config), redactor })
     }
-    if !missing.is_empty() {
-        return Err(format!(
-            "the host has no secret {}: set {}<NAME> in its environment or add it to its --secrets-file",
-            missing.join(", "),
-            crate::secrets::ENV_PREFIX
-        ));
-    }
-    let redactor = Redactor::new(agent_step.secrets.values().filter_map(|name| secrets.get(name)));
-    Ok(Given { config: Arc::new(config), redactor })
 }
 
-/// One attempt: executes the agent and records the attempt's row. Returns how it ended,
-/// whether a retry could help, and the row being committed.
+/// One attempt: executes the agent — here, or on another host when this one has no free
+/// instance slot and the step is a unit of a fan-out — and records the attempt's row.
+/// Returns how it ended, whether a retry could help, the row being committed and the
+/// attempt number it was recorded under (a unit taken again after its host died counts
+/// further).
 #[allow(clippy::too_many_arguments)]
 async fn attempt_agent(
     context: &Arc<RunContext>,
@@ -167,14 +178,19 @@ async fn attempt_agent(
     resolved: &ResolvedAgent,
     given: &Given,
     input: &Value,
-    mut row: StepRecord,
+    row: StepRecord,
     placement: &Placement,
     cancel: &CancellationToken,
-) -> (Ended, bool, Pending) {
+) -> (Ended, bool, Pending, i32) {
     let sandbox = &context.engine.sandbox;
     let defaults = sandbox.config().default_limits;
     let input_text = input.to_string();
     let input_bytes = input_text.len() as u64;
+    let limits = Limits {
+        timeout: agent_step.timeout_ms.map_or(defaults.timeout, Duration::from_millis),
+        memory_bytes: agent_step.memory_mb.map_or(defaults.memory_bytes, |mb| mb.saturating_mul(1 << 20)),
+        fuel: agent_step.fuel.or(defaults.fuel),
+    };
     let request = ExecutionRequest {
         context: StepContext {
             run_id: context.run_id.to_string(),
@@ -185,19 +201,61 @@ async fn attempt_agent(
             idempotency_key: format!("{}/{}", context.run_id, row.step_key.as_deref().unwrap_or(&step.id)),
         },
         input: input_text,
-        limits: Some(Limits {
-            timeout: agent_step.timeout_ms.map_or(defaults.timeout, Duration::from_millis),
-            memory_bytes: agent_step.memory_mb.map_or(defaults.memory_bytes, |mb| mb.saturating_mul(1 << 20)),
-            fuel: agent_step.fuel.or(defaults.fuel),
-        }),
+        limits: Some(limits),
         config: given.config.clone(),
         cancel: cancel.clone(),
         allowed_hosts: agent_step.allowed_hosts.patterns.clone(),
     };
+    let mut slot = sandbox.try_slot();
+    let mut refused = None;
+    // The single-host fast path: a free slot here is always taken. Only a unit of a
+    // fan-out, on a full host, with another host up, is offered.
+    if slot.is_none()
+        && (placement.branch.is_some() || placement.item_index.is_some())
+        && sandbox.check(&request).is_ok()
+        && let Some(offload) = context.engine.offload.as_ref().filter(|offload| offload.may_offer())
+    {
+        let mut template = row.clone();
+        template.input = Some(input.clone());
+        let unit = Unit {
+            id: Uuid::now_v7(),
+            run_epoch: context.fence.epoch,
+            row: template,
+            agent_version: resolved.version.clone(),
+            context: request.context.clone(),
+            timeout_ms: u64::try_from(limits.timeout.as_millis()).unwrap_or(u64::MAX),
+            memory_bytes: limits.memory_bytes,
+            fuel: limits.fuel,
+            config: agent_step.config.clone(),
+            secrets: agent_step.secrets.clone(),
+            allowed_hosts: agent_step.allowed_hosts.patterns.iter().map(|p| p.as_str().to_owned()).collect(),
+        };
+        match offload.run_elsewhere(unit, cancel).await {
+            Ok(Offloaded::Ran { row: ran, retryable }) => {
+                return ran_elsewhere(context, *ran, retryable, input_bytes);
+            }
+            Ok(Offloaded::NotRun(execution)) => refused = Some(execution),
+            Err(err) => {
+                tracing::warn!(step = %step.id, "could not offer the step to other hosts (running it here): {err}");
+            }
+        }
+    }
     // A step still running after a moment gets a "running" row, so that long steps are
     // visible while they run. Quick steps skip it: their final row is their only write,
     // which keeps a chain of short steps at one commit each. Nothing waits for it.
-    let running = sandbox.execute(&resolved.agent, request);
+    let running = async {
+        if let Some(refused) = refused {
+            return Ok(refused);
+        }
+        let slot = match slot.take() {
+            Some(slot) => slot,
+            None => match sandbox.slot(cancel).await {
+                Ok(slot) => slot,
+                Err(refused) => return Ok(refused),
+            },
+        };
+        sandbox.execute_in(&resolved.agent, request, slot).await
+    };
     tokio::pin!(running);
     let result = tokio::select! {
         result = &mut running => result,
@@ -206,30 +264,8 @@ async fn attempt_agent(
             running.await
         }
     };
-    let mut execution = match result {
-        Ok(execution) => execution,
-        Err(err) => {
-            let ended = failed(err.to_string());
-            let written = finish_row(context, row, &ended, StepDetails::default());
-            return (ended, false, written);
-        }
-    };
-    redact(&given.redactor, &mut execution);
-    row.outcome = Some(execution.outcome.as_str().to_owned());
-    row.queued_us = Some(micros(execution.queued));
-    row.instantiate_us = Some(micros(execution.instantiate));
-    row.execute_us = Some(micros(execution.execute));
-    row.fuel_consumed = execution.fuel_consumed.map(|fuel| i64::try_from(fuel).unwrap_or(i64::MAX));
-    row.memory_peak_bytes = Some(i64::try_from(execution.memory_peak_bytes).unwrap_or(i64::MAX));
-    let mut ended = Ended {
-        status: match execution.outcome {
-            sandbox::Outcome::Succeeded => StepStatus::Succeeded,
-            sandbox::Outcome::Cancelled => StepStatus::Cancelled,
-            _ => StepStatus::Failed,
-        },
-        output: execution.output,
-        error: execution.error,
-    };
+    let attempt = row.attempt;
+    let (row, mut ended, details, retryable) = conclude(row, result, &given.redactor);
     // A run may record only so much: the step that would take it over its cap fails
     // (its output is not kept), and so does every later one.
     let output_bytes = ended.output.as_ref().map_or(0, crate::limits::json_len);
@@ -238,12 +274,64 @@ async fn attempt_agent(
     {
         ended = failed(over);
     }
+    let written = finish_row(context, row, &ended, details);
+    (ended, retryable, written, attempt)
+}
+
+/// A unit another host ran and recorded: how it ended, counted against the run's cap like
+/// any step (over it, the row is written again as failed, without its output).
+fn ran_elsewhere(
+    context: &RunContext,
+    ran: StepRecord,
+    retryable: bool,
+    input_bytes: u64,
+) -> (Ended, bool, Pending, i32) {
+    let attempt = ran.attempt;
+    let ended = Ended::of_row(&ran);
+    let output_bytes = ended.output.as_ref().map_or(0, crate::limits::json_len);
+    if let Err(over) = context.record_bytes(input_bytes + output_bytes)
+        && ended.status == StepStatus::Succeeded
+    {
+        let ended = failed(over);
+        let written = finish_row(context, ran, &ended, StepDetails::default());
+        return (ended, false, written, attempt);
+    }
+    (ended, retryable, Pending::ready(), attempt)
+}
+
+/// What an execution (or a refusal to start one) leaves for the attempt's row: the row
+/// with its outcome and figures, how the step ended, the logs and HTTP requests to record
+/// with it, and whether a retry could help. The step's secrets are redacted from all of it.
+pub(super) fn conclude(
+    mut row: StepRecord,
+    result: Result<sandbox::Execution, sandbox::ExecuteError>,
+    redactor: &Redactor,
+) -> (StepRecord, Ended, StepDetails, bool) {
+    let mut execution = match result {
+        Ok(execution) => execution,
+        Err(err) => return (row, failed(err.to_string()), StepDetails::default(), false),
+    };
+    redact(redactor, &mut execution);
+    row.outcome = Some(execution.outcome.as_str().to_owned());
+    row.queued_us = Some(micros(execution.queued));
+    row.instantiate_us = Some(micros(execution.instantiate));
+    row.execute_us = Some(micros(execution.execute));
+    row.fuel_consumed = execution.fuel_consumed.map(|fuel| i64::try_from(fuel).unwrap_or(i64::MAX));
+    row.memory_peak_bytes = Some(i64::try_from(execution.memory_peak_bytes).unwrap_or(i64::MAX));
+    let ended = Ended {
+        status: match execution.outcome {
+            sandbox::Outcome::Succeeded => StepStatus::Succeeded,
+            sandbox::Outcome::Cancelled => StepStatus::Cancelled,
+            _ => StepStatus::Failed,
+        },
+        output: execution.output,
+        error: execution.error,
+    };
     let details = StepDetails {
         logs: log_records(row.id, execution.logs),
         http_calls: call_records(row.id, execution.http_calls),
     };
-    let written = finish_row(context, row, &ended, details);
-    (ended, execution.retryable, written)
+    (row, ended, details, execution.retryable)
 }
 
 /// Takes the step's secrets out of everything of `execution` that is recorded or passed on.

@@ -16,6 +16,9 @@ mod map;
 mod parallel;
 mod resume;
 mod scope;
+mod unit;
+
+pub use unit::{Offload, Offloaded, Unit, UnitRun};
 
 use crate::metrics::METRICS;
 use crate::sandbox::{self, Sandbox};
@@ -137,6 +140,9 @@ pub struct Engine {
     limits: RunLimits,
     /// The host's secrets, for steps that map config keys to them.
     secrets: Arc<crate::secrets::Secrets>,
+    /// Where units of a fan-out go when this host has no free instance slot (several
+    /// hosts on Postgres); `None` runs everything here.
+    offload: Option<Arc<dyn Offload>>,
 }
 
 /// What one run may take of a host, beyond what its definition says.
@@ -282,7 +288,19 @@ impl Engine {
             host_id: crate::cluster::default_host_id().into(),
             limits: RunLimits::default(),
             secrets: Arc::default(),
+            offload: None,
         }
+    }
+
+    /// The same engine, offering units of fan-outs to `offload` when its pool is full.
+    pub fn with_offload(mut self, offload: Arc<dyn Offload>) -> Self {
+        self.offload = Some(offload);
+        self
+    }
+
+    /// The host this engine runs in.
+    pub fn host_id(&self) -> &str {
+        &self.host_id
     }
 
     /// The same engine, holding runs to `limits`.
@@ -676,7 +694,12 @@ fn recorded_bytes(rows: &[StepRecord]) -> u64 {
 }
 
 /// Ends `row` as `ended` and queues it (with `logs`) for the next commit.
-fn finish_row(context: &RunContext, mut row: StepRecord, ended: &Ended, details: StepDetails) -> Pending {
+fn finish_row(context: &RunContext, row: StepRecord, ended: &Ended, details: StepDetails) -> Pending {
+    context.write(close_row(row, ended), details)
+}
+
+/// `row`, ended as `ended` (and counted in the metrics).
+fn close_row(mut row: StepRecord, ended: &Ended) -> StepRecord {
     row.status = ended.status;
     row.output = ended.output.clone();
     row.error = ended.error.clone();
@@ -687,7 +710,7 @@ fn finish_row(context: &RunContext, mut row: StepRecord, ended: &Ended, details:
         let seconds = (Utc::now() - started).num_microseconds().unwrap_or(0) as f64 / 1e6;
         METRICS.step_seconds.with_label_values(&[&row.step_type]).observe(seconds);
     }
-    context.write(row, details)
+    row
 }
 
 fn failed(error: String) -> Ended {

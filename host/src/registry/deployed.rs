@@ -265,7 +265,12 @@ impl Registry {
 
     /// The agent with `digest`, ready to run: from memory, from the precompiled cache, or
     /// compiled from the stored bytes (and cached).
-    async fn agent(&self, name: &str, version: Option<&str>, digest: &str) -> Result<Arc<ResolvedAgent>, PlanError> {
+    pub(crate) async fn agent(
+        &self,
+        name: &str,
+        version: Option<&str>,
+        digest: &str,
+    ) -> Result<Arc<ResolvedAgent>, PlanError> {
         if let Some(ready) = lock(&self.loaded).get(digest) {
             return Ok(ready.clone());
         }

@@ -4,7 +4,7 @@
 use super::bindings::braid::agent::{host, types};
 use super::limiter::MemoryLimiter;
 use super::logs::{LogCapture, LogLevel, LogSource};
-use super::{Agent, ExecuteError, Execution, ExecutionRequest, Outcome, Sandbox};
+use super::{Agent, ExecuteError, Execution, ExecutionRequest, Limits, Outcome, Sandbox, Slot};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -76,6 +76,43 @@ impl Sandbox {
     /// guest does, the result is an [`Execution`]; only a request the sandbox refuses to
     /// start (oversized input, a memory limit above the host's maximum) is an error.
     pub async fn execute(&self, agent: &Agent, request: ExecutionRequest) -> Result<Execution, ExecuteError> {
+        self.check(&request)?;
+        match self.slot(&request.cancel).await {
+            Ok(slot) => self.execute_in(agent, request, slot).await,
+            Err(refused) => Ok(refused),
+        }
+    }
+
+    /// An instance slot if one is free right now.
+    pub fn try_slot(&self) -> Option<Slot> {
+        let permit = self.instance_slots.clone().try_acquire_owned().ok()?;
+        Some(Slot { _permit: permit, queued: Duration::ZERO })
+    }
+
+    /// Instance slots free right now.
+    pub fn free_slots(&self) -> usize {
+        self.instance_slots.available_permits()
+    }
+
+    /// Waits for an instance slot. Waiting is bounded on its own (`max_queue_wait`), and
+    /// recorded: the step's deadline covers the agent's own time, so a burst of work that
+    /// queues does not time out steps that never ran. `Err` is the execution a wait that
+    /// was cancelled or took too long ends as.
+    pub async fn slot(&self, cancel: &CancellationToken) -> Result<Slot, Execution> {
+        let queued_since = Instant::now();
+        let max_wait = self.config.max_queue_wait;
+        tokio::select! {
+            permit = self.instance_slots.clone().acquire_owned() => match permit {
+                Ok(permit) => Ok(Slot { _permit: permit, queued: queued_since.elapsed() }),
+                Err(err) => Err(Execution::refused(Outcome::Cancelled, &format!("the instance pool closed: {err}"), queued_since.elapsed())),
+            },
+            () = cancel.cancelled() => Err(Execution::refused(Outcome::Cancelled, "cancelled while waiting for an instance slot", queued_since.elapsed())),
+            () = tokio::time::sleep(max_wait) => Err(Execution::refused(Outcome::Timeout, &format!("waited {} ms for an instance slot (the host's max queue wait)", max_wait.as_millis()), queued_since.elapsed())),
+        }
+    }
+
+    /// What the sandbox refuses before any slot is taken.
+    pub fn check(&self, request: &ExecutionRequest) -> Result<Limits, ExecuteError> {
         let limits = request.limits.unwrap_or(self.config.default_limits);
         if request.input.len() > self.config.max_input_bytes {
             return Err(ExecuteError::InputTooLarge { size: request.input.len(), cap: self.config.max_input_bytes });
@@ -86,18 +123,19 @@ impl Sandbox {
                 max: self.config.max_memory_bytes,
             });
         }
+        Ok(limits)
+    }
 
-        // Waiting for a slot is bounded on its own (`max_queue_wait`), and recorded: the
-        // step's deadline covers the agent's own time, so a burst of work that queues does
-        // not time out steps that never ran.
-        let queued_since = Instant::now();
-        let max_wait = self.config.max_queue_wait;
-        let _slot = tokio::select! {
-            slot = self.instance_slots.acquire() => slot.map_err(|e| ExecuteError::Host(e.to_string()))?,
-            () = request.cancel.cancelled() => return Ok(refused(Outcome::Cancelled, "cancelled while waiting for an instance slot", queued_since.elapsed())),
-            () = tokio::time::sleep(max_wait) => return Ok(refused(Outcome::Timeout, &format!("waited {} ms for an instance slot (the host's max queue wait)", max_wait.as_millis()), queued_since.elapsed())),
-        };
-        let queued = queued_since.elapsed();
+    /// Runs `agent` once on `request` in `slot`, which the caller already holds.
+    pub async fn execute_in(
+        &self,
+        agent: &Agent,
+        request: ExecutionRequest,
+        slot: Slot,
+    ) -> Result<Execution, ExecuteError> {
+        let limits = self.check(&request)?;
+        let queued = slot.queued;
+        let _slot = slot;
         let deadline = Instant::now() + limits.timeout;
 
         let logs = LogCapture::new(self.config.max_log_bytes);
@@ -313,23 +351,6 @@ fn classify_trap(err: &wasmtime::Error, state: &StepState) -> Outcome {
 /// The innermost cause: wasmtime wraps errors in context lines and a backtrace header.
 fn root_message(err: &wasmtime::Error) -> String {
     err.chain().last().map(|cause| cause.to_string()).unwrap_or_else(|| err.to_string())
-}
-
-/// An execution that never got an instance.
-fn refused(outcome: Outcome, message: &str, queued: Duration) -> Execution {
-    Execution {
-        outcome,
-        output: None,
-        error: Some(message.to_owned()),
-        retryable: outcome == Outcome::Timeout,
-        logs: Vec::new(),
-        queued,
-        instantiate: Duration::ZERO,
-        execute: Duration::ZERO,
-        fuel_consumed: None,
-        memory_peak_bytes: 0,
-        http_calls: Vec::new(),
-    }
 }
 
 /// Bytes for people: `64 MiB`, `1.5 KiB`, `12 bytes`.

@@ -129,7 +129,7 @@ impl Default for Limits {
 }
 
 /// Where a call sits in a workflow run (the WIT `step-context`).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct StepContext {
     pub run_id: String,
     pub step_id: String,
@@ -193,6 +193,13 @@ pub enum ExecuteError {
     MemoryAboveMax { requested: u64, max: u64 },
     #[error("the sandbox failed to set up the execution: {0}")]
     Host(String),
+}
+
+/// One of the sandbox's instance slots, held until dropped: an execution runs in one.
+pub struct Slot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    /// How long it took to get.
+    queued: Duration,
 }
 
 /// The process's wasmtime host for agents. Cheap to share behind an `Arc`.

@@ -114,3 +114,23 @@ mod duration_micros {
         Ok(Duration::from_micros(u64::deserialize(deserializer)?))
     }
 }
+
+impl Execution {
+    /// An execution that never started: stopped (`outcome`) while waiting `queued` for a
+    /// slot, for the reason `message` gives.
+    pub fn refused(outcome: Outcome, message: &str, queued: Duration) -> Execution {
+        Execution {
+            outcome,
+            output: None,
+            error: Some(message.to_owned()),
+            retryable: outcome == Outcome::Timeout,
+            logs: Vec::new(),
+            queued,
+            instantiate: Duration::ZERO,
+            execute: Duration::ZERO,
+            fuel_consumed: None,
+            memory_peak_bytes: 0,
+            http_calls: Vec::new(),
+        }
+    }
+}

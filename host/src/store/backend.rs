@@ -74,7 +74,7 @@ macro_rules! sql_backend {
     ) => {
         use super::backend::ROWS_PER_STATEMENT;
         use super::records::{
-            AgentRecord, HttpCallRecord, Inserted, LogRecord, RunFilter, RunRecord, StepDetails, StepFilter,
+            AgentRecord, HostRecord, HttpCallRecord, Inserted, LogRecord, RunFilter, RunRecord, StepDetails, StepFilter,
             StepRecord, WorkflowRecord,
         };
         use super::stored_json::StoredJson;
@@ -178,7 +178,7 @@ macro_rules! sql_backend {
         }
 
         /// The statements of a batch, on one connection (in a transaction or not).
-        async fn write_statements(
+        pub(super) async fn write_statements(
             connection: &mut <$db as sqlx::Database>::Connection,
             batch: &Batch,
         ) -> Result<Written, StoreError> {
@@ -744,6 +744,89 @@ macro_rules! sql_backend {
             query.push(", ").push_bind(Utc::now()).push(") ON CONFLICT (digest) DO NOTHING");
             query.build().execute(&mut *connection).await.map_err(StoreError::query)?;
             Ok(())
+        }
+
+        /// One step execution, if it exists.
+        pub(super) async fn step(pool: &$pool, id: Uuid) -> Result<Option<StepRecord>, StoreError> {
+            let mut query = QueryBuilder::<$db>::new(format!("SELECT {STEP_COLUMNS} FROM step_executions WHERE id = "));
+            query.push_bind(to_id(id));
+            let row: Option<StepRow> = query.build_query_as().fetch_optional(pool).await.map_err(StoreError::query)?;
+            row.map(StepRow::into_record).transpose()
+        }
+
+        /// Writes `host`'s row with a fresh heartbeat, live for `lease_ms` more; returns how
+        /// many other hosts that take units are live.
+        pub(super) async fn beat_host(pool: &$pool, host: &HostRecord, lease_ms: i64) -> Result<i64, StoreError> {
+            let mut query = QueryBuilder::<$db>::new(
+                "INSERT INTO hosts (host_id, role, started_at, heartbeat_at, expires_at, max_instances, slots_in_use, \
+                 runs_owned, units_taken, units_offered) VALUES (",
+            );
+            query.push_bind(&host.host_id).push(", ").push_bind(host.role.as_str()).push(", ");
+            query.push_bind(host.started_at).push(", ").push_bind(host.heartbeat_at).push(", ");
+            push_lease_until(&mut query, lease_ms);
+            query.push(", ").push_bind(host.max_instances).push(", ").push_bind(host.slots_in_use);
+            query.push(", ").push_bind(host.runs_owned).push(", ").push_bind(host.units_taken);
+            query.push(", ").push_bind(host.units_offered);
+            query.push(
+                ") ON CONFLICT (host_id) DO UPDATE SET role = excluded.role, heartbeat_at = excluded.heartbeat_at, \
+                 expires_at = excluded.expires_at, max_instances = excluded.max_instances, \
+                 slots_in_use = excluded.slots_in_use, runs_owned = excluded.runs_owned, \
+                 units_taken = excluded.units_taken, units_offered = excluded.units_offered",
+            );
+            query.build().execute(pool).await.map_err(StoreError::query)?;
+            // Hosts that take units: `braid run` hosts do not.
+            let mut query = QueryBuilder::<$db>::new(concat!(
+                "SELECT COUNT(*) FROM hosts WHERE role <> 'run' AND expires_at > ", $now, " AND host_id <> "
+            ));
+            query.push_bind(&host.host_id);
+            query.build_query_scalar().fetch_one(pool).await.map_err(StoreError::query)
+        }
+
+        /// Removes `host_id`'s row (it stopped); rows of hosts dead for a day go too.
+        pub(super) async fn remove_host(pool: &$pool, host_id: &str) -> Result<(), StoreError> {
+            let mut query = QueryBuilder::<$db>::new("DELETE FROM hosts WHERE host_id = ");
+            query.push_bind(host_id);
+            query.push(" OR expires_at < ");
+            push_lease_until(&mut query, -86_400_000);
+            query.build().execute(pool).await.map_err(StoreError::query)?;
+            Ok(())
+        }
+
+        #[derive(sqlx::FromRow)]
+        struct HostRow {
+            host_id: String,
+            role: String,
+            started_at: DateTime<Utc>,
+            heartbeat_at: DateTime<Utc>,
+            max_instances: i32,
+            slots_in_use: i32,
+            runs_owned: i32,
+            units_taken: i64,
+            units_offered: i64,
+        }
+
+        /// The live hosts (their heartbeat's expiry not passed), by id.
+        pub(super) async fn live_hosts(pool: &$pool) -> Result<Vec<HostRecord>, StoreError> {
+            let query = concat!(
+                "SELECT host_id, role, started_at, heartbeat_at, max_instances, slots_in_use, runs_owned, units_taken, \
+                 units_offered FROM hosts WHERE expires_at > ", $now, " ORDER BY host_id"
+            );
+            let rows: Vec<HostRow> = sqlx::query_as(query).fetch_all(pool).await.map_err(StoreError::query)?;
+            rows.into_iter()
+                .map(|row| {
+                    Ok(HostRecord {
+                        role: row.role.parse().map_err(StoreError::Corrupt)?,
+                        host_id: row.host_id,
+                        started_at: row.started_at,
+                        heartbeat_at: row.heartbeat_at,
+                        max_instances: row.max_instances,
+                        slots_in_use: row.slots_in_use,
+                        runs_owned: row.runs_owned,
+                        units_taken: row.units_taken,
+                        units_offered: row.units_offered,
+                    })
+                })
+                .collect()
         }
 
         /// Whether the database answers.

@@ -17,12 +17,14 @@ mod postgres;
 pub mod records;
 mod sqlite;
 mod stored_json;
+mod units;
 
 pub use document::{paged_document, run_columns, run_document, step_documents};
 pub use records::{
-    AgentRecord, HttpCallRecord, Inserted, LogRecord, RunFilter, RunRecord, RunStatus, StepDetails, StepFilter,
-    StepRecord, StepStatus, WorkflowRecord,
+    AgentRecord, HostRecord, HostRole, HttpCallRecord, Inserted, LogRecord, RunFilter, RunRecord, RunStatus,
+    StepDetails, StepFilter, StepRecord, StepStatus, WorkflowRecord,
 };
+pub use units::{ClaimedUnit, OfferedUnit, UnitFence};
 
 use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -58,6 +60,14 @@ pub enum Wake {
     Run,
     /// Someone asked to cancel this run: payload `cancel:<id>`.
     Cancel(Uuid),
+    /// Units were offered: payload `units`.
+    Units,
+    /// A unit is done: payload `unit-done:<id>`.
+    UnitDone(Uuid),
+    /// Someone asked to cancel a unit: payload `unit-cancel:<id>`.
+    UnitCancel(Uuid),
+    /// A host started or stopped: payload `hosts`.
+    Hosts,
 }
 
 impl Wake {
@@ -65,14 +75,24 @@ impl Wake {
         match self {
             Wake::Run => "run".to_owned(),
             Wake::Cancel(id) => format!("cancel:{id}"),
+            Wake::Units => "units".to_owned(),
+            Wake::UnitDone(id) => format!("unit-done:{id}"),
+            Wake::UnitCancel(id) => format!("unit-cancel:{id}"),
+            Wake::Hosts => "hosts".to_owned(),
         }
     }
 
     /// The wake-up a payload stands for; `None` for one this version does not know.
     fn parse(payload: &str) -> Option<Wake> {
-        match payload.strip_prefix("cancel:") {
-            Some(id) => id.parse().ok().map(Wake::Cancel),
-            None => (payload == "run").then_some(Wake::Run),
+        let (kind, id) = payload.split_once(':').unwrap_or((payload, ""));
+        match kind {
+            "run" => Some(Wake::Run),
+            "units" => Some(Wake::Units),
+            "hosts" => Some(Wake::Hosts),
+            "cancel" => id.parse().ok().map(Wake::Cancel),
+            "unit-done" => id.parse().ok().map(Wake::UnitDone),
+            "unit-cancel" => id.parse().ok().map(Wake::UnitCancel),
+            _ => None,
         }
     }
 }
@@ -100,6 +120,11 @@ pub enum StoreError {
     Corrupt(String),
     #[error("the store's writer has stopped")]
     WriterStopped,
+    #[error(
+        "another braid host is using the SQLite database {0}: SQLite is for one host on one machine; \
+         several hosts sharing work need Postgres (--database-url postgres://...)"
+    )]
+    SingleHost(String),
 }
 
 impl StoreError {
@@ -160,6 +185,7 @@ macro_rules! dispatch {
         }
     };
 }
+use dispatch;
 
 #[derive(Clone)]
 enum Pool {
@@ -172,6 +198,8 @@ enum Pool {
 pub struct Store {
     pool: Pool,
     recorder: Recorder,
+    /// The SQLite file, when the store is one (`None` in memory).
+    sqlite_file: Option<std::path::PathBuf>,
 }
 
 impl Store {
@@ -184,6 +212,7 @@ impl Store {
 
     /// Opens the database at `url` without touching its schema (for `braid migrate`).
     pub async fn open_unmigrated(url: &str) -> Result<Store, StoreError> {
+        let mut sqlite_file = None;
         let pool = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             // One writer commits for everybody; the rest serve reads (run documents, plans)
             // for concurrent API requests.
@@ -207,6 +236,10 @@ impl Store {
                 .synchronous(SqliteSynchronous::Normal)
                 .foreign_keys(true)
                 .busy_timeout(Duration::from_secs(10));
+            let file = options.get_filename();
+            if !file.as_os_str().is_empty() && file != std::path::Path::new(":memory:") {
+                sqlite_file = Some(file.to_path_buf());
+            }
             let pool = SqlitePoolOptions::new()
                 .max_connections(4)
                 .connect_with(options)
@@ -217,7 +250,20 @@ impl Store {
             return Err(StoreError::UnsupportedUrl(url.to_owned()));
         };
         let recorder = Recorder::start(pool.clone());
-        Ok(Store { pool, recorder })
+        Ok(Store { pool, recorder, sqlite_file })
+    }
+
+    /// On a SQLite file, makes this process its only host: an exclusive lock on the file,
+    /// held while the returned guard lives and released by the kernel if the process dies.
+    /// [`StoreError::SingleHost`] when another process holds it. `None` on Postgres.
+    pub fn lock_single_host(&self) -> Result<Option<std::fs::File>, StoreError> {
+        let Some(path) = &self.sqlite_file else { return Ok(None) };
+        let file = std::fs::File::open(path).map_err(|e| StoreError::Connect(SourceError::new(e)))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(file)),
+            Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::SingleHost(path.display().to_string())),
+            Err(std::fs::TryLockError::Error(err)) => Err(StoreError::Connect(SourceError::new(err))),
+        }
     }
 
     /// Applies every pending migration.

@@ -261,3 +261,57 @@ pub struct StepFilter {
     pub step_id: Option<String>,
     pub parent: Option<Uuid>,
 }
+
+/// What kind of process a host is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HostRole {
+    /// `braid serve`: the HTTP API, owns runs, takes units.
+    Serve,
+    /// `braid worker`: owns runs and takes units, without the HTTP API.
+    Worker,
+    /// `braid run` (and `braid runs resume|redrive`): drives one run, takes no units.
+    Run,
+}
+
+impl HostRole {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HostRole::Serve => "serve",
+            HostRole::Worker => "worker",
+            HostRole::Run => "run",
+        }
+    }
+}
+
+impl FromStr for HostRole {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "serve" => Ok(HostRole::Serve),
+            "worker" => Ok(HostRole::Worker),
+            "run" => Ok(HostRole::Run),
+            other => Err(format!("unknown host role {other:?} (expected serve, worker or run)")),
+        }
+    }
+}
+
+/// A host's row: who it is and what it was doing at its last heartbeat.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostRecord {
+    pub host_id: String,
+    pub role: HostRole,
+    pub started_at: DateTime<Utc>,
+    pub heartbeat_at: DateTime<Utc>,
+    /// The instance pool's size (`--max-instances`).
+    pub max_instances: i32,
+    /// Instances alive at the heartbeat.
+    pub slots_in_use: i32,
+    /// Runs it was executing (holding the lease of).
+    pub runs_owned: i32,
+    /// Units of other hosts' runs it has executed since it started.
+    pub units_taken: i64,
+    /// Units of its runs it has offered to other hosts since it started.
+    pub units_offered: i64,
+}

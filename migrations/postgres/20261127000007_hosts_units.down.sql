@@ -1,0 +1,2 @@
+DROP TABLE work_units;
+DROP TABLE hosts;
