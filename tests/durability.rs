@@ -13,8 +13,8 @@ use braid::cluster::{HostConfig, Runner};
 use braid::engine::Engine;
 use braid::registry::Registry;
 use braid::store::{Fence, RunStatus, StepRecord, StepStatus, Store, StoreError};
-use braid_test_artifacts::{agent_bytes, agents_dir};
-use common::server::{Server, get_json, put_agent, put_workflow, rss_kib, scratch, start_run};
+use braid_test_artifacts::agents_dir;
+use common::server::{Server, deploy_with_misbehave, get_json, rss_kib, scratch, start_run};
 use common::{TestDb, braid, plan, sandbox};
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
@@ -72,14 +72,6 @@ impl Moments {
         self.0 ^= self.0 << 17;
         Duration::from_millis(low_ms + self.0 % (high_ms - low_ms + 1))
     }
-}
-
-async fn deploy(client: &Client, server: &Server, workflow: &Value) {
-    let (status, body) = put_agent(client, server, "misbehave", "1", agent_bytes("misbehave")).await;
-    assert!(status.is_success(), "{body}");
-    let (name, version) = (workflow["name"].as_str().unwrap(), workflow["version"].as_str().unwrap());
-    let (status, body) = put_workflow(client, server, name, version, workflow).await;
-    assert!(status.is_success(), "{body}");
 }
 
 async fn post_run(client: &Client, server: &Server, workflow: &str, body: Value) -> Uuid {
@@ -148,7 +140,7 @@ async fn kill_nine_harness(db: TestDb, kills: usize) {
     let flags = ["--lease-ms", "800", "--grace-period-ms", "0"];
     let client = Client::new();
     let mut server = Server::start(&db.url, cache.path(), None, &flags);
-    deploy(&client, &server, &durable_workflow(4)).await;
+    deploy_with_misbehave(&client, &server, &durable_workflow(4)).await;
     let mut ids = Vec::new();
     for _ in 0..3 {
         ids.push(post_run(&client, &server, "durable", durable_input()).await);
@@ -194,7 +186,7 @@ async fn two_hosts_restarted_repeatedly_finish_every_run_exactly_once() {
     let mut b = Server::start(&db.url, cache_b.path(), None, &flags);
     // Items long enough that the runs are still going when the hosts start coming and going
     // (with 4 ms items a fast machine finished them all before the first restart).
-    deploy(&client, &a, &durable_workflow(25)).await;
+    deploy_with_misbehave(&client, &a, &durable_workflow(25)).await;
     let mut ids = Vec::new();
     for i in 0..6 {
         let server = if i % 2 == 0 { &a } else { &b };
@@ -356,7 +348,7 @@ async fn a_redriven_run_reruns_only_its_failed_map_items_with_the_next_attempts(
     let cache = scratch();
     let server = Server::start(&db.url, cache.path(), None, &[]);
     let client = Client::new();
-    deploy(&client, &server, &flaky_map()).await;
+    deploy_with_misbehave(&client, &server, &flaky_map()).await;
     let (status, failed) = start_run(&client, &server, "flaky-map", json!({ "input": flaky_items() }), true).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(failed["status"], "failed", "{failed}");
@@ -456,7 +448,7 @@ async fn an_idempotency_key_retried_concurrently_gives_one_run() {
         let client = Client::new();
         let quick = json!({ "name": "quick", "version": "1",
             "steps": [{ "id": "a", "agent": "misbehave", "input": { "action": "sleep", "ms": 50 } }] });
-        deploy(&client, &server, &quick).await;
+        deploy_with_misbehave(&client, &server, &quick).await;
         let post = |key: &'static str| {
             let request = client
                 .post(server.url("/v1/workflows/quick/runs"))
@@ -502,7 +494,7 @@ async fn five_hundred_runs_at_once_never_exceed_max_active_runs_and_memory_stays
     let client = Client::new();
     let quick = json!({ "name": "quick", "version": "1",
         "steps": [{ "id": "a", "agent": "misbehave", "input": { "action": "sleep", "ms": 20 } }] });
-    deploy(&client, &server, &quick).await;
+    deploy_with_misbehave(&client, &server, &quick).await;
     // Warm up, then measure from a steady state.
     for _ in 0..8 {
         start_run(&client, &server, "quick", json!({ "input": {} }), true).await;
@@ -685,7 +677,7 @@ async fn a_second_server_whose_port_is_taken_claims_nothing() {
     let a = Server::start(&db.url, cache_a.path(), None, &["--lease-ms", "800"]);
     let slow = json!({ "name": "slow", "version": "1",
         "steps": [{ "id": "nap", "agent": "misbehave", "input": { "action": "sleep", "ms": 2500 } }] });
-    deploy(&client, &a, &slow).await;
+    deploy_with_misbehave(&client, &a, &slow).await;
     let id = post_run(&client, &a, "slow", json!({ "input": {} })).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let address = a.base.trim_start_matches("http://").to_owned();
@@ -717,7 +709,7 @@ async fn cut_database_connections_lose_no_run_and_health_says_so() {
     let steps: Vec<Value> = (0..6)
         .map(|i| json!({ "id": format!("s{i}"), "agent": "misbehave", "input": { "action": "sleep", "ms": 60 } }))
         .collect();
-    deploy(&client, &server, &json!({ "name": "chain", "version": "1", "steps": steps })).await;
+    deploy_with_misbehave(&client, &server, &json!({ "name": "chain", "version": "1", "steps": steps })).await;
     let mut ids = Vec::new();
     for _ in 0..24 {
         ids.push(post_run(&client, &server, "chain", json!({ "input": {} })).await);

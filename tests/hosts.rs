@@ -7,8 +7,7 @@
 mod common;
 
 use braid::store::{StepRecord, StepStatus, Store};
-use braid_test_artifacts::agent_bytes;
-use common::server::{Server, get_json, put_agent, put_workflow, scratch, start_run};
+use common::server::{Server, deploy_with_misbehave, get_json, scratch, start_run};
 use common::{TestDb, braid, peak_overlap};
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
@@ -35,14 +34,6 @@ fn sleepy_map(name: &str, ms: u64, max_parallelism: u32) -> Value {
 
 fn items(count: u32) -> Value {
     json!({ "input": { "items": (0..count).collect::<Vec<u32>>() } })
-}
-
-async fn deploy(client: &Client, server: &Server, workflow: &Value) {
-    let (status, body) = put_agent(client, server, "misbehave", "1", agent_bytes("misbehave")).await;
-    assert!(status.is_success(), "{body}");
-    let (name, version) = (workflow["name"].as_str().unwrap(), workflow["version"].as_str().unwrap());
-    let (status, body) = put_workflow(client, server, name, version, workflow).await;
-    assert!(status.is_success(), "{body}");
 }
 
 /// Starts `count` hosts on `db` with `flags`, each with a cache of its own.
@@ -108,15 +99,16 @@ async fn a_wide_map_finishes_about_three_times_sooner_on_three_hosts() {
 
     let alone_db = TestDb::postgres().await;
     let (alone, _caches) = hosts(&alone_db, 1, &flags);
-    deploy(&client, &alone[0], &workflow).await;
+    deploy_with_misbehave(&client, &alone[0], &workflow).await;
     // Warmed up first (each host loads the agent once), then timed.
     run_and_wait(&client, &alone[0], "spread", items(48)).await;
     let (_, one_host) = run_and_wait(&client, &alone[0], "spread", items(240)).await;
     drop(alone);
 
     let db = TestDb::postgres().await;
-    let (servers, _caches) = hosts(&db, 3, &flags);
-    deploy(&client, &servers[0], &workflow).await;
+    // A shorter lease: hosts renew their rows (and counts) every second.
+    let (servers, _caches) = hosts(&db, 3, &["--max-instances", "8", "--lease-ms", "3000"]);
+    deploy_with_misbehave(&client, &servers[0], &workflow).await;
     let listed = wait_for_hosts(&client, &servers[0], 3).await;
     assert!(listed.iter().all(|host| host["role"] == "serve" && host["max_instances"] == 8), "{listed:?}");
     run_and_wait(&client, &servers[0], "spread", items(48)).await;
@@ -140,7 +132,12 @@ async fn a_wide_map_finishes_about_three_times_sooner_on_three_hosts() {
     let listed: Value = serde_json::from_slice(&output.stdout).unwrap();
     let hosts = listed["hosts"].as_array().unwrap();
     assert_eq!(hosts.len(), 3, "{listed}");
-    tokio::time::sleep(Duration::from_millis(5_100)).await; // one heartbeat (a third of the 15 s lease)
+    let shown = braid().args(["runs", "show", &id.to_string(), "--database-url", &db.url]).output().unwrap();
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    for host in placed.keys() {
+        assert!(shown.contains(&format!("agent misbehave on {host}")), "runs show names {host}:\n{shown}");
+    }
+    tokio::time::sleep(Duration::from_millis(1_100)).await; // one heartbeat (a third of the lease)
     let listed = get_json(&client, &servers[0], "/v1/hosts").await;
     let offered: i64 = listed["hosts"].as_array().unwrap().iter().map(|h| h["units_offered"].as_i64().unwrap()).sum();
     let taken: i64 = listed["hosts"].as_array().unwrap().iter().map(|h| h["units_taken"].as_i64().unwrap()).sum();
@@ -163,7 +160,7 @@ async fn max_parallelism_counts_units_on_every_host() {
     // Two slots each: the owner offers what does not fit, so items run on several hosts.
     let (servers, _caches) = hosts(&db, 3, &["--max-instances", "2"]);
     let workflow = sleepy_map("bounded", 150, 4);
-    deploy(&client, &servers[0], &workflow).await;
+    deploy_with_misbehave(&client, &servers[0], &workflow).await;
     wait_for_hosts(&client, &servers[0], 3).await;
     let (id, _) = run_and_wait(&client, &servers[0], "bounded", items(40)).await;
 
@@ -191,7 +188,7 @@ async fn a_host_killed_mid_map_loses_nothing_and_its_units_run_again_elsewhere()
     let flags = ["--max-instances", "8", "--lease-ms", "1500"];
     let (mut servers, _caches) = hosts(&db, 3, &flags);
     let workflow = sleepy_map("survivor", 120, 64);
-    deploy(&client, &servers[0], &workflow).await;
+    deploy_with_misbehave(&client, &servers[0], &workflow).await;
     wait_for_hosts(&client, &servers[0], 3).await;
     let (status, accepted) = start_run(&client, &servers[0], "survivor", items(500), false).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
@@ -282,7 +279,7 @@ async fn a_fail_fast_failure_on_one_host_cancels_units_on_another_within_500_ms(
             sleeper("s1"), sleeper("s2"), sleeper("s3"), sleeper("s4")
         ] }]
     });
-    deploy(&client, &owner, &workflow).await;
+    deploy_with_misbehave(&client, &owner, &workflow).await;
     let listed = wait_for_hosts(&client, &owner, 2).await;
     assert!(listed.iter().any(|h| h["role"] == "worker"), "{listed:?}");
     let started = Instant::now();

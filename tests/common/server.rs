@@ -81,6 +81,17 @@ pub async fn put_agent(
     (response.status(), response.json().await.unwrap())
 }
 
+/// Deploys the `misbehave` test agent as `misbehave@1` and `workflow` (by its own name and
+/// version) to `server`.
+pub async fn deploy_with_misbehave(client: &Client, server: &Server, workflow: &Value) {
+    let bytes = braid_test_artifacts::agent_bytes("misbehave");
+    let (status, body) = put_agent(client, server, "misbehave", "1", bytes).await;
+    assert!(status.is_success(), "{body}");
+    let (name, version) = (workflow["name"].as_str().unwrap(), workflow["version"].as_str().unwrap());
+    let (status, body) = put_workflow(client, server, name, version, workflow).await;
+    assert!(status.is_success(), "{body}");
+}
+
 pub async fn put_workflow(
     client: &Client,
     server: &Server,

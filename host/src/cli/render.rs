@@ -6,7 +6,8 @@ use std::collections::HashMap;
 use uuid::Uuid;
 
 /// The run as a tree of steps with status, outcome and duration (and each agent step's
-/// outbound HTTP requests), then its output or error.
+/// outbound HTTP requests), then its output or error. Where steps ran: one line for the
+/// run when one host ran them all, otherwise on each agent step.
 pub fn run_text(run: &RunRecord, steps: &[StepRecord], calls: &[HttpCallRecord]) -> String {
     let mut children: HashMap<Option<Uuid>, Vec<&StepRecord>> = HashMap::new();
     for step in steps {
@@ -16,15 +17,21 @@ pub fn run_text(run: &RunRecord, steps: &[StepRecord], calls: &[HttpCallRecord])
     for call in calls {
         calls_of.entry(call.step_execution_id).or_default().push(call);
     }
+    let hosts: std::collections::BTreeSet<&str> = steps.iter().filter_map(|s| s.host_id.as_deref()).collect();
+    let per_step = hosts.len() > 1;
+    let on = match (per_step, hosts.first()) {
+        (false, Some(host)) => format!("  on {host}"),
+        _ => String::new(),
+    };
     let mut text = format!(
-        "run {}  {}@{}  {}{}\n",
+        "run {}  {}@{}  {}{}{on}\n",
         run.id,
         run.workflow_name,
         run.workflow_version,
         run.status,
         duration(run.started_at, run.finished_at)
     );
-    write_children(&mut text, &Tree { children, calls_of }, None, 1);
+    write_children(&mut text, &Tree { children, calls_of, per_step }, None, 1);
     if let Some(output) = &run.output {
         text.push_str(&format!("output: {}\n", serde_json::to_string_pretty(output).unwrap_or_default()));
     }
@@ -38,6 +45,8 @@ pub fn run_text(run: &RunRecord, steps: &[StepRecord], calls: &[HttpCallRecord])
 struct Tree<'a> {
     children: HashMap<Option<Uuid>, Vec<&'a StepRecord>>,
     calls_of: HashMap<Uuid, Vec<&'a HttpCallRecord>>,
+    /// Whether each agent step says which host ran it (the run spans several).
+    per_step: bool,
 }
 
 fn write_children(text: &mut String, tree: &Tree, parent: Option<Uuid>, depth: usize) {
@@ -45,8 +54,12 @@ fn write_children(text: &mut String, tree: &Tree, parent: Option<Uuid>, depth: u
         let branch = step.branch_name.as_ref().map(|b| format!("[{b}] ")).unwrap_or_default();
         let item = step.item_index.map(|i| format!("#{i} ")).unwrap_or_default();
         let attempt = if step.attempt > 1 { format!(" (attempt {})", step.attempt) } else { String::new() };
+        let on = match (&step.host_id, tree.per_step) {
+            (Some(host), true) => format!(" on {host}"),
+            _ => String::new(),
+        };
         let what = match (&step.agent_name, &step.join_policy) {
-            (Some(agent), _) => format!("agent {agent}"),
+            (Some(agent), _) => format!("agent {agent}{on}"),
             (None, Some(policy)) => format!("{} ({policy})", step.step_type),
             _ => step.step_type.clone(),
         };

@@ -207,15 +207,7 @@ impl Exchange {
                 return self.fail(&claimed, engine, None, format!("this host cannot read the unit: {err}")).await;
             }
         };
-        let fence = UnitFence {
-            id: claimed.id,
-            host_id: self.host_id.clone(),
-            claim_epoch: claimed.claim_epoch,
-            run_id: claimed.run_id,
-            run_epoch: claimed.run_epoch,
-            step_key: claimed.step_key.clone(),
-            close_stale: claimed.previous_host.is_some(),
-        };
+        let fence = self.fence(&claimed);
         let row = engine.unit_row(&unit, claimed.attempt);
         let digest = unit.row.agent_digest.clone().unwrap_or_default();
         let name = unit.row.agent_name.clone().unwrap_or_default();
@@ -246,6 +238,19 @@ impl Exchange {
         Ok(written)
     }
 
+    /// What this host's writes for `claimed` carry.
+    fn fence(&self, claimed: &ClaimedUnit) -> UnitFence {
+        UnitFence {
+            id: claimed.id,
+            host_id: self.host_id.clone(),
+            claim_epoch: claimed.claim_epoch,
+            run_id: claimed.run_id,
+            run_epoch: claimed.run_epoch,
+            step_key: claimed.step_key.clone(),
+            close_stale: claimed.previous_host.is_some(),
+        }
+    }
+
     /// Ends a unit this host cannot run with a failed row saying why.
     async fn fail(
         &self,
@@ -263,15 +268,7 @@ impl Exchange {
         row.status = StepStatus::Failed;
         row.error = Some(format!("on host {}: {why}", self.host_id));
         row.finished_at = Some(chrono::Utc::now());
-        let fence = UnitFence {
-            id: claimed.id,
-            host_id: self.host_id.clone(),
-            claim_epoch: claimed.claim_epoch,
-            run_id: claimed.run_id,
-            run_epoch: claimed.run_epoch,
-            step_key: claimed.step_key.clone(),
-            close_stale: claimed.previous_host.is_some(),
-        };
+        let fence = self.fence(claimed);
         self.store.write_unit_row(&fence, &row, Default::default(), Some(false)).await
     }
 

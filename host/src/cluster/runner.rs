@@ -84,7 +84,9 @@ impl Runner {
     pub fn new(engine: Engine, registry: Arc<Registry>, config: HostConfig) -> Arc<Self> {
         let mut engine =
             engine.with_host_id(&config.host_id).with_limits(config.run_limits).with_secrets(config.secrets.clone());
-        let exchange = registry.store().shares_work().then(|| {
+        // `braid run` keeps its run to itself: it takes no units, so it offers none either
+        // (it could not take back a unit others were too busy to take).
+        let exchange = (registry.store().shares_work() && config.role != HostRole::Run).then(|| {
             let max_queue_wait = engine.sandbox().config().max_queue_wait;
             Exchange::new(registry.store().clone(), &config.host_id, config.lease, config.poll, max_queue_wait)
         });
