@@ -96,7 +96,8 @@ impl ArtifactCache {
 
     fn write(&self, path: &Path, artifact: &[u8]) -> std::io::Result<()> {
         std::fs::create_dir_all(&self.dir)?;
-        let partial = path.with_extension(format!("partial-{}", std::process::id()));
+        // Unique per write: two writers of one artifact must not rename each other's file.
+        let partial = path.with_extension(format!("partial-{}", uuid::Uuid::now_v7().simple()));
         std::fs::write(&partial, artifact)?;
         std::fs::rename(&partial, path)
     }

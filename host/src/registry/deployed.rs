@@ -70,6 +70,9 @@ pub struct Registry {
     loaded: Mutex<HashMap<String, Arc<ResolvedAgent>>>,
     /// Deployed definitions, parsed, by digest.
     parsed: Mutex<HashMap<String, Arc<Workflow>>>,
+    /// One lock per digest being loaded: units arriving together for an agent not yet
+    /// loaded here wait for one compile instead of each starting its own.
+    loading: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// Locks a cache; a panic elsewhere cannot leave a map of ready values inconsistent.
@@ -93,6 +96,7 @@ impl Registry {
             cache: ArtifactCache::new(cache_dir),
             loaded: Mutex::new(HashMap::new()),
             parsed: Mutex::new(HashMap::new()),
+            loading: Mutex::new(HashMap::new()),
         }
     }
 
@@ -274,6 +278,23 @@ impl Registry {
         if let Some(ready) = lock(&self.loaded).get(digest) {
             return Ok(ready.clone());
         }
+        let once = lock(&self.loading).entry(digest.to_owned()).or_default().clone();
+        let _loading = once.lock().await;
+        if let Some(ready) = lock(&self.loaded).get(digest) {
+            return Ok(ready.clone());
+        }
+        let loaded = self.load_agent(name, version, digest).await;
+        lock(&self.loading).remove(digest);
+        loaded
+    }
+
+    /// Loads the agent with `digest` (one caller at a time per digest: see `agent`).
+    async fn load_agent(
+        &self,
+        name: &str,
+        version: Option<&str>,
+        digest: &str,
+    ) -> Result<Arc<ResolvedAgent>, PlanError> {
         let reference = format!("{name}@{}", version.unwrap_or("?"));
         let (sandbox, cache, key) = (self.sandbox.clone(), self.cache.clone(), digest.to_owned());
         let cached = tokio::task::spawn_blocking(move || cache.cached(&sandbox, &key))
