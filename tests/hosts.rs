@@ -183,6 +183,25 @@ async fn max_parallelism_counts_units_on_every_host() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_killed_mid_map_loses_nothing_and_its_units_run_again_elsewhere() {
     let _serial = ONE_AT_A_TIME.lock().await;
+    kill_mid_map(Victim::Taker).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owner_killed_mid_map_loses_nothing_and_another_host_finishes_the_run() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    kill_mid_map(Victim::Owner).await;
+}
+
+/// Which of three hosts dies in the middle of a 500-item map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Victim {
+    /// The host whose API started the run (its owner).
+    Owner,
+    /// A host that only takes units of it.
+    Taker,
+}
+
+async fn kill_mid_map(which: Victim) {
     let client = Client::new();
     let db = TestDb::postgres().await;
     let flags = ["--max-instances", "8", "--lease-ms", "1500"];
@@ -194,9 +213,9 @@ async fn a_host_killed_mid_map_loses_nothing_and_its_units_run_again_elsewhere()
     assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
     let id: Uuid = accepted["run_id"].as_str().unwrap().parse().unwrap();
 
-    // Once the third host is busy with units, it dies.
+    // Once the victim is busy with items, it dies.
     let store = Store::open(&db.url).await.unwrap();
-    let victim = servers.pop().unwrap();
+    let victim = if which == Victim::Owner { servers.remove(0) } else { servers.pop().unwrap() };
     let victim_id = get_json(&client, &victim, "/healthz").await["host_id"].as_str().unwrap().to_owned();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -207,7 +226,7 @@ async fn a_host_killed_mid_map_loses_nothing_and_its_units_run_again_elsewhere()
         {
             break;
         }
-        assert!(Instant::now() < deadline, "the third host never took units");
+        assert!(Instant::now() < deadline, "the {which:?} never ran items");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     victim.kill();
@@ -222,6 +241,9 @@ async fn a_host_killed_mid_map_loses_nothing_and_its_units_run_again_elsewhere()
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(run.status.as_str(), "succeeded", "{:?}", run.error);
+    if which == Victim::Owner {
+        assert_ne!(run.owner_host_id.as_deref(), Some(victim_id.as_str()), "another host finished it");
+    }
     let steps = store.run_steps(id).await.unwrap();
     assert_exact(&steps);
     assert_eq!(steps.iter().filter(|s| s.step_type == "agent" && s.status == StepStatus::Succeeded).count(), 500);
@@ -232,7 +254,7 @@ async fn a_host_killed_mid_map_loses_nothing_and_its_units_run_again_elsewhere()
         .iter()
         .filter(|s| s.host_id.as_deref() == Some(&victim_id) && s.status == StepStatus::Cancelled)
         .collect();
-    assert!(!cut.is_empty(), "the killed host was running units");
+    assert!(!cut.is_empty(), "the killed host was running items");
     for row in &cut {
         assert!(row.error.as_deref().unwrap_or_default().contains("died"), "{row:#?}");
         let again = steps

@@ -286,27 +286,20 @@ impl Store {
             .map_err(StoreError::query)
     }
 
-    /// Drops the units an earlier owner of run `run_id` offered (before `epoch`): those
-    /// nobody runs are deleted, running ones are asked to stop (their rows would be refused
-    /// anyway). A new owner calls it when it claims the run.
+    /// Drops the units an earlier owner of run `run_id` offered (before `epoch`), whatever
+    /// their state: a taker still running one is told to stop (its row would be refused
+    /// anyway, the run's epoch having moved on). A new owner calls it when it claims the run.
     pub async fn drop_units_of_run(&self, run_id: Uuid, epoch: i64) -> Result<(), StoreError> {
         let Pool::Postgres(pool) = &self.pool else { return Ok(()) };
-        sqlx::query("DELETE FROM work_units WHERE run_id = $1 AND run_epoch < $2 AND status <> 'claimed'")
-            .bind(run_id)
-            .bind(epoch)
-            .execute(pool)
-            .await
-            .map_err(StoreError::query)?;
-        let running: Vec<Uuid> = sqlx::query_scalar(
-            "UPDATE work_units SET cancel_requested = true WHERE run_id = $1 AND run_epoch < $2 RETURNING id",
-        )
-        .bind(run_id)
-        .bind(epoch)
-        .fetch_all(pool)
-        .await
-        .map_err(StoreError::query)?;
-        for id in running {
-            self.wake(Wake::UnitCancel(id)).await;
+        let dropped: Vec<(Uuid, String)> =
+            sqlx::query_as("DELETE FROM work_units WHERE run_id = $1 AND run_epoch < $2 RETURNING id, status")
+                .bind(run_id)
+                .bind(epoch)
+                .fetch_all(pool)
+                .await
+                .map_err(StoreError::query)?;
+        for (id, _) in dropped.iter().filter(|(_, status)| status == "claimed") {
+            self.wake(Wake::UnitCancel(*id)).await;
         }
         Ok(())
     }
