@@ -364,3 +364,44 @@ fn the_tour_example_exercises_every_step_type() {
     assert_eq!(refused.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("input/docs: 5 is not of type \"array\""));
 }
+
+/// A run that takes about a second: a map of 8 items that sleep 250 ms, two at a time.
+fn a_second_long(dir: &Path) -> std::path::PathBuf {
+    let workflow = dir.join("long.json");
+    let definition = json!({ "name": "long", "version": "1", "steps": [
+        { "id": "items", "type": "map", "items": "${ input.items }", "max_parallelism": 2,
+          "step": { "id": "nap", "agent": "misbehave", "input": { "action": "sleep", "ms": 250 } } } ] });
+    std::fs::write(&workflow, definition.to_string()).unwrap();
+    workflow
+}
+
+#[test]
+fn braid_run_shows_progress_on_a_terminal_and_none_when_piped() {
+    let dir = scratch_dir();
+    let workflow = a_second_long(dir.path());
+    let braid_path = std::env::var("CARGO_BIN_EXE_braid").unwrap();
+    let args = format!(
+        "{braid_path} run {} --agents {} --database-url sqlite://{}/braid.db --input '{{\"items\": [1,2,3,4,5,6,7,8]}}'",
+        workflow.display(),
+        agents_dir().display(),
+        dir.path().display()
+    );
+    // `script` gives the command a pseudo-terminal and copies everything it draws.
+    let on_terminal = std::process::Command::new("script")
+        .args(["-qefc", &args, "/dev/null"])
+        .env("TERM", "xterm")
+        .env_remove("BRAID_DATABASE_URL")
+        .output()
+        .unwrap();
+    let drawn = String::from_utf8_lossy(&on_terminal.stdout);
+    assert!(on_terminal.status.success(), "{drawn}");
+    assert!(drawn.contains("done · ") && drawn.contains(" running · "), "progress was drawn: {drawn:?}");
+    assert!(drawn.contains("items (map)  "), "the map has a line of its own: {drawn:?}");
+    assert!(drawn.contains("succeeded"), "then the run's tree: {drawn:?}");
+
+    let piped = std::process::Command::new("sh").args(["-c", &args]).env_remove("BRAID_DATABASE_URL").output().unwrap();
+    assert!(piped.status.success());
+    let (stdout, stderr) = (String::from_utf8_lossy(&piped.stdout), String::from_utf8_lossy(&piped.stderr));
+    assert!(!stdout.contains(" running · ") && !stderr.contains(" running · "), "{stdout}\n{stderr}");
+    assert!(stdout.starts_with("run "), "plain output: {stdout}");
+}

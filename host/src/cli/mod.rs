@@ -6,6 +6,7 @@
 mod call;
 mod hosts;
 mod migrate;
+mod progress;
 mod project;
 mod registry;
 pub mod render;

@@ -112,8 +112,17 @@ impl RunCommand {
         });
         // From here on the run exists and steps may have run: whatever goes wrong, the exit
         // code is 1 (a run that did not succeed), never 2 (refused before anything ran).
+        // Live progress on a terminal, for people; JSON output stays one document.
+        let follow = match self.output {
+            OutputFormat::Text => super::progress::Follow::start(store, id),
+            OutputFormat::Json => None,
+        };
         let finished = async {
-            let run = runner.wait(started.run_id, started.task).await?;
+            let run = runner.wait(started.run_id, started.task).await;
+            if let Some(follow) = follow {
+                follow.finish().await;
+            }
+            let run = run?;
             runner.shutdown(std::time::Duration::ZERO).await;
             print_run(store, &run, self.output).await?;
             store.close().await?;

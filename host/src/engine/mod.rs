@@ -5,7 +5,8 @@
 //! runs resume without re-running the steps that succeeded.
 //!
 //! The engine knows nothing of wasmtime or SQL: it hands agent executions to the
-//! [`Sandbox`] and rows to the store's [`Recorder`]. A step's row is committed before any
+//! [`Sandbox`] — or, when the pool is full and other hosts are up, the agent steps of
+//! fan-outs to an [`Offload`] ([`unit`]) — and rows to the store's [`Recorder`]. A step's row is committed before any
 //! later step (which may read its output) starts. The host-wide bound on live instances is
 //! the sandbox's; each block adds its own bound on running branches, so nesting never asks
 //! the pool for more than it holds — excess work waits.

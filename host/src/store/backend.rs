@@ -543,6 +543,28 @@ macro_rules! sql_backend {
             query.build_query_as().fetch_all(pool).await.map_err(StoreError::query)
         }
 
+        /// How many of a run's step executions sit in each block row (NULL: the run's top
+        /// level), by status.
+        pub(super) async fn counts_by_parent(
+            pool: &$pool,
+            run_id: Uuid,
+        ) -> Result<Vec<(Option<$id>, String, i64)>, StoreError> {
+            let mut query = QueryBuilder::<$db>::new(
+                "SELECT parent_step_id, status, COUNT(*) FROM step_executions WHERE run_id = ",
+            );
+            query.push_bind(to_id(run_id)).push(" GROUP BY parent_step_id, status");
+            query.build_query_as().fetch_all(pool).await.map_err(StoreError::query)
+        }
+
+        /// A run's block rows (every execution that is not an agent step): id, step id, type.
+        pub(super) async fn block_rows(pool: &$pool, run_id: Uuid) -> Result<Vec<($id, String, String)>, StoreError> {
+            let mut query = QueryBuilder::<$db>::new(
+                "SELECT id, step_id, step_type FROM step_executions WHERE step_type <> 'agent' AND run_id = ",
+            );
+            query.push_bind(to_id(run_id)).push(" ORDER BY id");
+            query.build_query_as().fetch_all(pool).await.map_err(StoreError::query)
+        }
+
         /// The logs and HTTP requests of these step executions.
         pub(super) async fn details_of(pool: &$pool, step_ids: &[Uuid]) -> Result<StepDetails, StoreError> {
             if step_ids.is_empty() {

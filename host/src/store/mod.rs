@@ -144,6 +144,16 @@ impl StoreError {
     }
 }
 
+/// The executions inside one block row of a run, by status.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BlockProgress {
+    /// The block's row; `None` for the run's top level.
+    pub block: Option<Uuid>,
+    pub step_id: String,
+    pub step_type: String,
+    pub counts: std::collections::BTreeMap<StepStatus, i64>,
+}
+
 /// An error from the database driver, kept whole as the source of a [`StoreError`] and
 /// shared by every writer waiting on the commit that failed.
 #[derive(Debug, Clone)]
@@ -313,6 +323,51 @@ impl Store {
     pub async fn step_counts(&self, run_id: Uuid) -> Result<std::collections::BTreeMap<String, i64>, StoreError> {
         let counts: Result<Vec<(String, i64)>, StoreError> = dispatch!(self, step_counts(run_id));
         Ok(counts?.into_iter().collect())
+    }
+
+    /// Where a run stands, block by block: each block row (every execution that is not an
+    /// agent step) with the count of the executions inside it by status, in creation order,
+    /// after the counts of the run's top level (`block: None`).
+    pub async fn progress(&self, run_id: Uuid) -> Result<Vec<BlockProgress>, StoreError> {
+        let (counts, blocks) = match &self.pool {
+            Pool::Postgres(pool) => {
+                let counts = postgres::counts_by_parent(pool, run_id).await?;
+                let blocks = postgres::block_rows(pool, run_id).await?;
+                (counts, blocks)
+            }
+            Pool::Sqlite(pool) => {
+                let parse =
+                    |id: String| id.parse::<Uuid>().map_err(|e| StoreError::Corrupt(format!("bad id {id:?}: {e}")));
+                let counts = sqlite::counts_by_parent(pool, run_id)
+                    .await?
+                    .into_iter()
+                    .map(|(p, s, n)| Ok((p.map(parse).transpose()?, s, n)))
+                    .collect::<Result<Vec<_>, StoreError>>()?;
+                let blocks = sqlite::block_rows(pool, run_id)
+                    .await?
+                    .into_iter()
+                    .map(|(id, step, kind)| Ok((parse(id)?, step, kind)))
+                    .collect::<Result<Vec<_>, StoreError>>()?;
+                (counts, blocks)
+            }
+        };
+        let mut progress: Vec<BlockProgress> = std::iter::once(BlockProgress::default())
+            .chain(blocks.into_iter().map(|(id, step_id, step_type)| BlockProgress {
+                block: Some(id),
+                step_id,
+                step_type,
+                counts: std::collections::BTreeMap::new(),
+            }))
+            .collect();
+        let index: HashMap<Option<Uuid>, usize> =
+            progress.iter().enumerate().map(|(at, block)| (block.block, at)).collect();
+        for (parent, status, count) in counts {
+            let status = status.parse::<StepStatus>().map_err(StoreError::Corrupt)?;
+            if let Some(&at) = index.get(&parent) {
+                progress[at].counts.insert(status, count);
+            }
+        }
+        Ok(progress)
     }
 
     /// The logs and HTTP requests of these step executions (a page of them, say).
