@@ -11,7 +11,9 @@
 //! * [`sandbox`]: wasmtime. The one engine, loading agent components, and one execution in
 //!   a fresh, limited, WASI-denied instance.
 //! * [`registry`]: where agents come from (a folder of components) and their digests.
-//! * [`cluster`]: hosts and ownership: leases, fencing epochs, claims, heartbeats.
+//! * [`cluster`]: hosts and ownership: leases, fencing epochs, claims, heartbeats, and the
+//!   exchange of fan-out units between hosts.
+//! * [`events`]: a run's changes as events, for the SSE stream and `braid runs watch`.
 //! * [`store`]: sqlx. Runs, step executions and logs in Postgres or SQLite, batched writes.
 //! * [`outbound`]: outbound HTTP for agents: host-pattern grants, the operator's ceiling,
 //!   refusing private addresses, the shared client, the record of each request.
@@ -31,6 +33,7 @@ pub mod build;
 pub mod cli;
 pub mod cluster;
 pub mod engine;
+pub mod events;
 pub mod limits;
 pub mod metrics;
 pub mod outbound;

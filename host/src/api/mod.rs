@@ -8,6 +8,7 @@
 
 mod agents;
 mod error;
+mod events;
 mod runs;
 mod workflows;
 
@@ -74,6 +75,7 @@ pub fn router(state: AppState) -> Router {
         .route("/runs/{id}/steps", get(runs::steps))
         .route("/runs/{id}/cancel", post(runs::cancel))
         .route("/runs/{id}/redrive", post(runs::redrive))
+        .route("/runs/{id}/events", get(events::events))
         .route("/hosts", get(hosts))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()

@@ -184,7 +184,7 @@ pub async fn list(State(state): State<AppState>, Query(query): Query<ListQuery>)
     Ok(Json(json!({ "runs": runs })))
 }
 
-fn parse_id(id: &str) -> Result<Uuid, ApiError> {
+pub(super) fn parse_id(id: &str) -> Result<Uuid, ApiError> {
     id.parse().map_err(|_| ApiError::bad_request(format!("{id:?} is not a run id")))
 }
 

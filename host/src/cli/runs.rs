@@ -1,5 +1,5 @@
-//! `braid runs list|show|cancel|resume|redrive`: read back recorded runs, stop them, and
-//! drive unfinished or failed ones to their end in this process.
+//! `braid runs list|show|watch|cancel|resume|redrive`: read back recorded runs, follow
+//! them live, stop them, and drive unfinished or failed ones to their end in this process.
 
 use super::registry::open_registry;
 use super::run::print_run;
@@ -64,6 +64,18 @@ enum RunsAction {
         id: Uuid,
         #[command(flatten)]
         drive: DriveArgs,
+    },
+    /// Follow a run live, wherever it runs: each step execution as it starts and ends, then
+    /// the run's end (exit 0 when it succeeded, 1 otherwise). The same events as
+    /// `GET /v1/runs/{id}/events`.
+    Watch {
+        /// The run's id.
+        id: Uuid,
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// `json`: one event per line, as the API's event stream sends them.
+        #[arg(long, value_enum, default_value_t)]
+        output: OutputFormat,
     },
     /// Show one run with its step executions.
     Show {
@@ -198,6 +210,12 @@ impl RunsCommand {
                 }
                 RunsAction::Resume { id, drive } => return drive.drive(id, Drive::Resume).await,
                 RunsAction::Redrive { id, drive } => return drive.drive(id, Drive::Redrive).await,
+                RunsAction::Watch { id, database, output } => {
+                    let store = Store::open(&database.database_url).await?;
+                    let status = watch(&store, id, output).await?;
+                    store.close().await?;
+                    return Ok(if status == RunStatus::Succeeded { Status::Succeeded } else { Status::Failed });
+                }
                 RunsAction::Show { id, database, output } => {
                     let store = Store::open(&database.database_url).await?;
                     let run = store.get_run(id).await?.ok_or_else(|| anyhow!("no run with id {id}"))?;
@@ -207,5 +225,52 @@ impl RunsCommand {
             }
             Ok(Status::Succeeded)
         })
+    }
+}
+
+/// Prints run `id`'s events until it ends; returns how it ended.
+async fn watch(store: &Store, id: Uuid, output: OutputFormat) -> anyhow::Result<RunStatus> {
+    use crate::events::{RunEvent, RunWatch};
+    use std::io::Write as _;
+    let mut watch = RunWatch::new(store.clone(), id).await?.ok_or_else(|| anyhow!("no run with id {id}"))?;
+    let mut stdout = std::io::stdout().lock();
+    loop {
+        for event in watch.next().await? {
+            match output {
+                OutputFormat::Json => writeln!(stdout, "{}", serde_json::to_string(&event)?)?,
+                OutputFormat::Text => match &event {
+                    RunEvent::Run { run } => writeln!(
+                        stdout,
+                        "run {}  {}@{}  {}",
+                        run.id, run.workflow_name, run.workflow_version, run.status
+                    )?,
+                    RunEvent::Step { step } => {
+                        let key = step.step_key.as_deref().unwrap_or(&step.step_id);
+                        let took = match (step.started_at, step.finished_at) {
+                            (Some(started), Some(finished)) => {
+                                format!(
+                                    "  {:.1} ms",
+                                    (finished - started).num_microseconds().unwrap_or(0) as f64 / 1000.0
+                                )
+                            }
+                            _ => String::new(),
+                        };
+                        let host = step.host_id.as_deref().map(|host| format!("  on {host}")).unwrap_or_default();
+                        let error = step.error.as_deref().filter(|_| step.status.as_str() != "succeeded");
+                        let error = error.map(|error| format!("  error: {error}")).unwrap_or_default();
+                        writeln!(stdout, "  {key}  {}{took}{host}{error}", step.status)?;
+                    }
+                    RunEvent::End { run } => {
+                        let error = run.error.as_deref().map(|error| format!("  error: {error}")).unwrap_or_default();
+                        writeln!(stdout, "run {} {}{error}", run.id, run.status)?;
+                    }
+                },
+            }
+            if let RunEvent::End { run } = &event {
+                stdout.flush()?;
+                return Ok(run.status);
+            }
+        }
+        stdout.flush()?;
     }
 }

@@ -493,8 +493,19 @@ macro_rules! sql_backend {
 
         /// A run's step executions in the order they were created (ids are UUIDv7).
         pub(super) async fn run_steps(pool: &$pool, run_id: Uuid) -> Result<Vec<StepRecord>, StoreError> {
+            read_run_steps(pool, run_id, STEP_COLUMNS).await
+        }
+
+        /// A run's step executions without their inputs and outputs (which can be large):
+        /// what a watcher of the run needs, read often.
+        pub(super) async fn run_step_states(pool: &$pool, run_id: Uuid) -> Result<Vec<StepRecord>, StoreError> {
+            let columns = STEP_COLUMNS.replace(" input, output,", " NULL AS input, NULL AS output,");
+            read_run_steps(pool, run_id, &columns).await
+        }
+
+        async fn read_run_steps(pool: &$pool, run_id: Uuid, columns: &str) -> Result<Vec<StepRecord>, StoreError> {
             let mut query =
-                QueryBuilder::<$db>::new(format!("SELECT {STEP_COLUMNS} FROM step_executions WHERE run_id = "));
+                QueryBuilder::<$db>::new(format!("SELECT {columns} FROM step_executions WHERE run_id = "));
             query.push_bind(to_id(run_id)).push(" ORDER BY id");
             let rows = query.build().fetch_all(pool).await.map_err(StoreError::query)?;
             rows.iter()

@@ -314,6 +314,11 @@ impl Store {
         dispatch!(self, run_steps(run_id))
     }
 
+    /// A run's step executions without inputs and outputs, in the order they started.
+    pub async fn run_step_states(&self, run_id: Uuid) -> Result<Vec<StepRecord>, StoreError> {
+        dispatch!(self, run_step_states(run_id))
+    }
+
     /// One page of a run's step executions (creation order), as `filter` says.
     pub async fn steps_page(&self, run_id: Uuid, filter: &StepFilter) -> Result<Vec<StepRecord>, StoreError> {
         dispatch!(self, steps_page(run_id, filter))
