@@ -244,7 +244,7 @@ async fn a_host_that_lost_its_lease_cannot_write_and_stops_its_instances() {
         runner.start_host().await.unwrap();
         let slow = json!({ "name": "slow", "version": "1",
             "steps": [{ "id": "nap", "agent": "misbehave", "input": { "action": "sleep", "ms": 10000 } }] });
-        let started = runner.start(plan(&slow), json!({}), None).await.unwrap();
+        let started = runner.start(plan(&slow), json!({}), Default::default()).await.unwrap();
         let id = started.run_id;
         tokio::time::sleep(Duration::from_millis(300)).await;
 

@@ -134,7 +134,7 @@ fn main() {
                 clients.spawn(async move {
                     for i in 0..RUNS / CLIENTS {
                         let plan = registry.plan("one", None).await.unwrap();
-                        let started = runner.start(plan, json!({ "i": i }), None).await.unwrap();
+                        let started = runner.start(plan, json!({ "i": i }), Default::default()).await.unwrap();
                         let run = runner.wait(started.run_id, started.task).await.unwrap();
                         let steps = store.run_steps(run.id).await.unwrap();
                         assert_eq!(steps.len(), 1);

@@ -18,6 +18,7 @@
 //! * [`outbound`]: outbound HTTP for agents: host-pattern grants, the operator's ceiling,
 //!   refusing private addresses, the shared client, the record of each request.
 //! * [`secrets`]: secrets from the host (environment, a secrets file) and their redaction.
+//! * [`telemetry`]: OpenTelemetry traces of runs over OTLP, when the environment asks.
 //! * [`limits`]: what callers and authors may send: JSON depth and characters, read-back.
 //! * [`build`]: agents from source: `braid new agent` and `braid build` for Rust, Python, JS.
 //! * [`cli`]: the `braid` command line, parsing and rendering; `main.rs` only calls it.
@@ -41,4 +42,5 @@ pub mod registry;
 pub mod sandbox;
 pub mod secrets;
 pub mod store;
+pub mod telemetry;
 pub mod workflow;

@@ -16,7 +16,19 @@ pub struct Server {
 
 impl Server {
     pub fn start(database_url: &str, cache_dir: &Path, token: Option<&str>, extra: &[&str]) -> Server {
+        Server::start_with_env(database_url, cache_dir, token, extra, &[])
+    }
+
+    /// `start`, with these environment variables set for the server.
+    pub fn start_with_env(
+        database_url: &str,
+        cache_dir: &Path,
+        token: Option<&str>,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Server {
         let mut command = braid();
+        command.envs(env.iter().copied());
         command
             .args(["serve", "--listen", "127.0.0.1:0", "--database-url", database_url])
             .arg("--cache-dir")

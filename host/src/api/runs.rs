@@ -3,6 +3,7 @@
 //! cancel and redrive them.
 
 use super::{ApiError, AppState, MAX_JSON_BYTES, read_json};
+use crate::cluster::StartOptions;
 use crate::store::{RunFilter, RunStatus, StepFilter, StepRecord, StepStatus, paged_document, step_documents};
 use axum::Json;
 use axum::body::Body;
@@ -69,13 +70,40 @@ pub async fn start(
         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "the input does not match the workflow's input_schema")
             .with_details(json!({ "problems": invalid.problems }))
     })?;
-    let started = state.runner.start(plan, input, key.as_deref()).await?;
+    let trace_parent = trace_parent(&headers)?;
+    let options = StartOptions { idempotency_key: key.as_deref(), trace_parent: trace_parent.as_deref() };
+    let started = state.runner.start(plan, input, options).await?;
     let status = if started.created { StatusCode::ACCEPTED } else { StatusCode::OK };
     if !query.wait {
         return Ok((status, Json(json!({ "run_id": started.run_id, "created": started.created }))));
     }
     let run = state.runner.wait(started.run_id, started.task).await?;
     Ok((StatusCode::OK, Json(document(&state, run.id).await?)))
+}
+
+/// The W3C `traceparent` header, if any: `00-<32 hex trace id>-<16 hex parent id>-<2 hex
+/// flags>` (lowercase; ids not all zeros).
+fn trace_parent(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("traceparent") else { return Ok(None) };
+    let text = value.to_str().unwrap_or_default().trim();
+    let parts: Vec<&str> = text.split('-').collect();
+    let hex = |part: &str, len: usize| {
+        part.len() == len && part.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let valid = parts.len() == 4
+        && hex(parts[0], 2)
+        && parts[0] != "ff"
+        && hex(parts[1], 32)
+        && hex(parts[2], 16)
+        && hex(parts[3], 2)
+        && parts[1].bytes().any(|b| b != b'0')
+        && parts[2].bytes().any(|b| b != b'0');
+    if !valid {
+        return Err(ApiError::bad_request(
+            "the traceparent header must be W3C trace context: 00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>",
+        ));
+    }
+    Ok(Some(text.to_owned()))
 }
 
 /// Most step executions in one `…/steps` page: memory per request stays bounded however

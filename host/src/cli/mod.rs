@@ -148,6 +148,7 @@ impl HostArgs {
         config.run_limits =
             crate::engine::RunLimits { max_map_items: self.max_map_items, max_run_bytes: self.max_run_mb << 20 };
         config.secrets = std::sync::Arc::new(crate::secrets::Secrets::load(self.secrets_file.as_deref())?);
+        config.telemetry = crate::telemetry::Telemetry::from_env()?.map(std::sync::Arc::new);
         if let Some(max) = max_active_runs {
             config.max_active_runs = max;
         }

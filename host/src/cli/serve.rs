@@ -158,6 +158,9 @@ impl HostProcessArgs {
             };
             let (served, ()) = tokio::join!(served, drain);
             served?;
+            if let Some(telemetry) = runner.config().telemetry.clone() {
+                let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+            }
             store.close().await?;
             println!("braid stopped");
             Ok(Status::Succeeded)

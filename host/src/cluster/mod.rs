@@ -16,7 +16,7 @@ mod exchange;
 mod runner;
 
 pub use exchange::Exchange;
-pub use runner::{Runner, Started};
+pub use runner::{Runner, StartOptions, Started};
 
 use std::time::Duration;
 
@@ -40,6 +40,8 @@ pub struct HostConfig {
     pub run_limits: crate::engine::RunLimits,
     /// The secrets steps may ask for.
     pub secrets: std::sync::Arc<crate::secrets::Secrets>,
+    /// Where finished runs' traces go (OTLP), when the environment asks for it.
+    pub telemetry: Option<std::sync::Arc<crate::telemetry::Telemetry>>,
 }
 
 impl HostConfig {
@@ -53,6 +55,7 @@ impl HostConfig {
             poll: Duration::from_millis(500),
             run_limits: crate::engine::RunLimits::default(),
             secrets: std::sync::Arc::default(),
+            telemetry: None,
         }
     }
 }

@@ -71,6 +71,15 @@ struct Active {
     epoch: Option<i64>,
 }
 
+/// How a run is started.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StartOptions<'a> {
+    /// A key already used for this workflow returns that run instead of starting another.
+    pub idempotency_key: Option<&'a str>,
+    /// The W3C `traceparent` of the caller: the run's trace is a child of it.
+    pub trace_parent: Option<&'a str>,
+}
+
 /// A started (or found) run.
 pub struct Started {
     pub run_id: Uuid,
@@ -154,19 +163,25 @@ impl Runner {
         Ok(())
     }
 
-    /// Accepts a run of `plan` on `input`. With `idempotency_key`, a key already used for
-    /// this workflow returns that run instead of starting another.
+    /// Accepts a run of `plan` on `input`, as `options` say.
     pub async fn start(
         self: &Arc<Self>,
         plan: Arc<RunPlan>,
         input: Value,
-        idempotency_key: Option<&str>,
+        options: StartOptions<'_>,
     ) -> Result<Started, StoreError> {
         let mut run = plan.new_run(input);
-        if let Some(key) = idempotency_key {
+        if let Some(key) = options.idempotency_key {
             let (run_id, created) = self.store().insert_run_once(&run, key).await?;
+            if created && let Some(parent) = options.trace_parent {
+                self.store().insert_trace_parent(run_id, parent).await?;
+            }
             let task = if created { self.try_claim(run_id).await? } else { None };
             return Ok(Started { run_id, created, task });
+        }
+        if let Some(parent) = options.trace_parent {
+            // Before the run exists for anyone: its trace is exported when it ends.
+            self.store().insert_trace_parent(run.id, parent).await?;
         }
         let Some(control) = self.reserve(run.id) else {
             // No room here: it waits in the database for a host with room.
@@ -262,6 +277,11 @@ impl Runner {
             if runner.backlog.load(Ordering::Relaxed) {
                 runner.wake.notify_one();
             }
+            if let (Ok(run), Some(telemetry)) = (&result, &runner.config.telemetry)
+                && run.status.is_terminal()
+            {
+                runner.export_trace(run.clone(), telemetry.clone()).await;
+            }
             match &result {
                 Err(StoreError::LeaseLost(_)) => {
                     tracing::warn!(run_id = %id, "another host took the run over; dropped it here");
@@ -304,6 +324,27 @@ impl Runner {
             };
         };
         engine.execute(plan, run, control, &[] as &[StepRecord]).await
+    }
+
+    /// Sends the finished run's trace, built from its records (off the async threads).
+    async fn export_trace(&self, run: RunRecord, telemetry: Arc<crate::telemetry::Telemetry>) {
+        let read = async {
+            let steps = self.store().run_step_states(run.id).await?;
+            let logs = self.store().details_of(&steps).await?.logs;
+            let parent = self.store().trace_parent(run.id).await?;
+            Ok::<_, StoreError>((steps, logs, parent))
+        };
+        match read.await {
+            Ok((steps, logs, parent)) => {
+                let exported = tokio::task::spawn_blocking(move || {
+                    telemetry.export_run(&run, &steps, &logs, parent.as_deref());
+                });
+                if let Err(err) = exported.await {
+                    tracing::warn!("exporting a run's trace failed: {err}");
+                }
+            }
+            Err(err) => tracing::warn!(run_id = %run.id, "could not read the run to export its trace: {err}"),
+        }
     }
 
     /// Ends a claimed run that cannot be resumed, saying why, rather than claim it forever.

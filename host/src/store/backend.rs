@@ -862,6 +862,21 @@ macro_rules! sql_backend {
                 .collect()
         }
 
+        /// Records the `traceparent` run `run_id` was started with.
+        pub(super) async fn insert_trace_parent(pool: &$pool, run_id: Uuid, traceparent: &str) -> Result<(), StoreError> {
+            let mut query = QueryBuilder::<$db>::new("INSERT INTO run_trace_parents (run_id, traceparent) VALUES (");
+            query.push_bind(to_id(run_id)).push(", ").push_bind(traceparent).push(") ON CONFLICT (run_id) DO NOTHING");
+            query.build().execute(pool).await.map_err(StoreError::query)?;
+            Ok(())
+        }
+
+        /// The `traceparent` run `run_id` was started with, if any.
+        pub(super) async fn trace_parent(pool: &$pool, run_id: Uuid) -> Result<Option<String>, StoreError> {
+            let mut query = QueryBuilder::<$db>::new("SELECT traceparent FROM run_trace_parents WHERE run_id = ");
+            query.push_bind(to_id(run_id));
+            query.build_query_scalar().fetch_optional(pool).await.map_err(StoreError::query)
+        }
+
         /// Whether the database answers.
         pub(super) async fn ping(pool: &$pool) -> Result<(), StoreError> {
             sqlx::query("SELECT 1").execute(pool).await.map_err(StoreError::query)?;

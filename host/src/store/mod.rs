@@ -435,6 +435,16 @@ impl Store {
         dispatch!(self, insert_component(digest, wasm))
     }
 
+    /// Records the W3C `traceparent` run `run_id` was started with.
+    pub async fn insert_trace_parent(&self, run_id: Uuid, traceparent: &str) -> Result<(), StoreError> {
+        dispatch!(self, insert_trace_parent(run_id, traceparent))
+    }
+
+    /// The `traceparent` run `run_id` was started with, if any.
+    pub async fn trace_parent(&self, run_id: Uuid) -> Result<Option<String>, StoreError> {
+        dispatch!(self, trace_parent(run_id))
+    }
+
     /// Whether the database answers.
     pub async fn ping(&self) -> Result<(), StoreError> {
         dispatch!(self, ping())
