@@ -10,6 +10,7 @@ mod agents;
 mod error;
 mod events;
 mod runs;
+mod ui;
 mod workflows;
 
 pub use error::ApiError;
@@ -76,10 +77,15 @@ pub fn router(state: AppState) -> Router {
         .route("/runs/{id}/cancel", post(runs::cancel))
         .route("/runs/{id}/redrive", post(runs::redrive))
         .route("/runs/{id}/events", get(events::events))
+        .route("/runs/{id}/blocks", get(runs::blocks))
+        .route("/runs/{id}/steps/{step}", get(runs::step))
         .route("/hosts", get(hosts))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .nest("/v1", v1)
+        .route("/", get(ui::index))
+        .route("/ui/app.js", get(ui::script))
+        .route("/ui/app.css", get(ui::style))
         .route("/healthz", get(healthz))
         .route(
             "/metrics",

@@ -145,6 +145,8 @@ fn next_cursor(page: &[StepRecord], limit: u32) -> Option<Uuid> {
 
 #[derive(Debug, Deserialize)]
 pub struct StepsQuery {
+    /// `false`: leave out each execution's input and output.
+    data: Option<bool>,
     after: Option<String>,
     limit: Option<u32>,
     status: Option<String>,
@@ -182,7 +184,12 @@ pub async fn steps(
         limit,
         status,
         step_id: query.step_id,
-        parent: cursor("parent", query.parent)?,
+        top_level: query.parent.as_deref() == Some("top"),
+        without_data: query.data == Some(false),
+        parent: match query.parent.as_deref() {
+            Some("top") => None,
+            _ => cursor("parent", query.parent)?,
+        },
     };
     let store = state.registry.store();
     if store.get_run(id).await?.is_none() {
@@ -192,6 +199,49 @@ pub async fn steps(
     let details = store.details_of(&page).await?;
     let next = next_cursor(&page, limit);
     Ok(Json(json!({ "run_id": id, "steps": step_documents(&page, &details), "next": next })))
+}
+
+/// `GET /v1/runs/{id}/steps/{step}`: one step execution with its logs and HTTP requests.
+pub async fn step(
+    State(state): State<AppState>,
+    Path((id, step)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_id(&id)?;
+    let step_id =
+        step.parse::<Uuid>().map_err(|_| ApiError::bad_request(format!("{step:?} is not a step execution id")))?;
+    let store = state.registry.store();
+    let row = store.step(step_id).await?.filter(|row| row.run_id == id);
+    let row = row.ok_or_else(|| ApiError::not_found(format!("no step execution {step_id} in run {id}")))?;
+    let rows = [row];
+    let details = store.details_of(&rows).await?;
+    Ok(Json(step_documents(&rows, &details).remove(0)))
+}
+
+/// `GET /v1/runs/{id}/blocks`: the run's columns (`run`) and where it stands block by block
+/// — the run's top level (`block: null`), then every block execution (parallel, map,
+/// switch, loop) in creation order — each with the count of the executions directly inside
+/// it by status. What the UI's run page draws first, in one query of counts.
+pub async fn blocks(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let id = parse_id(&id)?;
+    let store = state.registry.store();
+    let run = store.get_run(id).await?.ok_or_else(|| ApiError::not_found(format!("no run {id}")))?;
+    let blocks: Vec<Value> = store
+        .progress(id)
+        .await?
+        .into_iter()
+        .map(|block| {
+            let counts: serde_json::Map<String, Value> =
+                block.counts.iter().map(|(status, n)| (status.as_str().to_owned(), json!(n))).collect();
+            json!({ "block": block.block, "step_id": block.step_id, "step_type": block.step_type, "counts": counts })
+        })
+        .collect();
+    // The run's columns without its input and output, which can be large.
+    let mut columns = crate::store::run_columns(&run);
+    if let Some(fields) = columns.as_object_mut() {
+        fields.remove("input");
+        fields.remove("output");
+    }
+    Ok(Json(json!({ "run_id": id, "run": columns, "blocks": blocks })))
 }
 
 #[derive(Debug, Deserialize)]

@@ -499,8 +499,12 @@ macro_rules! sql_backend {
         /// A run's step executions without their inputs and outputs (which can be large):
         /// what a watcher of the run needs, read often.
         pub(super) async fn run_step_states(pool: &$pool, run_id: Uuid) -> Result<Vec<StepRecord>, StoreError> {
-            let columns = STEP_COLUMNS.replace(" input, output,", " NULL AS input, NULL AS output,");
-            read_run_steps(pool, run_id, &columns).await
+            read_run_steps(pool, run_id, &light_step_columns()).await
+        }
+
+        /// The step columns with NULL for `input` and `output`.
+        fn light_step_columns() -> String {
+            STEP_COLUMNS.replace(" input, output,", " NULL AS input, NULL AS output,")
         }
 
         async fn read_run_steps(pool: &$pool, run_id: Uuid, columns: &str) -> Result<Vec<StepRecord>, StoreError> {
@@ -526,8 +530,9 @@ macro_rules! sql_backend {
             run_id: Uuid,
             filter: &StepFilter,
         ) -> Result<Vec<StepRecord>, StoreError> {
+            let columns = if filter.without_data { light_step_columns() } else { STEP_COLUMNS.to_owned() };
             let mut query =
-                QueryBuilder::<$db>::new(format!("SELECT {STEP_COLUMNS} FROM step_executions WHERE run_id = "));
+                QueryBuilder::<$db>::new(format!("SELECT {columns} FROM step_executions WHERE run_id = "));
             query.push_bind(to_id(run_id));
             if let Some(after) = filter.after {
                 query.push(" AND id > ").push_bind(to_id(after));
@@ -540,6 +545,9 @@ macro_rules! sql_backend {
             }
             if let Some(parent) = filter.parent {
                 query.push(" AND parent_step_id = ").push_bind(to_id(parent));
+            }
+            if filter.top_level {
+                query.push(" AND parent_step_id IS NULL");
             }
             query.push(" ORDER BY id LIMIT ").push_bind(i64::from(filter.limit));
             let rows: Vec<StepRow> = query.build_query_as().fetch_all(pool).await.map_err(StoreError::query)?;

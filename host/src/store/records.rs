@@ -260,6 +260,10 @@ pub struct StepFilter {
     pub status: Option<StepStatus>,
     pub step_id: Option<String>,
     pub parent: Option<Uuid>,
+    /// Only the run's top-level executions (no parent block).
+    pub top_level: bool,
+    /// Leave out inputs and outputs (read as `null`), which can be large.
+    pub without_data: bool,
 }
 
 /// What kind of process a host is.
