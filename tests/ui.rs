@@ -142,6 +142,18 @@ async fn a_failed_branch_shows_its_error_and_logs() {
     let logs = browser.wait_text("#logs", |t| !t.is_empty()).await;
     assert!(logs.contains("broken on purpose"), "the panic's stderr is in the logs: {logs}");
     browser.screenshot("execution-failed").await;
+    // The agent's version lists the runs that pinned it.
+    browser.client.goto(&server.url("/#/agents")).await.unwrap();
+    browser
+        .client
+        .wait()
+        .for_element(Locator::Css("a[href='#/agents/misbehave/1']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser.wait_text("main", |t| t.contains(id) && t.contains("Recent runs that used it")).await;
     browser.close().await;
 }
 

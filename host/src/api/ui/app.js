@@ -335,8 +335,21 @@ async function workflowPage(name, version) {
 async function agentsPage() {
   const { agents } = await api('/agents');
   show(h('h1', {}, 'Agents'), h('table', {}, h('tr', {}, ['agent', 'version', 'digest', 'size', 'deployed'].map((c) => h('th', {}, c))),
-    agents.map((a) => h('tr', {}, h('td', {}, a.name), h('td', {}, a.version), h('td', { class: 'muted' }, a.digest),
+    agents.map((a) => h('tr', {}, h('td', {}, a.name), h('td', {}, h('a', { href: `#/agents/${a.name}/${a.version}` }, a.version)), h('td', { class: 'muted' }, a.digest),
       h('td', {}, `${(a.size_bytes / 1024).toFixed(0)} KiB`), h('td', {}, new Date(a.created_at).toLocaleString())))));
+}
+
+// One agent version and the recent runs that pinned it (by digest).
+async function agentPage(name, version) {
+  const [agent, { runs }] = await Promise.all([api(`/agents/${name}/${version}`), api('/runs?limit=200')]);
+  const used = runs.filter((r) => Object.values(r.pinned_agents || {}).some((pin) => pin.digest === agent.digest));
+  show(h('h1', {}, `${name}@${version}`),
+    h('table', { class: 'fields' }, h('tr', {}, h('th', {}, 'digest'), h('td', {}, agent.digest)),
+      h('tr', {}, h('th', {}, 'size'), h('td', {}, `${agent.size_bytes} bytes`)),
+      h('tr', {}, h('th', {}, 'deployed'), h('td', {}, new Date(agent.created_at).toLocaleString()))),
+    h('h2', {}, 'Recent runs that used it'),
+    used.length ? h('ul', {}, used.map((r) => h('li', {}, h('a', { href: `#/runs/${r.id}` }, r.id), ` ${r.workflow_name}@${r.workflow_version} `, badge(r.status))))
+      : h('p', { class: 'muted' }, 'none of the last 200 runs'));
 }
 
 async function hostsPage() {
@@ -356,6 +369,7 @@ function route() {
   else if (parts[0] === 'runs' && parts[1]) page = runPage(parts[1]);
   else if (parts[0] === 'workflows' && parts[2]) page = workflowPage(parts[1], parts[2]);
   else if (parts[0] === 'workflows') page = workflowsPage();
+  else if (parts[0] === 'agents' && parts[2]) page = agentPage(parts[1], parts[2]);
   else if (parts[0] === 'agents') page = agentsPage();
   else if (parts[0] === 'hosts') page = hostsPage();
   else page = runsPage();
