@@ -1,8 +1,8 @@
 //! A run's changes as a stream of events, for `GET /v1/runs/{id}/events` (SSE) and `braid
 //! runs watch`: first the current state (the run, then every step execution so far), then
 //! each change — a step execution that appeared or changed status, the run's status — and
-//! last the run's end. Each subscriber reads the records itself (the run's row, and its step
-//! rows without inputs and outputs), every 250 ms — more slowly for very wide runs — and
+//! last the run's end. Each subscriber reads the records itself (the run's row and its step
+//! rows, without inputs and outputs), every 250 ms — more slowly for very wide runs — and
 //! sends only what changed since its last read, so every execution's end reaches it exactly
 //! once, whichever host runs the run and on either database. Nothing is added to the
 //! writer's path.
@@ -25,11 +25,11 @@ const WIDE_RUN: usize = 5_000;
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum RunEvent {
-    /// The run's row: first, and whenever its status changes.
+    /// The run's row without its input and output: first, and whenever its status changes.
     Run { run: RunRecord },
     /// A step execution that appeared or changed status (without input and output).
     Step { step: StepRecord },
-    /// The run ended: the last event.
+    /// The run ended: the last event, with the whole row (its output included).
     End { run: RunRecord },
 }
 
@@ -56,7 +56,7 @@ pub struct RunWatch {
 impl RunWatch {
     /// Watches run `run_id`; `None` when there is no such run.
     pub async fn new(store: Store, run_id: Uuid) -> Result<Option<RunWatch>, StoreError> {
-        if store.get_run(run_id).await?.is_none() {
+        if store.get_run_state(run_id).await?.is_none() {
             return Ok(None);
         }
         Ok(Some(RunWatch { store, run_id, sent_run: None, sent_steps: HashMap::new(), ended: false }))
@@ -79,11 +79,8 @@ impl RunWatch {
         }
         // The run's row is read first: if it says the run ended, the rows read after it
         // hold every execution's end (a run's row is written after its last step's).
-        let run = self
-            .store
-            .get_run(self.run_id)
-            .await?
-            .ok_or_else(|| StoreError::Internal(format!("run {} disappeared", self.run_id)))?;
+        let disappeared = || StoreError::Internal(format!("run {} disappeared", self.run_id));
+        let run = self.store.get_run_state(self.run_id).await?.ok_or_else(disappeared)?;
         let steps = self.store.run_step_states(self.run_id).await?;
         let mut events = Vec::new();
         if self.sent_run != Some(run.status) {
@@ -97,6 +94,8 @@ impl RunWatch {
         }
         if run.status.is_terminal() {
             self.ended = true;
+            // The end carries the whole row, its output included: read once.
+            let run = self.store.get_run(self.run_id).await?.ok_or_else(disappeared)?;
             events.push(RunEvent::End { run });
         }
         Ok(events)

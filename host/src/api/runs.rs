@@ -224,7 +224,7 @@ pub async fn step(
 pub async fn blocks(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     let id = parse_id(&id)?;
     let store = state.registry.store();
-    let run = store.get_run(id).await?.ok_or_else(|| ApiError::not_found(format!("no run {id}")))?;
+    let run = store.get_run_state(id).await?.ok_or_else(|| ApiError::not_found(format!("no run {id}")))?;
     let blocks: Vec<Value> = store
         .progress(id)
         .await?
@@ -235,13 +235,8 @@ pub async fn blocks(State(state): State<AppState>, Path(id): Path<String>) -> Re
             json!({ "block": block.block, "step_id": block.step_id, "step_type": block.step_type, "counts": counts })
         })
         .collect();
-    // The run's columns without its input and output, which can be large.
-    let mut columns = crate::store::run_columns(&run);
-    if let Some(fields) = columns.as_object_mut() {
-        fields.remove("input");
-        fields.remove("output");
-    }
-    Ok(Json(json!({ "run_id": id, "run": columns, "blocks": blocks })))
+    // The run's columns without its input and output (null), which can be large.
+    Ok(Json(json!({ "run_id": id, "run": crate::store::run_columns(&run), "blocks": blocks })))
 }
 
 #[derive(Debug, Deserialize)]

@@ -60,6 +60,15 @@ pub enum BuildError {
     Failed { tool: String, status: std::process::ExitStatus },
 }
 
+/// The new project's README: what it is and how to build it (`setup`: what that needs).
+fn write_readme(dir: &Path, name: &str, language: &str, setup: &str) -> Result<(), BuildError> {
+    let build = format!("braid build {name}   # writes {name}/{name}.wasm");
+    write(
+        &dir.join("README.md"),
+        &format!("# {name}\n\nA Braid agent in {language}. Build it with `{build}`\n({setup}).\n"),
+    )
+}
+
 fn write(path: &Path, text: &str) -> Result<(), BuildError> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(|source| BuildError::Write { path: parent.to_owned(), source })?;
@@ -81,7 +90,6 @@ pub fn new_agent(parent: &Path, name: &str, language: Language) -> Result<PathBu
     if dir.exists() {
         return Err(BuildError::Exists(dir));
     }
-    let build = format!("braid build {name}   # writes {name}/{name}.wasm");
     match language {
         Language::Rust => {
             let crate_name = name.replace('-', "_");
@@ -97,22 +105,16 @@ pub fn new_agent(parent: &Path, name: &str, language: Language) -> Result<PathBu
             write(&dir.join("src/lib.rs"), &rust_template(&crate_name))?;
             write_rust_sdk(&dir.join("braid-sdk"))?;
             write(&dir.join(".gitignore"), "/target\n*.wasm\n")?;
-            write(
-                &dir.join("README.md"),
-                &format!(
-                    "# {name}\n\nA Braid agent in Rust. Build it with `{build}`\n(needs `rustup target add wasm32-wasip2`).\n"
-                ),
-            )?;
+            write_readme(&dir, name, "Rust", "needs `rustup target add wasm32-wasip2`")?;
         }
         Language::Python => {
             write(&dir.join("app.py"), PYTHON_TEMPLATE)?;
             write(&dir.join("requirements.txt"), PY_REQUIREMENTS)?;
-            write(
-                &dir.join("README.md"),
-                &format!(
-                    "# {name}\n\nA Braid agent in Python. Build it with `{build}`\n(needs componentize-py: \
-                     `python3 -m venv .venv && .venv/bin/pip install -r requirements.txt`).\n"
-                ),
+            write_readme(
+                &dir,
+                name,
+                "Python",
+                "needs componentize-py: `python3 -m venv .venv && .venv/bin/pip install -r requirements.txt`",
             )?;
         }
         Language::Js => {
@@ -121,12 +123,7 @@ pub fn new_agent(parent: &Path, name: &str, language: Language) -> Result<PathBu
             write(&dir.join("package-lock.json"), &JS_PACKAGE_LOCK.replace("\"braid-sdk\"", &format!("\"{name}\"")))?;
             write(&dir.join("braid-sdk.d.ts"), JS_SDK_TYPES)?;
             write(&dir.join(".gitignore"), "/node_modules\n*.wasm\n")?;
-            write(
-                &dir.join("README.md"),
-                &format!(
-                    "# {name}\n\nA Braid agent in JavaScript. Build it with `{build}`\n(after `npm ci` in this folder).\n"
-                ),
-            )?;
+            write_readme(&dir, name, "JavaScript", "after `npm ci` in this folder")?;
         }
     }
     Ok(dir)

@@ -485,7 +485,16 @@ macro_rules! sql_backend {
         }
 
         pub(super) async fn get_run(pool: &$pool, id: Uuid) -> Result<Option<RunRecord>, StoreError> {
-            let mut query = QueryBuilder::<$db>::new(format!("SELECT {RUN_COLUMNS} FROM workflow_runs WHERE id = "));
+            read_run(pool, id, RUN_COLUMNS).await
+        }
+
+        /// One run without its input and output (read as `null`), which can be large.
+        pub(super) async fn get_run_state(pool: &$pool, id: Uuid) -> Result<Option<RunRecord>, StoreError> {
+            read_run(pool, id, &RUN_COLUMNS.replace(" input, output,", " NULL AS input, NULL AS output,")).await
+        }
+
+        async fn read_run(pool: &$pool, id: Uuid, columns: &str) -> Result<Option<RunRecord>, StoreError> {
+            let mut query = QueryBuilder::<$db>::new(format!("SELECT {columns} FROM workflow_runs WHERE id = "));
             query.push_bind(to_id(id));
             let row: Option<RunRow> = query.build_query_as().fetch_optional(pool).await.map_err(StoreError::query)?;
             row.map(RunRow::into_record).transpose()
@@ -567,21 +576,25 @@ macro_rules! sql_backend {
         pub(super) async fn counts_by_parent(
             pool: &$pool,
             run_id: Uuid,
-        ) -> Result<Vec<(Option<$id>, String, i64)>, StoreError> {
+        ) -> Result<Vec<(Option<Uuid>, String, i64)>, StoreError> {
             let mut query = QueryBuilder::<$db>::new(
                 "SELECT parent_step_id, status, COUNT(*) FROM step_executions WHERE run_id = ",
             );
             query.push_bind(to_id(run_id)).push(" GROUP BY parent_step_id, status");
-            query.build_query_as().fetch_all(pool).await.map_err(StoreError::query)
+            let rows: Vec<(Option<$id>, String, i64)> =
+                query.build_query_as().fetch_all(pool).await.map_err(StoreError::query)?;
+            rows.into_iter().map(|(parent, status, count)| Ok((parent.map(from_id).transpose()?, status, count))).collect()
         }
 
         /// A run's block rows (every execution that is not an agent step): id, step id, type.
-        pub(super) async fn block_rows(pool: &$pool, run_id: Uuid) -> Result<Vec<($id, String, String)>, StoreError> {
+        pub(super) async fn block_rows(pool: &$pool, run_id: Uuid) -> Result<Vec<(Uuid, String, String)>, StoreError> {
             let mut query = QueryBuilder::<$db>::new(
                 "SELECT id, step_id, step_type FROM step_executions WHERE step_type <> 'agent' AND run_id = ",
             );
             query.push_bind(to_id(run_id)).push(" ORDER BY id");
-            query.build_query_as().fetch_all(pool).await.map_err(StoreError::query)
+            let rows: Vec<($id, String, String)> =
+                query.build_query_as().fetch_all(pool).await.map_err(StoreError::query)?;
+            rows.into_iter().map(|(id, step_id, step_type)| Ok((from_id(id)?, step_id, step_type))).collect()
         }
 
         /// The logs and HTTP requests of these step executions.

@@ -314,6 +314,12 @@ impl Store {
         dispatch!(self, run_steps(run_id))
     }
 
+    /// One run without its input and output (`None` there), which can be large: for what is
+    /// read often (a watcher's poll, the UI).
+    pub async fn get_run_state(&self, id: Uuid) -> Result<Option<RunRecord>, StoreError> {
+        dispatch!(self, get_run_state(id))
+    }
+
     /// A run's step executions without inputs and outputs, in the order they started.
     pub async fn run_step_states(&self, run_id: Uuid) -> Result<Vec<StepRecord>, StoreError> {
         dispatch!(self, run_step_states(run_id))
@@ -334,28 +340,9 @@ impl Store {
     /// agent step) with the count of the executions inside it by status, in creation order,
     /// after the counts of the run's top level (`block: None`).
     pub async fn progress(&self, run_id: Uuid) -> Result<Vec<BlockProgress>, StoreError> {
-        let (counts, blocks) = match &self.pool {
-            Pool::Postgres(pool) => {
-                let counts = postgres::counts_by_parent(pool, run_id).await?;
-                let blocks = postgres::block_rows(pool, run_id).await?;
-                (counts, blocks)
-            }
-            Pool::Sqlite(pool) => {
-                let parse =
-                    |id: String| id.parse::<Uuid>().map_err(|e| StoreError::Corrupt(format!("bad id {id:?}: {e}")));
-                let counts = sqlite::counts_by_parent(pool, run_id)
-                    .await?
-                    .into_iter()
-                    .map(|(p, s, n)| Ok((p.map(parse).transpose()?, s, n)))
-                    .collect::<Result<Vec<_>, StoreError>>()?;
-                let blocks = sqlite::block_rows(pool, run_id)
-                    .await?
-                    .into_iter()
-                    .map(|(id, step, kind)| Ok((parse(id)?, step, kind)))
-                    .collect::<Result<Vec<_>, StoreError>>()?;
-                (counts, blocks)
-            }
-        };
+        let (counts, blocks) = tokio::try_join!(async { dispatch!(self, counts_by_parent(run_id)) }, async {
+            dispatch!(self, block_rows(run_id))
+        })?;
         let mut progress: Vec<BlockProgress> = std::iter::once(BlockProgress::default())
             .chain(blocks.into_iter().map(|(id, step_id, step_type)| BlockProgress {
                 block: Some(id),
