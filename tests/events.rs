@@ -13,7 +13,7 @@ use std::collections::HashMap;
 /// 1,000 branches that each sleep 10 ms, 64 at a time.
 fn wide() -> Value {
     let branches: Vec<Value> = (0..1000)
-        .map(|i| json!({ "name": format!("b{i}"), "agent": "misbehave", "input": { "action": "sleep", "ms": 10 } }))
+        .map(|i| json!({ "name": format!("b{i}"), "agent": "misbehave", "input": { "action": "sleep", "ms": 30 } }))
         .collect();
     json!({ "name": "wide", "version": "1",
             "steps": [{ "id": "fan", "type": "parallel", "max_parallelism": 64, "branches": branches }] })

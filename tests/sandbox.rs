@@ -71,6 +71,27 @@ fn limits() -> Limits {
     request(Value::Null).limits.unwrap()
 }
 
+/// The pool resets only the pages an instance dirtied (`PAGEMAP_SCAN`): whatever one
+/// instance leaves in static data, on its stack or on its heap, the next instance in the
+/// same slot must not find. One slot, so that every call reuses it.
+#[tokio::test]
+async fn an_instance_never_sees_what_the_previous_one_left_in_memory() {
+    let one_slot = Sandbox::new(SandboxConfig { max_instances: 1, ..SandboxConfig::default() }).unwrap();
+    assert!(one_slot.is_pooling(), "the test is about the pooling allocator's reset");
+    let agent = one_slot.load(&agent_bytes("misbehave")).unwrap();
+    let input = json!({ "action": "remnants", "seed": "a secret the next tenant must not read" });
+    for call in 0..5 {
+        let execution = one_slot.execute(&agent, request(input.clone())).await.unwrap();
+        assert_eq!(execution.outcome, Outcome::Succeeded, "{execution:#?}");
+        assert_eq!(execution.output, Some(json!({ "found": [] })), "call {call} found an earlier instance's data");
+    }
+    // The scan does find the marker where it is: in static data, the heap, the stack.
+    let own = json!({ "action": "remnants", "seed": "a secret the next tenant must not read", "leave_first": true });
+    let execution = one_slot.execute(&agent, request(own)).await.unwrap();
+    let found = execution.output.as_ref().and_then(|output| output["found"].as_array()).map_or(0, Vec::len);
+    assert!(found >= 3, "the scan should find the instance's own marker: {execution:#?}");
+}
+
 #[tokio::test]
 async fn example_agents_compute_their_answers() {
     let text = "the quick brown fox\njumps over the lazy dog";

@@ -1,14 +1,17 @@
 //! The sandbox's cost per step: a fresh instance plus one call of a trivial agent (`echo`,
-//! ~200 bytes of JSON in and out), measured through `Sandbox::execute` next to a bare
-//! wasmtime loop over the same component in the same run, plus throughput with 64 calls
-//! in flight. Prints a Markdown table; the README's "Benchmarks" section quotes it.
+//! ~200 bytes of JSON in and out) and of a realistic one (`price-order`, ~1 KB of JSON into
+//! typed structs and ~1 KB back, built exactly as the README tells users to build an agent),
+//! each measured through `Sandbox::execute` next to a bare wasmtime loop over the same
+//! component in the same run, plus throughput with 64 calls in flight; then the realistic
+//! agent with each lever of the instance pool turned off in turn. Prints Markdown tables;
+//! the README's "Benchmarks" section quotes them.
 //!
 //! Run: `cargo bench -p braid --bench sandbox` (add `-- --calls N` to change the count).
 //!
 //! Scope: one component, no workflow and no database; the end-to-end figures live with
 //! the workflow benchmarks.
 
-use braid::sandbox::{ExecutionRequest, Outcome, Sandbox, SandboxConfig, StepContext};
+use braid::sandbox::{ExecutionRequest, Outcome, PoolTuning, Sandbox, SandboxConfig, StepContext};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
@@ -20,6 +23,8 @@ mod bare {
 }
 
 const INPUT: &str = r#"{"request":"summarise","text":"Braid runs each step of a workflow in its own sandboxed WebAssembly instance.","tags":["bench","echo","json"],"limits":{"words":40,"style":"short"},"n":12345}"#;
+/// The realistic agent's input: an order of seven lines, ~1.1 KB.
+const ORDER: &str = include_str!("../../examples/agents/price-order/order.json");
 const IN_FLIGHT: usize = 64;
 
 /// The bare loop's store: WASI with defaults and the two host functions, nothing else.
@@ -48,46 +53,54 @@ impl bare::braid::agent::host::Host for BareState {
 struct BareLoop {
     engine: Engine,
     pre: bare::AgentPre<BareState>,
+    input: &'static str,
+    fuel: bool,
 }
 
 impl BareLoop {
-    fn new(config: &Config, wasm: &[u8]) -> Self {
+    fn new(config: &Config, wasm: &[u8], input: &'static str) -> Self {
         let engine = Engine::new(config).unwrap();
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
         bare::Agent::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).unwrap();
         let component = Component::new(&engine, wasm).unwrap();
         let pre = bare::AgentPre::new(linker.instantiate_pre(&component).unwrap()).unwrap();
-        BareLoop { engine, pre }
+        let fuel = engine.get_consume_fuel();
+        BareLoop { engine, pre, input, fuel }
     }
 
     async fn call(&self) {
         let mut store =
             Store::new(&self.engine, BareState { wasi: WasiCtx::builder().build(), table: ResourceTable::new() });
+        if self.fuel {
+            store.set_fuel(u64::MAX).unwrap();
+        }
         let agent = self.pre.instantiate_async(&mut store).await.unwrap();
         let ctx = bare::braid::agent::types::StepContext {
             run_id: "bench".into(),
-            step_id: "echo".into(),
+            step_id: "step".into(),
             branch: None,
             item_index: None,
             attempt: 1,
         };
-        let output = agent.call_run(&mut store, &ctx, INPUT).await.unwrap();
-        assert!(output.is_ok());
+        let output = agent.call_run(&mut store, &ctx, self.input).await.unwrap();
+        assert!(output.is_ok(), "{output:?}");
     }
 }
 
-fn pooled_config() -> Config {
+/// The bare loop's pool: the same settings as Braid's (`tuning`), with or without fuel.
+fn pooled_config(tuning: PoolTuning, fuel: bool) -> Config {
     let mut pool = PoolingAllocationConfig::new();
     pool.total_component_instances(128)
         .total_core_instances(1024)
         .total_memories(256)
         .total_tables(1024)
         .total_stacks(128)
-        .linear_memory_keep_resident(1 << 20)
-        .table_keep_resident(64 * 1024);
+        .linear_memory_keep_resident(tuning.memory_keep_resident)
+        .table_keep_resident(64 * 1024)
+        .pagemap_scan(if tuning.pagemap_scan { wasmtime::Enabled::Auto } else { wasmtime::Enabled::No });
     let mut config = Config::new();
-    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool)).consume_fuel(fuel);
     config
 }
 
@@ -134,11 +147,12 @@ where
     Figures { median, p99, per_second }
 }
 
-fn native_echo() -> Duration {
+/// Native Rust doing the JSON part of the work: parse `input` and serialise it again.
+fn native_json(input: &str) -> Duration {
     let runs = 100_000;
     let started = Instant::now();
     for _ in 0..runs {
-        let value: serde_json::Value = serde_json::from_str(std::hint::black_box(INPUT)).unwrap();
+        let value: serde_json::Value = serde_json::from_str(std::hint::black_box(input)).unwrap();
         std::hint::black_box(serde_json::to_string(&value).unwrap());
     }
     started.elapsed() / runs
@@ -148,59 +162,142 @@ fn native_echo() -> Duration {
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `calls` executions of `wasm` on `input` through `Sandbox::execute` with `config`.
+fn measure_braid(
+    runtime: &tokio::runtime::Runtime,
+    calls: usize,
+    config: SandboxConfig,
+    wasm: &[u8],
+    input: &'static str,
+) -> Figures {
+    let sandbox = Arc::new(Sandbox::new(config).unwrap());
+    assert!(sandbox.is_pooling(), "the benchmark expects the pooling allocator");
+    let agent = sandbox.load(wasm).unwrap();
+    runtime.block_on(measure(calls, move || {
+        let (sandbox, agent) = (sandbox.clone(), agent.clone());
+        async move {
+            let request = ExecutionRequest::new(
+                StepContext { run_id: "bench".into(), step_id: "step".into(), attempt: 1, ..StepContext::default() },
+                input.to_owned(),
+            );
+            let execution = sandbox.execute(&agent, request).await.unwrap();
+            assert_eq!(execution.outcome, Outcome::Succeeded, "{:?}", execution.error);
+        }
+    }))
+}
+
+/// `calls` executions of `wasm` on `input` through a bare wasmtime loop with `config`.
+fn measure_bare(
+    runtime: &tokio::runtime::Runtime,
+    calls: usize,
+    config: &Config,
+    wasm: &[u8],
+    input: &'static str,
+) -> Figures {
+    let bare = Arc::new(BareLoop::new(config, wasm, input));
+    runtime.block_on(measure(calls, move || {
+        let bare = bare.clone();
+        async move { bare.call().await }
+    }))
+}
+
+/// Prints one table of `(setup, figures)` rows with each median as a ratio of `baseline`'s.
+fn print_table(heading: &str, ratio_column: &str, baseline: &Figures, rows: &[(&str, &Figures)]) {
+    println!("\n{heading}\n");
+    println!("| setup | median | p99 | calls/s ({IN_FLIGHT} in flight) | {ratio_column} |");
+    println!("|---|---|---|---|---|");
+    for (name, f) in rows {
+        println!(
+            "| {name} | {:.1} µs | {:.1} µs | {:.0} | {:.2}× |",
+            micros(f.median),
+            micros(f.p99),
+            f.per_second,
+            micros(f.median) / micros(baseline.median)
+        );
+    }
+}
+
 fn main() {
     let calls = std::env::args()
         .skip_while(|arg| arg != "--calls")
         .nth(1)
         .map(|n| n.parse().expect("--calls N"))
         .unwrap_or(10_000);
-    let wasm = braid_test_artifacts::agent_bytes("echo");
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let defaults = PoolTuning::default();
 
-    let sandbox = Arc::new(Sandbox::new(SandboxConfig::default()).unwrap());
-    assert!(sandbox.is_pooling(), "the benchmark expects the pooling allocator");
-    let agent = sandbox.load(&wasm).unwrap();
-    let braid = runtime.block_on(measure(calls, move || {
-        let (sandbox, agent) = (sandbox.clone(), agent.clone());
-        async move {
-            let request = ExecutionRequest::new(
-                StepContext { run_id: "bench".into(), step_id: "echo".into(), attempt: 1, ..StepContext::default() },
-                INPUT.to_owned(),
-            );
-            let execution = sandbox.execute(&agent, request).await.unwrap();
-            assert_eq!(execution.outcome, Outcome::Succeeded);
-        }
-    }));
+    // The trivial agent, built with the repository's agent profile and small stack.
+    let echo = braid_test_artifacts::agent_bytes("echo");
+    let braid = measure_braid(&runtime, calls, SandboxConfig::default(), &echo, INPUT);
+    let bare_pooled = measure_bare(&runtime, calls, &pooled_config(defaults, false), &echo, INPUT);
+    let bare_default = measure_bare(&runtime, calls, &Config::new(), &echo, INPUT);
+    print_table(
+        &format!("{calls} calls of the `echo` agent ({} bytes of JSON)", INPUT.len()),
+        "median vs bare pooled",
+        &bare_pooled,
+        &[
+            ("braid `Sandbox::execute` (pooling, limits, fuel, epochs, log capture)", &braid),
+            ("bare wasmtime loop, same pooling config", &bare_pooled),
+            ("bare wasmtime loop, default config (on-demand)", &bare_default),
+        ],
+    );
+    println!("| native Rust, same JSON (parse + serialise) | {:.2} µs | | | |", micros(native_json(INPUT)));
 
-    let bare_pooled = Arc::new(BareLoop::new(&pooled_config(), &wasm));
-    let bare_pooled = runtime.block_on(measure(calls, move || {
-        let bare = bare_pooled.clone();
-        async move { bare.call().await }
-    }));
-    let bare_default = Arc::new(BareLoop::new(&Config::new(), &wasm));
-    let bare_default = runtime.block_on(measure(calls, move || {
-        let bare = bare_default.clone();
-        async move { bare.call().await }
-    }));
-    let native = native_echo();
+    // The realistic agent, built as users build one: `cargo build --release`, no flags.
+    let order_path = braid_test_artifacts::agent_path_as_users_build("price-order");
+    let order = std::fs::read(&order_path).unwrap_or_else(|e| panic!("{}: {e}", order_path.display()));
+    let braid = measure_braid(&runtime, calls, SandboxConfig::default(), &order, ORDER);
+    let bare_pooled = measure_bare(&runtime, calls, &pooled_config(defaults, false), &order, ORDER);
+    let bare_fuel = measure_bare(&runtime, calls, &pooled_config(defaults, true), &order, ORDER);
+    let bare_default = measure_bare(&runtime, calls, &Config::new(), &order, ORDER);
+    print_table(
+        &format!(
+            "{calls} calls of the realistic `price-order` agent ({} bytes of JSON in, built with plain `cargo build --release`, {} KiB)",
+            ORDER.len(),
+            order.len() / 1024
+        ),
+        "median vs bare pooled",
+        &bare_pooled,
+        &[
+            ("braid `Sandbox::execute` (pooling, limits, fuel, epochs, log capture)", &braid),
+            ("bare wasmtime loop, same pooling config", &bare_pooled),
+            ("bare wasmtime loop, same pooling config, fuel metered", &bare_fuel),
+            ("bare wasmtime loop, default config (on-demand)", &bare_default),
+        ],
+    );
+    println!("| native Rust, same JSON (parse + serialise as `Value`) | {:.2} µs | | | |", micros(native_json(ORDER)));
 
-    println!("{calls} calls of the `echo` agent ({} bytes of JSON); {IN_FLIGHT} in flight for calls/s\n", INPUT.len());
-    println!("| setup | median | p99 | calls/s ({IN_FLIGHT} in flight) | median vs bare pooled |");
-    println!("|---|---|---|---|---|");
-    for (name, f) in [
-        ("braid `Sandbox::execute` (pooling, limits, fuel, epochs, log capture)", &braid),
-        ("bare wasmtime loop, same pooling config", &bare_pooled),
-        ("bare wasmtime loop, default config (on-demand)", &bare_default),
-    ] {
-        println!(
-            "| {name} | {:.1} µs | {:.1} µs | {:.0} | {:.2}× |",
-            micros(f.median),
-            micros(f.p99),
-            f.per_second,
-            micros(f.median) / micros(bare_pooled.median)
-        );
-    }
-    println!("| native Rust, same logic (parse + serialise) | {:.2} µs | | | |", micros(native));
+    // The levers, one at a time, on the realistic agent through Braid.
+    let with_pool = |pool: PoolTuning| SandboxConfig { pool, ..SandboxConfig::default() };
+    let no_pagemap =
+        measure_braid(&runtime, calls, with_pool(PoolTuning { pagemap_scan: false, ..defaults }), &order, ORDER);
+    let nothing_resident =
+        measure_braid(&runtime, calls, with_pool(PoolTuning { memory_keep_resident: 0, ..defaults }), &order, ORDER);
+    let more_resident = measure_braid(
+        &runtime,
+        calls,
+        with_pool(PoolTuning { memory_keep_resident: 4 << 20, ..defaults }),
+        &order,
+        ORDER,
+    );
+    let small_stack = std::fs::read(braid_test_artifacts::agent_path_small_stack("price-order")).unwrap();
+    let small_stack = measure_braid(&runtime, calls, SandboxConfig::default(), &small_stack, ORDER);
+    print_table(
+        "The levers, one at a time: `price-order` through `Sandbox::execute`",
+        "median vs Braid's defaults",
+        &braid,
+        &[
+            ("Braid's defaults (1 MiB kept resident, dirty pages found with `PAGEMAP_SCAN`)", &braid),
+            ("without `PAGEMAP_SCAN` (the whole 1 MiB reset with `memset`)", &no_pagemap),
+            ("nothing kept resident (every page `madvise`d away, faulted in again)", &nothing_resident),
+            ("4 MiB kept resident", &more_resident),
+            ("the agent linked with a 64 KiB shadow stack (`-zstack-size=65536`)", &small_stack),
+        ],
+    );
+    println!(
+        "\nFuel metering (bare loop, same component): {:.2}× the median without it",
+        micros(bare_fuel.median) / micros(bare_pooled.median)
+    );
 
     // Agents by language: the same word count in Rust, Python (componentize-py) and
     // JavaScript (ComponentizeJS).

@@ -3,6 +3,11 @@
 //! recorded before the next starts — on Postgres and on SQLite — next to the sandbox-only
 //! throughput measured in the same run. Prints a Markdown table for the README.
 //!
+//! Then the realistic agent (`price-order`: ~1 KB of JSON into typed structs and back, built
+//! exactly as the README tells users to) through the real `braid run` binary on Postgres: a
+//! 2,000-branch fan-out and a 40-step chain, each timed from the run's recorded start to its
+//! recorded finish.
+//!
 //! Run: `cargo bench -p braid --bench workflow` (Postgres from `BRAID_BENCH_POSTGRES_URL`,
 //! default `postgres://postgres@127.0.0.1:5432/postgres`; a scratch database is created
 //! and dropped).
@@ -167,6 +172,73 @@ async fn measure(
     }
 }
 
+/// Branches of the realistic fan-out through `braid run`.
+const USERS_BRANCHES: usize = 2000;
+/// The realistic agent's input: an order of seven lines, ~1.1 KB.
+const ORDER: &str = include_str!("../../examples/agents/price-order/order.json");
+
+/// The realistic agent's workflows as files for `braid run`: a fan-out of
+/// `USERS_BRANCHES` branches and a chain of `CHAIN` steps, each step pricing the run's order.
+fn users_workflows(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let branches: Vec<Value> = (0..USERS_BRANCHES)
+        .map(|i| json!({ "name": format!("b{i}"), "agent": "price-order", "input": "${ input }" }))
+        .collect();
+    let fan = json!({ "name": "orders-fan-out", "version": "1", "steps": [
+        { "id": "fan", "type": "parallel", "max_parallelism": IN_FLIGHT, "branches": branches } ] });
+    let steps: Vec<Value> =
+        (0..CHAIN).map(|i| json!({ "id": format!("s{i}"), "agent": "price-order", "input": "${ input }" })).collect();
+    let chain = json!({ "name": "orders-chain", "version": "1", "steps": steps });
+    let (fan_path, chain_path) = (dir.join("orders-fan-out.json"), dir.join("orders-chain.json"));
+    std::fs::write(&fan_path, fan.to_string()).unwrap();
+    std::fs::write(&chain_path, chain.to_string()).unwrap();
+    (fan_path, chain_path)
+}
+
+/// One `braid run` of `workflow` on `database_url` with the agents built as users build
+/// them: the time from the run's recorded start to its recorded finish, and its step rows.
+fn braid_run(workflow: &std::path::Path, database_url: &str) -> (Duration, usize) {
+    let agents = braid_test_artifacts::agent_path_as_users_build("price-order").parent().unwrap().to_owned();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_braid"))
+        .arg("run")
+        .arg(workflow)
+        .arg("--agents")
+        .arg(&agents)
+        .args(["--input", ORDER, "--database-url", database_url, "--output", "json"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "braid run failed: {}", String::from_utf8_lossy(&output.stderr));
+    let run: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let at = |field: &str| {
+        chrono::DateTime::parse_from_rfc3339(run[field].as_str().unwrap_or_else(|| panic!("no {field} in {run}")))
+            .unwrap()
+    };
+    let took = (at("finished_at") - at("started_at")).to_std().unwrap();
+    (took, run["steps"].as_array().map_or(0, Vec::len))
+}
+
+/// The realistic agent through `braid run` on Postgres: the fan-out's recorded branches/s
+/// (best of three) and the chain's median and best of `CHAIN_RUNS`.
+fn through_braid_run(database_url: &str) -> (f64, Duration, Duration) {
+    let dir = tempfile::tempdir().unwrap();
+    let (fan, chain) = users_workflows(dir.path());
+    braid_run(&chain, database_url); // warm-up: the agent's compiled artifact is cached
+    let mut fan_rate = 0f64;
+    for _ in 0..3 {
+        let (took, rows) = braid_run(&fan, database_url);
+        assert_eq!(rows, USERS_BRANCHES + 1, "every branch and the block are recorded");
+        fan_rate = fan_rate.max(USERS_BRANCHES as f64 / took.as_secs_f64());
+    }
+    let mut chain_times: Vec<Duration> = (0..CHAIN_RUNS)
+        .map(|_| {
+            let (took, rows) = braid_run(&chain, database_url);
+            assert_eq!(rows, CHAIN);
+            took
+        })
+        .collect();
+    chain_times.sort();
+    (fan_rate, chain_times[CHAIN_RUNS / 2], chain_times[0])
+}
+
 /// The same allocator as the `braid` binary.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -186,7 +258,7 @@ fn main() {
     std::fs::create_dir_all(&scratch).unwrap();
     let sqlite_url = format!("sqlite://{}", scratch.join("braid.db").display());
 
-    let (sandbox_rate, postgres, sqlite, by_language) = runtime.block_on(async {
+    let (sandbox_rate, postgres, sqlite, by_language, users) = runtime.block_on(async {
         use sqlx::Connection;
         let mut admin_connection = sqlx::PgConnection::connect(&admin).await.unwrap();
         sqlx::query(&format!("CREATE DATABASE {database}")).execute(&mut admin_connection).await.unwrap();
@@ -194,8 +266,10 @@ fn main() {
         let postgres = measure(&sandbox, &postgres_url, &fan, &chain, &map).await;
         let sqlite = measure(&sandbox, &sqlite_url, &fan, &chain, &map).await;
         let by_language = languages(&sandbox, &postgres_url).await;
+        // Blocking here is fine: this is the main thread, not one of the runtime's workers.
+        let users = through_braid_run(&postgres_url);
         sqlx::query(&format!("DROP DATABASE {database} WITH (FORCE)")).execute(&mut admin_connection).await.unwrap();
-        (sandbox_rate, postgres, sqlite, by_language)
+        (sandbox_rate, postgres, sqlite, by_language, users)
     });
     std::fs::remove_dir_all(&scratch).ok();
 
@@ -225,4 +299,19 @@ fn main() {
     for (label, rate) in by_language {
         println!("| {label} | {rate:.0} |");
     }
+    let (fan_rate, chain_median, chain_best) = users;
+    println!(
+        "\nThe realistic agent (`price-order`, built with plain `cargo build --release`) through `braid run` on Postgres, \
+         timed from the run's recorded start to its finish\n"
+    );
+    println!("| workflow | figure |");
+    println!("|---|---|");
+    println!(
+        "| {USERS_BRANCHES}-branch fan-out, max_parallelism {IN_FLIGHT} (best of 3) | {fan_rate:.0} recorded branches/s |"
+    );
+    println!(
+        "| {CHAIN}-step chain (median of {CHAIN_RUNS}; best) | {:.1} ms ({:.1} ms) |",
+        chain_median.as_secs_f64() * 1e3,
+        chain_best.as_secs_f64() * 1e3
+    );
 }

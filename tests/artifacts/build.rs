@@ -36,14 +36,53 @@ fn main() {
     }
 
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let mut command = Command::new(cargo);
-    command
-        .current_dir(&root)
-        .args(["build", "--profile", "agent", "--target", "wasm32-wasip2", "--target-dir"])
-        .arg(&target_dir);
+    let mut command = guest_cargo(&cargo, &root, &target_dir, &["--profile", "agent"]);
     for guest in &guests {
         command.args(["-p", guest]);
     }
+    let status = command.status().expect("could not run cargo to build the guest agents");
+    assert!(
+        status.success(),
+        "building the guest agents failed; is the target installed? `rustup target add wasm32-wasip2`"
+    );
+    build_as_users_do(&cargo, &root, &target_dir);
+    let wasm_dir = target_dir.join("wasm32-wasip2/agent");
+    build_python_agents(&root, &target_dir, &wasm_dir);
+    build_javascript_agents(&root, &target_dir, &wasm_dir);
+    println!("cargo:rustc-env=BRAID_AGENTS_DIR={}", wasm_dir.display());
+}
+
+/// The agents the benchmarks also measure built exactly as the README tells users to build
+/// one: `cargo build --release --target wasm32-wasip2`, no flags of ours (not the `agent`
+/// profile, not `.cargo/config.toml`'s small shadow stack), into
+/// `target_dir/wasm32-wasip2/release`; and once more with only a 64 KiB shadow stack added,
+/// into `target_dir/small-stack/wasm32-wasip2/release`, to measure that lever alone.
+const BUILT_AS_USERS_DO: &[&str] = &["price-order"];
+
+fn build_as_users_do(cargo: &str, root: &Path, target_dir: &Path) {
+    // Set (even empty), RUSTFLAGS replaces the target's rustflags in `.cargo/config.toml`.
+    for (dir, rustflags) in
+        [(target_dir.to_owned(), ""), (target_dir.join("small-stack"), "-C link-arg=-zstack-size=65536")]
+    {
+        let mut command = guest_cargo(cargo, root, &dir, &["--release"]);
+        command.env("RUSTFLAGS", rustflags);
+        for guest in BUILT_AS_USERS_DO {
+            command.args(["-p", guest]);
+        }
+        let status = command.status().expect("could not run cargo to build the agents as users do");
+        assert!(status.success(), "building {BUILT_AS_USERS_DO:?} with `cargo build --release` failed");
+    }
+}
+
+/// `cargo build PROFILE --target wasm32-wasip2 --target-dir TARGET_DIR` in the workspace.
+fn guest_cargo(cargo: &str, root: &Path, target_dir: &Path, profile: &[&str]) -> Command {
+    let mut command = Command::new(cargo);
+    command
+        .current_dir(root)
+        .arg("build")
+        .args(profile)
+        .args(["--target", "wasm32-wasip2", "--target-dir"])
+        .arg(target_dir);
     // What the outer build was told (flags, wrappers such as clippy's) is not for guests.
     for var in [
         "CARGO_ENCODED_RUSTFLAGS",
@@ -55,15 +94,7 @@ fn main() {
     ] {
         command.env_remove(var);
     }
-    let status = command.status().expect("could not run cargo to build the guest agents");
-    assert!(
-        status.success(),
-        "building the guest agents failed; is the target installed? `rustup target add wasm32-wasip2`"
-    );
-    let wasm_dir = target_dir.join("wasm32-wasip2/agent");
-    build_python_agents(&root, &target_dir, &wasm_dir);
-    build_javascript_agents(&root, &target_dir, &wasm_dir);
-    println!("cargo:rustc-env=BRAID_AGENTS_DIR={}", wasm_dir.display());
+    command
 }
 
 /// Builds every Python agent (a folder under `examples/agents` or `tests/agents` holding an

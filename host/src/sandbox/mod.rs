@@ -38,7 +38,7 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use wasmtime::component::Linker;
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -91,6 +91,30 @@ pub struct SandboxConfig {
     pub max_queue_wait: Duration,
     /// Outbound HTTP: the ceiling, private networks, per-execution limits.
     pub outbound: crate::outbound::OutboundConfig,
+    /// How the instance pool resets memory between instances.
+    pub pool: PoolTuning,
+}
+
+/// How the pooling allocator resets an instance's memory for the next one: the levers the
+/// sandbox bench measures one at a time (README, "Benchmarks"). The defaults are the fastest
+/// measured; the fields exist so that the bench can turn each off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolTuning {
+    /// Bytes at the bottom of each linear memory that are reset in place (and stay resident)
+    /// instead of being handed back to the kernel, which would fault them in again, zeroed,
+    /// on the next instance's first touch. Rust guests keep their shadow stack there (1 MiB
+    /// unless linked otherwise), then their data and heap.
+    pub memory_keep_resident: usize,
+    /// Reset only the pages an instance actually dirtied, found with Linux's `PAGEMAP_SCAN`
+    /// (kernel 6.7 and later; elsewhere this quietly does nothing): without it the whole
+    /// kept-resident region is `memset` every time, touched or not.
+    pub pagemap_scan: bool,
+}
+
+impl Default for PoolTuning {
+    fn default() -> Self {
+        PoolTuning { memory_keep_resident: 1 << 20, pagemap_scan: true }
+    }
 }
 
 impl Default for SandboxConfig {
@@ -106,6 +130,7 @@ impl Default for SandboxConfig {
             allocator: AllocatorChoice::Auto,
             max_queue_wait: Duration::from_secs(600),
             outbound: crate::outbound::OutboundConfig::default(),
+            pool: PoolTuning::default(),
         }
     }
 }
@@ -291,10 +316,11 @@ fn build_engine(config: &SandboxConfig, pooling: bool) -> Result<Engine, Sandbox
             .max_tables_per_component(TABLES_PER_SLOT)
             .total_stacks(slots)
             .max_memory_size(usize::try_from(config.max_memory_bytes).unwrap_or(usize::MAX))
-            // Reset small memories and tables with memset instead of madvise: the
-            // biggest lever on instantiation cost (see REFERENCE.md figures).
-            .linear_memory_keep_resident(1 << 20)
-            .table_keep_resident(64 * 1024);
+            // Reset small memories and tables in place instead of with madvise: the
+            // biggest lever on instantiation cost (README, "Benchmarks").
+            .linear_memory_keep_resident(config.pool.memory_keep_resident)
+            .table_keep_resident(64 * 1024)
+            .pagemap_scan(if config.pool.pagemap_scan { Enabled::Auto } else { Enabled::No });
         wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }
     let engine = Engine::new(&wasm).map_err(|e| SandboxError::Engine(format!("{e:#}")))?;

@@ -160,7 +160,11 @@ macro_rules! sql_backend {
         /// Writes a batch atomically: runs, then steps, then logs, each as upserts of many
         /// rows per statement. A write carrying a stale epoch is left out (the database
         /// compares it with the run's row in the same statement), and its run reported.
-        pub(super) async fn write_batch(pool: &$pool, batch: &Batch) -> Result<Written, StoreError> {
+        pub(super) async fn write_batch(
+            connection: &mut <$db as sqlx::Database>::Connection,
+            batch: &Batch,
+        ) -> Result<Written, StoreError> {
+            use sqlx::Connection;
             // One statement commits on its own: skipping BEGIN and COMMIT saves two round
             // trips, which is most of the cost of a sequential chain of short steps.
             let statements = [batch.runs.len(), batch.steps.len(), batch.details.logs.len(), batch.details.http_calls.len()]
@@ -168,10 +172,9 @@ macro_rules! sql_backend {
                 .map(|rows| rows.div_ceil(ROWS_PER_STATEMENT))
                 .sum::<usize>();
             if statements == 1 {
-                let mut connection = pool.acquire().await.map_err(StoreError::query)?;
-                return write_statements(&mut connection, batch).await;
+                return write_statements(connection, batch).await;
             }
-            let mut tx = pool.begin().await.map_err(StoreError::query)?;
+            let mut tx = connection.begin().await.map_err(StoreError::query)?;
             let written = write_statements(&mut tx, batch).await?;
             tx.commit().await.map_err(StoreError::query)?;
             Ok(written)

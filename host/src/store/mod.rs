@@ -512,7 +512,7 @@ impl Store {
 
     /// Closes the connections once queued writes are committed.
     pub async fn close(&self) -> Result<(), StoreError> {
-        let flushed = self.recorder.flush().await;
+        let flushed = self.recorder.flush_and_release().await;
         match &self.pool {
             Pool::Postgres(pool) => pool.close().await,
             Pool::Sqlite(pool) => pool.close().await,
@@ -580,6 +580,8 @@ pub(crate) struct Batch {
     details: StepDetails,
     run_index: HashMap<Uuid, usize>,
     step_index: HashMap<Uuid, usize>,
+    /// A flush in it asked the writer to give its connection back afterwards.
+    release_connection: bool,
 }
 
 /// Which row of a batch a write went to.
@@ -604,7 +606,10 @@ impl Batch {
                 self.details.http_calls.extend(details.http_calls);
                 Some(RowAt::Step(upsert(&mut self.steps, &mut self.step_index, id, (*step, epoch))))
             }
-            Write::Flush => None,
+            Write::Flush { release_connection } => {
+                self.release_connection |= release_connection;
+                None
+            }
         }
     }
 
@@ -654,7 +659,11 @@ fn upsert<T>(rows: &mut Vec<T>, index: &mut HashMap<Uuid, usize>, id: Uuid, row:
 enum Write {
     Run(Box<RunRecord>, Option<i64>),
     Step(Box<StepRecord>, StepDetails, i64),
-    Flush,
+    /// Answered once everything queued before it is committed; `release_connection`
+    /// gives the writer's connection back to the pool (before the pool closes).
+    Flush {
+        release_connection: bool,
+    },
 }
 
 /// Who waits for a write: its acknowledgement, and the run and fence it was written under.
@@ -773,7 +782,13 @@ impl Recorder {
 
     /// Waits until everything queued so far is committed.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.send(Write::Flush, None).committed().await
+        self.send(Write::Flush { release_connection: false }, None).committed().await
+    }
+
+    /// [`Recorder::flush`], then the writer gives its connection back to the pool, which
+    /// can then close (the writer takes one again if more is written).
+    async fn flush_and_release(&self) -> Result<(), StoreError> {
+        self.send(Write::Flush { release_connection: true }, None).committed().await
     }
 }
 
@@ -784,6 +799,8 @@ impl Recorder {
 /// another reason is written again row by row, so that one bad row fails only its writer.
 async fn write_loop(pool: Pool, mut queue: mpsc::Receiver<(Write, Waiter)>) {
     let mut waiters: Vec<(Waiter, Option<RowAt>)> = Vec::new();
+    let mut connection = WriterConnection::default();
+    connection.warm(&pool).await;
     while let Some((first, waiter)) = queue.recv().await {
         let mut batch = Batch::default();
         waiters.push((waiter, batch.add(first)));
@@ -793,13 +810,17 @@ async fn write_loop(pool: Pool, mut queue: mpsc::Receiver<(Write, Waiter)>) {
                 Err(_) => break,
             }
         }
-        let result = if batch.is_empty() { Ok(Written::default()) } else { write_with_retries(&pool, &batch).await };
+        let result = if batch.is_empty() {
+            Ok(Written::default())
+        } else {
+            write_with_retries(&pool, &mut connection, &batch).await
+        };
         match result {
             Err(err) if !matches!(err, StoreError::Unavailable(_)) && batch.rows().nth(1).is_some() => {
                 tracing::warn!("a batch of writes was refused ({err}); writing its rows one by one");
                 let mut by_row = HashMap::new();
                 for row in batch.rows() {
-                    let result = write_with_retries(&pool, &batch.single(row)).await;
+                    let result = write_with_retries(&pool, &mut connection, &batch.single(row)).await;
                     if let Err(err) = &result {
                         tracing::error!("recording failed: {err}");
                     }
@@ -818,18 +839,70 @@ async fn write_loop(pool: Pool, mut queue: mpsc::Receiver<(Write, Waiter)>) {
                 }
             }
         }
+        if batch.release_connection {
+            connection = WriterConnection::default();
+        }
+    }
+}
+
+/// The writer's own connection, held from one commit to the next: a commit never waits
+/// for the pool, nor for the liveness ping the pool sends before lending a connection (a
+/// round trip per commit, on a chain's critical path), and its prepared statements stay
+/// warm. Given back, and taken anew from the pool, when the database could not be reached.
+#[derive(Default)]
+struct WriterConnection {
+    postgres: Option<sqlx::pool::PoolConnection<sqlx::Postgres>>,
+    sqlite: Option<sqlx::pool::PoolConnection<sqlx::Sqlite>>,
+}
+
+impl WriterConnection {
+    /// Takes the connection and prepares the step writes on it, so that the first commit
+    /// of a run does not pay for that. A failure here is only logged: the first write
+    /// takes a connection again and reports what goes wrong.
+    async fn warm(&mut self, pool: &Pool) {
+        let warmed = match pool {
+            Pool::Postgres(pool) => match pool.acquire().await {
+                Ok(connection) => postgres::prepare_writes(&mut *self.postgres.insert(connection)).await,
+                Err(err) => Err(StoreError::query(err)),
+            },
+            Pool::Sqlite(_) => Ok(()),
+        };
+        if let Err(err) = warmed {
+            tracing::debug!("could not prepare the writer's statements ahead of time: {err}");
+        }
+    }
+
+    async fn write(&mut self, pool: &Pool, batch: &Batch) -> Result<Written, StoreError> {
+        macro_rules! write_on {
+            ($held:expr, $pool:expr, $backend:ident) => {{
+                let connection = match $held.as_mut() {
+                    Some(connection) => connection,
+                    None => $held.insert($pool.acquire().await.map_err(StoreError::query)?),
+                };
+                let result = $backend::write_batch(connection, batch).await;
+                if matches!(result, Err(StoreError::Unavailable(_))) {
+                    $held.take();
+                }
+                result
+            }};
+        }
+        match pool {
+            Pool::Postgres(pool) => write_on!(self.postgres, pool, postgres),
+            Pool::Sqlite(pool) => write_on!(self.sqlite, pool, sqlite),
+        }
     }
 }
 
 /// Writes `batch`, retrying with backoff while the database is unreachable.
-async fn write_with_retries(pool: &Pool, batch: &Batch) -> Result<Written, StoreError> {
+async fn write_with_retries(
+    pool: &Pool,
+    connection: &mut WriterConnection,
+    batch: &Batch,
+) -> Result<Written, StoreError> {
     let started = std::time::Instant::now();
     let mut delay = Duration::from_millis(50);
     loop {
-        let result = match pool {
-            Pool::Postgres(pool) => postgres::write_batch(pool, batch).await,
-            Pool::Sqlite(pool) => sqlite::write_batch(pool, batch).await,
-        };
+        let result = connection.write(pool, batch).await;
         match result {
             Err(StoreError::Unavailable(err)) if started.elapsed() < RETRY_UNAVAILABLE_FOR => {
                 tracing::warn!("the database is unreachable ({err}); retrying the write in {delay:?}");

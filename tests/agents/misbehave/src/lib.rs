@@ -24,6 +24,50 @@ fn fail(message: String) -> Result<String, StepError> {
     Err(StepError { message, retryable: false })
 }
 
+/// What `remnants` flips the seed's bytes with to make its marker.
+const FLIP: u8 = 0x5a;
+
+/// Where in linear memory the marker of `seed` occurs (volatile reads of every byte:
+/// memory the program never wrote is still memory the host handed over). Compared byte by
+/// byte, so that the marker itself need not be in memory while it is looked for.
+fn scan_memory(seed: &[u8]) -> Vec<usize> {
+    let size = core::arch::wasm32::memory_size(0) * 65536;
+    let mut found = Vec::new();
+    let mut at = 1; // address 0 is the null pointer
+    while at + seed.len() <= size {
+        // SAFETY: every address below `memory_size` is in bounds of linear memory.
+        let matches = seed
+            .iter()
+            .enumerate()
+            .all(|(i, &b)| unsafe { core::ptr::read_volatile((at + i) as *const u8) } ^ FLIP == b);
+        if matches {
+            found.push(at);
+        }
+        at += 1;
+    }
+    found
+}
+
+static mut REMNANT: [u8; 4096] = [0; 4096];
+
+/// Writes `marker` into static data, a stack frame and a heap allocation, and makes sure
+/// the writes happen.
+fn leave_everywhere(marker: &[u8]) {
+    let mut on_stack = [0u8; 16 * 1024];
+    for chunk in on_stack.chunks_mut(marker.len()) {
+        chunk.copy_from_slice(&marker[..chunk.len()]);
+    }
+    std::hint::black_box(&on_stack);
+    let on_heap: Vec<u8> = marker.iter().copied().cycle().take(256 * 1024).collect();
+    std::hint::black_box(&on_heap);
+    // SAFETY: one call at a time: a component instance is single-threaded.
+    unsafe {
+        let remnant = &mut *core::ptr::addr_of_mut!(REMNANT);
+        remnant[..marker.len()].copy_from_slice(marker);
+        std::hint::black_box(remnant);
+    }
+}
+
 /// Recurses `limit` levels deep with 256 bytes of stack per level (`u64::MAX`: until the
 /// stack runs out).
 #[inline(never)]
@@ -131,6 +175,22 @@ impl braid_sdk::bindings::Guest for Misbehave {
                     host::log(LogLevel::Info, &format!("log line {i}"));
                 }
                 Ok(json!({ "logged": lines }).to_string())
+            }
+            // Looks through all of its linear memory for what an earlier instance would
+            // have left (the marker `seed` makes, bytes flipped so that the input holding
+            // the seed does not match), then leaves it itself in static data, on the stack
+            // and on the heap. A host that resets instance memory correctly never lets the
+            // next instance find it.
+            "remnants" => {
+                let seed = field_str(&input, "seed", "braid-remnant-seed").as_bytes();
+                let marker = || seed.iter().map(|b| b ^ FLIP).collect::<Vec<u8>>();
+                // `"leave_first": true` proves the scan: it then finds this instance's own.
+                if input.get("leave_first").and_then(Value::as_bool) == Some(true) {
+                    leave_everywhere(&marker());
+                }
+                let found = scan_memory(seed);
+                leave_everywhere(&marker());
+                Ok(json!({ "found": found }).to_string())
             }
             "read_file" => {
                 let path = field_str(&input, "path", "/etc/passwd");
