@@ -195,6 +195,19 @@ async fn migrations_go_up_and_down_on_both_databases() {
         assert_eq!(table_count(&db.url).await, 0, "{}", db.kind);
         assert!(migrate(false).status.success());
         assert_eq!(table_count(&db.url).await, 3, "{}", db.kind);
+        if db.url.starts_with("postgres") {
+            // Stored inputs and outputs compress with lz4 (this machine's Postgres has it).
+            let pool = sqlx::AnyPool::connect(&db.url).await.unwrap();
+            let compression: Vec<String> = sqlx::query_scalar(
+                "SELECT attcompression::text FROM pg_attribute WHERE attname IN ('input', 'output') \
+                 AND attrelid IN ('step_executions'::regclass, 'workflow_runs'::regclass)",
+            )
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+            pool.close().await;
+            assert_eq!(compression, ["l", "l", "l", "l"]);
+        }
         db.drop_database().await;
     }
 }

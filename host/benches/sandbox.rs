@@ -223,6 +223,8 @@ fn main() {
         .nth(1)
         .map(|n| n.parse().expect("--calls N"))
         .unwrap_or(10_000);
+    // As the `braid` binary does.
+    braid::cli::allow_transparent_huge_pages(false);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let defaults = PoolTuning::default();
 
@@ -280,6 +282,9 @@ fn main() {
         &order,
         ORDER,
     );
+    braid::cli::allow_transparent_huge_pages(true);
+    let huge_pages = measure_braid(&runtime, calls, SandboxConfig::default(), &order, ORDER);
+    braid::cli::allow_transparent_huge_pages(false);
     let small_stack = std::fs::read(braid_test_artifacts::agent_path_small_stack("price-order")).unwrap();
     let small_stack = measure_braid(&runtime, calls, SandboxConfig::default(), &small_stack, ORDER);
     print_table(
@@ -287,10 +292,11 @@ fn main() {
         "median vs Braid's defaults",
         &braid,
         &[
-            ("Braid's defaults (1 MiB kept resident, dirty pages found with `PAGEMAP_SCAN`)", &braid),
+            ("Braid's defaults (1 MiB kept resident, dirty pages found with `PAGEMAP_SCAN`, no huge pages)", &braid),
             ("without `PAGEMAP_SCAN` (the whole 1 MiB reset with `memset`)", &no_pagemap),
             ("nothing kept resident (every page `madvise`d away, faulted in again)", &nothing_resident),
             ("4 MiB kept resident", &more_resident),
+            ("transparent huge pages for the host's heap (mimalloc's default)", &huge_pages),
             ("the agent linked with a 64 KiB shadow stack (`-zstack-size=65536`)", &small_stack),
         ],
     );

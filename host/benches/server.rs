@@ -59,6 +59,8 @@ async fn one_run(registry: &Registry, engine: &Engine) -> Duration {
 }
 
 fn main() {
+    // As the `braid` binary does.
+    braid::cli::allow_transparent_huge_pages(false);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let admin = std::env::var("BRAID_BENCH_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());

@@ -244,6 +244,8 @@ fn through_braid_run(database_url: &str) -> (f64, Duration, Duration) {
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
+    // As the `braid` binary does.
+    braid::cli::allow_transparent_huge_pages(false);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let sandbox = Arc::new(Sandbox::new(SandboxConfig::default()).unwrap());
     let fan = plan(&sandbox, fan_out());

@@ -180,6 +180,22 @@ macro_rules! sql_backend {
             Ok(written)
         }
 
+        /// The upsert of `runs` (each with the lease to give its owner, in milliseconds).
+        pub(super) fn upsert_runs(runs: &[(RunRecord, Option<i64>)]) -> QueryBuilder<'_, $db> {
+            let mut query = QueryBuilder::<$db>::new(format!("INSERT INTO workflow_runs ({RUN_WRITE_COLUMNS}) "));
+            query.push_values(runs, |mut row, (run, lease_ms)| push_run(&mut row, run, *lease_ms));
+            // A write of a host whose epoch moved on changes nothing.
+            query.push(
+                " ON CONFLICT (id) DO UPDATE SET status = excluded.status, input = excluded.input, \
+                 output = excluded.output, error = excluded.error, started_at = excluded.started_at, \
+                 finished_at = excluded.finished_at, workflow_digest = excluded.workflow_digest, \
+                 pinned_agents = excluded.pinned_agents, owner_host_id = excluded.owner_host_id, \
+                 lease_expires_at = COALESCE(excluded.lease_expires_at, workflow_runs.lease_expires_at) \
+                 WHERE workflow_runs.epoch = excluded.epoch",
+            );
+            query
+        }
+
         /// The statements of a batch, on one connection (in a transaction or not).
         pub(super) async fn write_statements(
             connection: &mut <$db as sqlx::Database>::Connection,
@@ -187,18 +203,7 @@ macro_rules! sql_backend {
         ) -> Result<Written, StoreError> {
             let mut written = Written::default();
             for chunk in batch.runs.chunks(ROWS_PER_STATEMENT) {
-                let mut query = QueryBuilder::<$db>::new(format!("INSERT INTO workflow_runs ({RUN_WRITE_COLUMNS}) "));
-                query.push_values(chunk, |mut row, (run, lease_ms)| push_run(&mut row, run, *lease_ms));
-                // A write of a host whose epoch moved on changes nothing.
-                query.push(
-                    " ON CONFLICT (id) DO UPDATE SET status = excluded.status, input = excluded.input, \
-                     output = excluded.output, error = excluded.error, started_at = excluded.started_at, \
-                     finished_at = excluded.finished_at, workflow_digest = excluded.workflow_digest, \
-                     pinned_agents = excluded.pinned_agents, owner_host_id = excluded.owner_host_id, \
-                     lease_expires_at = COALESCE(excluded.lease_expires_at, workflow_runs.lease_expires_at) \
-                     WHERE workflow_runs.epoch = excluded.epoch",
-                );
-                let done = query.build().execute(&mut *connection).await.map_err(StoreError::query)?;
+                let done = upsert_runs(chunk).build().execute(&mut *connection).await.map_err(StoreError::query)?;
                 if done.rows_affected() < chunk.len() as u64 {
                     let carried = chunk.iter().map(|(run, _)| (run.id, run.epoch));
                     written.refused.extend(stale_runs(connection, carried).await?);

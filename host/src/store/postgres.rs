@@ -84,7 +84,28 @@ async fn insert_steps(connection: &mut sqlx::PgConnection, steps: &[(StepRecord,
 /// would otherwise also parse them and load the catalog entries they touch.
 pub(super) async fn prepare_writes(connection: &mut sqlx::PgConnection) -> Result<(), StoreError> {
     use sqlx::Executor;
-    for sql in [ONE_STEP_SQL.as_str(), STEPS_SQL.as_str()] {
+    // The run row a host writes when it starts a run, and again when the run ends.
+    // (Its text depends only on the row count, so any run gives the one to prepare.)
+    let any_run = crate::store::RunRecord {
+        id: Uuid::nil(),
+        workflow_name: String::new(),
+        workflow_version: String::new(),
+        status: crate::store::RunStatus::Running,
+        input: None,
+        output: None,
+        error: None,
+        created_at: chrono::Utc::now(),
+        started_at: None,
+        finished_at: None,
+        workflow_digest: None,
+        pinned_agents: None,
+        owner_host_id: None,
+        epoch: 0,
+        redrive_count: 0,
+    };
+    let one_run = [(any_run, Some(0))];
+    let run_sql = upsert_runs(&one_run).into_sql();
+    for sql in [ONE_STEP_SQL.as_str(), STEPS_SQL.as_str(), run_sql.as_str()] {
         connection.prepare(sql).await.map_err(StoreError::query)?;
     }
     // Postgres plans a prepared statement anew for its first five executions before it
