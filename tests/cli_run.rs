@@ -212,6 +212,48 @@ async fn migrations_go_up_and_down_on_both_databases() {
     }
 }
 
+/// A run carries a live lease from its first commit, whoever writes it: otherwise another
+/// host would take it over while it runs. (A writer statement prepared with the parameter
+/// types Postgres inferred once turned the lease's length into garbage: expired at once.)
+#[tokio::test]
+async fn a_running_run_holds_a_lease_into_the_future_on_both_databases() {
+    sqlx::any::install_default_drivers();
+    for db in TestDb::both().await {
+        let cwd = scratch_dir();
+        let workflow = cwd.path().join("sleepy.json");
+        let sleepy = json!({ "name": "sleepy", "version": "1", "steps": [
+            { "id": "nap", "agent": "misbehave", "input": { "action": "sleep", "ms": 1500 } } ] });
+        std::fs::write(&workflow, sleepy.to_string()).unwrap();
+        // Migrated beforehand, as a database a host starts on usually is (the writer then
+        // prepares its statements on tables that exist).
+        assert!(braid().args(["migrate", "--database-url", &db.url]).status().unwrap().success());
+        let mut child = braid()
+            .args(["run", workflow.to_str().unwrap(), "--agents", agents_dir().to_str().unwrap()])
+            .args(["--database-url", &db.url, "--lease-ms", "15000", "--output", "json"])
+            .current_dir(cwd.path())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let running =
+            wait_for_value(&db.url, "SELECT status FROM workflow_runs", "running", std::time::Duration::from_secs(10))
+                .await;
+        assert_eq!(running.as_deref(), Some("running"), "{}", db.kind);
+        let lease_left_ms = if db.kind == "postgres" {
+            "SELECT CAST(CAST(EXTRACT(EPOCH FROM lease_expires_at - clock_timestamp()) * 1000 AS BIGINT) AS TEXT) \
+             FROM workflow_runs"
+        } else {
+            "SELECT CAST(lease_expires_at - CAST(unixepoch('subsec') * 1000 AS INTEGER) AS TEXT) FROM workflow_runs"
+        };
+        let pool = sqlx::AnyPool::connect(&db.url).await.unwrap();
+        let left: String = sqlx::query_scalar(lease_left_ms).fetch_one(&pool).await.unwrap();
+        pool.close().await;
+        let left: i64 = left.parse().unwrap();
+        assert!((5_000..=15_000).contains(&left), "{}: the lease runs out in {left} ms, not ~15 s", db.kind);
+        assert!(child.wait().unwrap().success(), "{}", db.kind);
+        db.drop_database().await;
+    }
+}
+
 /// Polls `query` (one row, one column) until `expected` appears or `within` passes.
 async fn wait_for_value(url: &str, query: &str, expected: &str, within: std::time::Duration) -> Option<String> {
     let deadline = std::time::Instant::now() + within;

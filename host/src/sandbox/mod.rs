@@ -106,8 +106,8 @@ pub struct PoolTuning {
     /// unless linked otherwise), then their data and heap.
     pub memory_keep_resident: usize,
     /// Reset only the pages an instance actually dirtied, found with Linux's `PAGEMAP_SCAN`
-    /// (kernel 6.7 and later; elsewhere this quietly does nothing): without it the whole
-    /// kept-resident region is `memset` every time, touched or not.
+    /// (kernel 6.7 and later; on older kernels the sandbox warns once at start): without it
+    /// the whole kept-resident region is `memset` every time, touched or not.
     pub pagemap_scan: bool,
 }
 
@@ -322,6 +322,12 @@ fn build_engine(config: &SandboxConfig, pooling: bool) -> Result<Engine, Sandbox
             .table_keep_resident(64 * 1024)
             .pagemap_scan(if config.pool.pagemap_scan { Enabled::Auto } else { Enabled::No });
         wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        if config.pool.pagemap_scan && !PoolingAllocationConfig::is_pagemap_scan_available() {
+            tracing::warn!(
+                "this kernel has no PAGEMAP_SCAN (Linux 6.7 or later): every instance resets all of its \
+                 resident memory, which makes steps slower (README, \"Benchmarks\")"
+            );
+        }
     }
     let engine = Engine::new(&wasm).map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
     if pooling {

@@ -181,7 +181,7 @@ macro_rules! sql_backend {
         }
 
         /// The upsert of `runs` (each with the lease to give its owner, in milliseconds).
-        pub(super) fn upsert_runs(runs: &[(RunRecord, Option<i64>)]) -> QueryBuilder<'_, $db> {
+        fn upsert_runs(runs: &[(RunRecord, Option<i64>)]) -> QueryBuilder<'_, $db> {
             let mut query = QueryBuilder::<$db>::new(format!("INSERT INTO workflow_runs ({RUN_WRITE_COLUMNS}) "));
             query.push_values(runs, |mut row, (run, lease_ms)| push_run(&mut row, run, *lease_ms));
             // A write of a host whose epoch moved on changes nothing.

@@ -80,41 +80,20 @@ async fn insert_steps(connection: &mut sqlx::PgConnection, steps: &[(StepRecord,
     Ok(done.rows_affected())
 }
 
-/// Prepares the writer's statements on its connection ahead of its first commit, which
-/// would otherwise also parse them and load the catalog entries they touch.
+/// Prepares the writer's step statements on its connection ahead of its first commit, which
+/// would otherwise also parse them and load the catalog entries they touch. They are
+/// prepared by running them (sqlx then declares its own parameter types; a statement
+/// prepared bare would get the types Postgres infers, and sqlx binds values in binary by
+/// their Rust types without checking them) on rows whose fence writes nothing: no run has
+/// the nil id. Postgres plans a prepared statement anew for its first five executions before
+/// it settles on one plan for all, so the one-row statement runs six times: those plans are
+/// spent here, not on the first steps of a run.
 pub(super) async fn prepare_writes(connection: &mut sqlx::PgConnection) -> Result<(), StoreError> {
-    use sqlx::Executor;
-    // The run row a host writes when it starts a run, and again when the run ends.
-    // (Its text depends only on the row count, so any run gives the one to prepare.)
-    let any_run = crate::store::RunRecord {
-        id: Uuid::nil(),
-        workflow_name: String::new(),
-        workflow_version: String::new(),
-        status: crate::store::RunStatus::Running,
-        input: None,
-        output: None,
-        error: None,
-        created_at: chrono::Utc::now(),
-        started_at: None,
-        finished_at: None,
-        workflow_digest: None,
-        pinned_agents: None,
-        owner_host_id: None,
-        epoch: 0,
-        redrive_count: 0,
-    };
-    let one_run = [(any_run, Some(0))];
-    let run_sql = upsert_runs(&one_run).into_sql();
-    for sql in [ONE_STEP_SQL.as_str(), STEPS_SQL.as_str(), run_sql.as_str()] {
-        connection.prepare(sql).await.map_err(StoreError::query)?;
-    }
-    // Postgres plans a prepared statement anew for its first five executions before it
-    // settles on one plan for all: spend those on a row whose fence (no run has the nil
-    // id) writes nothing, instead of on the first steps of a run.
-    let nobody = StepRecord::new(Uuid::nil(), "warm-up", "agent", crate::store::StepStatus::Succeeded);
+    let nobody = || (StepRecord::new(Uuid::nil(), "warm-up", "agent", crate::store::StepStatus::Succeeded), -1);
     for _ in 0..6 {
-        insert_steps(&mut *connection, &[(nobody.clone(), -1)]).await?;
+        insert_steps(&mut *connection, &[nobody()]).await?;
     }
+    insert_steps(&mut *connection, &[nobody(), nobody()]).await?;
     Ok(())
 }
 
