@@ -35,8 +35,14 @@ fn a_successful_call_prints_the_documented_json_and_exits_0() {
     assert_eq!(doc["error"], Value::Null);
     assert!(doc["logs"].is_array());
     assert!(doc["duration_us"].as_u64().unwrap() > 0);
-    assert!(doc["fuel_consumed"].as_u64().unwrap() > 0);
+    assert_eq!(doc["fuel_consumed"], Value::Null, "not metered without a budget or --meter-fuel");
     assert!(doc["memory_peak_bytes"].as_u64().unwrap() > 0);
+    // Metered, the same call reports the fuel it burned, the same every time.
+    let metered = ["--input", r#"{"text": "one two three"}"#, "--meter-fuel"];
+    let (code, first) = call_json("word-count", &metered);
+    assert_eq!(code, 0, "{first}");
+    assert!(first["fuel_consumed"].as_u64().unwrap() > 0, "{first}");
+    assert_eq!(call_json("word-count", &metered).1["fuel_consumed"], first["fuel_consumed"]);
 }
 
 #[test]

@@ -31,7 +31,7 @@ async fn a_false_condition_skips_the_step_and_later_references_see_null() {
 
         let (run, steps) = run_workflow(&store, &definition, json!({ "go": true, "text": "a b" })).await;
         assert_eq!(run.status, RunStatus::Succeeded);
-        assert_eq!(rows(&steps, "maybe")[0].output, Some(json!({ "words": 2, "lines": 1, "chars": 3 })));
+        assert_eq!(rows(&steps, "maybe")[0].output.as_deref(), Some(&json!({ "words": 2, "lines": 1, "chars": 3 })));
         assert_eq!(rows(&steps, "wrapped")[0].status, StepStatus::Skipped);
 
         // A condition that is not a boolean fails the step, with the reason.
@@ -67,7 +67,7 @@ async fn retryable_failures_are_retried_with_backoff_each_attempt_its_own_row() 
             db.kind
         );
         // The agent saw its attempt number; the attempts were spaced by the backoff.
-        assert_eq!(attempts[2].output, Some(json!({ "attempt": 3 })));
+        assert_eq!(attempts[2].output.as_deref(), Some(&json!({ "attempt": 3 })));
         assert!(attempts[1].started_at.unwrap() >= attempts[0].finished_at.unwrap());
 
         // Out of attempts: the step fails with the last attempt's error.
@@ -126,7 +126,7 @@ async fn map_runs_one_instance_per_item_in_order_under_its_bound() {
         assert_eq!(map_row.step_type, "map");
         // Output in item order, whatever order the items finished in.
         let expected: Vec<_> = [120, 40, 80, 10, 60].iter().map(|ms| json!({ "slept_ms": ms })).collect();
-        assert_eq!(map_row.output, Some(json!(expected)));
+        assert_eq!(map_row.output.as_deref(), Some(&json!(expected)));
         let items = rows(&steps, "m_item");
         let mut indexes: Vec<_> = items.iter().map(|r| r.item_index.unwrap()).collect();
         indexes.sort();
@@ -138,7 +138,7 @@ async fn map_runs_one_instance_per_item_in_order_under_its_bound() {
         // An empty list is an empty output.
         let (run, steps) = run_workflow(&store, &definition, json!({ "docs": [] })).await;
         assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.error);
-        assert_eq!(rows(&steps, "m")[0].output, Some(json!([])));
+        assert_eq!(rows(&steps, "m")[0].output.as_deref(), Some(&json!([])));
 
         // A tolerated failure leaves null in its place.
         let tolerant = json!({ "name": "mapped", "version": "2", "steps": [
@@ -190,8 +190,8 @@ async fn switch_runs_the_first_matching_case_and_records_which() {
             assert_eq!(run.status, RunStatus::Succeeded, "{}: {:?}", db.kind, run.error);
             let switch_row = &rows(&steps, "s")[0];
             assert_eq!(switch_row.step_type, "switch");
-            assert_eq!(switch_row.input, Some(json!({ "case": case })));
-            assert_eq!(switch_row.output, Some(json!({ "text": text })));
+            assert_eq!(switch_row.input.as_deref(), Some(&json!({ "case": case })));
+            assert_eq!(switch_row.output.as_deref(), Some(&json!({ "text": text })));
             let after = rows(&steps, "after")[0].input.clone().unwrap();
             assert_eq!(after["case"], case);
             assert_eq!(

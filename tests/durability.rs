@@ -244,7 +244,7 @@ async fn a_host_that_lost_its_lease_cannot_write_and_stops_its_instances() {
         runner.start_host().await.unwrap();
         let slow = json!({ "name": "slow", "version": "1",
             "steps": [{ "id": "nap", "agent": "misbehave", "input": { "action": "sleep", "ms": 10000 } }] });
-        let started = runner.start(plan(&slow), json!({}), Default::default()).await.unwrap();
+        let started = runner.start(plan(&slow), json!({}).into(), Default::default()).await.unwrap();
         let id = started.run_id;
         tokio::time::sleep(Duration::from_millis(300)).await;
 
@@ -809,7 +809,7 @@ async fn time_queued_for_an_instance_is_recorded_and_not_part_of_the_step_deadli
     let agents = braid::registry::AgentDirectory::new(agents_dir()).resolve(&workflow, &small).unwrap();
     let plan = std::sync::Arc::new(RunPlan { workflow: std::sync::Arc::new(workflow), agents, workflow_digest: None });
     let engine = Engine::new(small, store.recorder().clone());
-    let run = engine.run(plan, Uuid::now_v7(), json!({}), Default::default()).await.unwrap();
+    let run = engine.run(plan, Uuid::now_v7(), json!({}).into(), Default::default()).await.unwrap();
     assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.error);
     let steps = store.run_steps(run.id).await.unwrap();
     let queued: Vec<i64> = steps.iter().filter(|s| s.step_type == "agent").map(|s| s.queued_us.unwrap()).collect();

@@ -2,8 +2,8 @@
 //! targets make (`fuzz/src/checks.rs`), on stable Rust: every input the fuzzers kept for
 //! the coverage it reached stays a regression test.
 
-// The checks are written against `crate::{limits, store, workflow}`; alias them here.
-use braid::{limits, store, workflow};
+// The checks are written against `crate::{json, limits, store, workflow}`; alias them here.
+use braid::{json, limits, store, workflow};
 
 #[path = "../fuzz/src/checks.rs"]
 mod checks;

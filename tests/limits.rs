@@ -689,7 +689,7 @@ async fn concurrent_reads_of_a_huge_run_cost_a_page_each() {
     let mut pending = Vec::new();
     for i in 0..30_000 {
         let mut row = common::step_record(&run, &format!("b{i}"));
-        row.output = Some(json!({ "text": "y".repeat(2048) }));
+        row.output = Some(json!({ "text": "y".repeat(2048) }).into());
         pending.push(store.recorder().step(row, Vec::new(), &fence));
     }
     for write in pending {

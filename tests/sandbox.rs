@@ -3,8 +3,8 @@
 //! outcome — and that the same sandbox goes on serving afterwards.
 
 use braid::sandbox::{
-    Agent, ExecuteError, Execution, ExecutionRequest, Limits, LoadError, LogSource, Outcome, Sandbox, SandboxConfig,
-    StepContext,
+    Agent, ExecuteError, Execution, ExecutionRequest, Limits, LoadError, LogSource, Metering, Outcome, Sandbox,
+    SandboxConfig, StepContext,
 };
 use braid_test_artifacts::{agent_bytes, agent_path};
 use serde_json::{Value, json};
@@ -34,9 +34,13 @@ fn agent(name: &str) -> Agent {
     sandbox().load(&agent_bytes(name)).unwrap_or_else(|e| panic!("loading {name}: {e}"))
 }
 
+/// The misbehaving agent, loaded for plain and for fuel-metered code (steps with a budget).
 fn misbehave() -> &'static Agent {
     static AGENT: OnceLock<Agent> = OnceLock::new();
-    AGENT.get_or_init(|| agent("misbehave"))
+    AGENT.get_or_init(|| {
+        let metered = sandbox().load_for(&agent_bytes("misbehave"), Metering::Metered).expect("metered misbehave");
+        agent("misbehave").merge(&metered)
+    })
 }
 
 fn request(input: Value) -> ExecutionRequest {
@@ -83,7 +87,11 @@ async fn an_instance_never_sees_what_the_previous_one_left_in_memory() {
     for call in 0..5 {
         let execution = one_slot.execute(&agent, request(input.clone())).await.unwrap();
         assert_eq!(execution.outcome, Outcome::Succeeded, "{execution:#?}");
-        assert_eq!(execution.output, Some(json!({ "found": [] })), "call {call} found an earlier instance's data");
+        assert_eq!(
+            execution.output.as_deref(),
+            Some(&json!({ "found": [] })),
+            "call {call} found an earlier instance's data"
+        );
     }
     // The scan does find the marker where it is: in static data, the heap, the stack.
     let own = json!({ "action": "remnants", "seed": "a secret the next tenant must not read", "leave_first": true });
@@ -96,20 +104,20 @@ async fn an_instance_never_sees_what_the_previous_one_left_in_memory() {
 async fn example_agents_compute_their_answers() {
     let text = "the quick brown fox\njumps over the lazy dog";
     let words = run(&agent("word-count"), request(json!({ "text": text }))).await;
-    assert_eq!(words.output, Some(json!({ "words": 9, "lines": 2, "chars": 43 })), "{words:#?}");
+    assert_eq!(words.output.as_deref(), Some(&json!({ "words": 9, "lines": 2, "chars": 43 })), "{words:#?}");
 
     let shout = run(&agent("shout"), request(json!({ "text": "make me loud" }))).await;
-    assert_eq!(shout.output, Some(json!({ "text": "MAKE ME LOUD" })));
+    assert_eq!(shout.output.as_deref(), Some(&json!({ "text": "MAKE ME LOUD" })));
     let title = ExecutionRequest {
         config: Arc::new(BTreeMap::from([("mode".to_owned(), "title".to_owned())])),
         ..request(json!({ "text": "make me a title" }))
     };
-    assert_eq!(run(&agent("shout"), title).await.output, Some(json!({ "text": "Make Me A Title" })));
+    assert_eq!(run(&agent("shout"), title).await.output.as_deref(), Some(&json!({ "text": "Make Me A Title" })));
 
     let digest = run(&agent("digest"), request(json!({ "text": "hello" }))).await;
     assert_eq!(
-        digest.output,
-        Some(json!({ "hex": "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824", "bytes": 5 }))
+        digest.output.as_deref(),
+        Some(&json!({ "hex": "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824", "bytes": 5 }))
     );
 
     let merge = ExecutionRequest {
@@ -117,7 +125,10 @@ async fn example_agents_compute_their_answers() {
         ..request(json!({ "parts": { "words": { "words": 9, "lines": 2 }, "deep": { "text": "LOUD" } } }))
     };
     let merged = run(&agent("merge"), merge).await;
-    assert_eq!(merged.output, Some(json!({ "report": "deep: text=LOUD\nwords: lines=2, words=9", "parts": 2 })));
+    assert_eq!(
+        merged.output.as_deref(),
+        Some(&json!({ "report": "deep: text=LOUD\nwords: lines=2, words=9", "parts": 2 }))
+    );
     assert!(merged.logs.iter().any(|l| l.source == LogSource::Host && l.message.contains("merging 2 parts")));
 }
 
@@ -194,13 +205,25 @@ async fn a_fuel_budget_stops_an_endless_loop_deterministically() {
     let execution = expect_outcome(json!({ "action": "loop" }), limits, Outcome::OutOfFuel).await;
     assert_eq!(execution.fuel_consumed, Some(5_000_000));
 
-    // Metering without a budget: the same work costs the same fuel every time.
+    // Metered, the same work costs the same fuel every time.
     let spin = json!({ "action": "spin", "iterations": 10_000 });
-    let first = run(misbehave(), request(spin.clone())).await;
-    let second = run(misbehave(), request(spin)).await;
+    let metered = |input: Value| ExecutionRequest {
+        limits: Some(Limits { fuel: Some(1 << 40), ..crate::limits() }),
+        ..request(input)
+    };
+    let first = run(misbehave(), metered(spin.clone())).await;
+    let second = run(misbehave(), metered(spin.clone())).await;
     assert_eq!(first.outcome, Outcome::Succeeded);
     assert!(first.fuel_consumed.unwrap() > 10_000);
     assert_eq!(first.fuel_consumed, second.fuel_consumed);
+    // Without a budget the step runs unmetered code, which counts nothing.
+    let unmetered = run(misbehave(), request(spin)).await;
+    assert_eq!((unmetered.outcome, unmetered.fuel_consumed), (Outcome::Succeeded, None));
+    // An agent loaded without metered code cannot take a budget: the sandbox says so
+    // rather than running it unbounded.
+    let plain = agent("misbehave");
+    let refused = sandbox().execute(&plain, metered(json!({ "action": "ok" }))).await.unwrap_err().to_string();
+    assert!(refused.contains("not loaded for fuel-metered code"), "{refused}");
 }
 
 #[tokio::test]
@@ -245,7 +268,7 @@ async fn output_over_the_cap_or_not_json_is_invalid_output() {
 #[tokio::test]
 async fn a_stdout_flood_is_capped_and_counted_without_failing_the_step() {
     let execution = expect_outcome(json!({ "action": "flood", "lines": 20_000 }), limits(), Outcome::Succeeded).await;
-    assert_eq!(execution.output, Some(json!({ "printed": 20_000 })));
+    assert_eq!(execution.output.as_deref(), Some(&json!({ "printed": 20_000 })));
     let kept: usize = execution.logs.iter().map(|l| l.message.len()).sum();
     assert!(kept <= 16 * 1024 + 200, "kept {kept} bytes");
     let note = execution.logs.last().unwrap();
@@ -283,7 +306,7 @@ async fn environment_arguments_and_stdin_are_empty() {
     // SAFETY: set before any sandbox call reads the host environment (none does).
     unsafe { std::env::set_var("BRAID_TEST_SECRET", "do-not-leak") };
     let execution = expect_outcome(json!({ "action": "env" }), limits(), Outcome::Succeeded).await;
-    assert_eq!(execution.output, Some(json!({ "vars": [], "args": [], "stdin": "", "stdin_ok": true })));
+    assert_eq!(execution.output.as_deref(), Some(&json!({ "vars": [], "args": [], "stdin": "", "stdin_ok": true })));
 }
 
 #[tokio::test]
@@ -386,7 +409,7 @@ async fn the_on_demand_allocator_fallback_runs_agents_too() {
     assert!(!on_demand.is_pooling());
     let agent = on_demand.load(&agent_bytes("word-count")).unwrap();
     let execution = on_demand.execute(&agent, request(json!({ "text": "still counts" }))).await.unwrap();
-    assert_eq!(execution.output, Some(json!({ "words": 2, "lines": 1, "chars": 12 })));
+    assert_eq!(execution.output.as_deref(), Some(&json!({ "words": 2, "lines": 1, "chars": 12 })));
     assert!(sandbox().is_pooling(), "this machine has the address space for the pool");
 }
 

@@ -40,7 +40,7 @@ fn workflow() -> Value {
     json!({ "name": "traced", "version": "1", "steps": [
         { "id": "first", "agent": "misbehave", "input": { "action": "log", "lines": 2 } },
         { "id": "fan", "type": "parallel", "branches": [
-            { "name": "b0", "agent": "misbehave", "input": { "action": "sleep", "ms": 20 } },
+            { "name": "b0", "agent": "misbehave", "fuel": 1000000000, "input": { "action": "sleep", "ms": 20 } },
             { "name": "b1", "agent": "misbehave", "input": { "action": "sleep", "ms": 20 } } ] },
         { "id": "items", "type": "map", "items": "${ [1, 2] }",
           "step": { "id": "each", "agent": "misbehave", "input": { "action": "ok" } } } ] })
@@ -130,7 +130,10 @@ async fn a_run_is_one_trace_nested_as_its_steps_with_their_attributes_and_logs()
     assert_eq!(attribute(step, "braid.outcome").as_deref(), Some("succeeded"));
     assert_eq!(attribute(step, "braid.attempt").as_deref(), Some("1"));
     assert!(attribute(step, "braid.agent_digest").is_some_and(|d| d.len() == 64));
+    // A step with a fuel budget runs metered code and reports what it burned; without one
+    // it is not metered.
     assert!(attribute(step, "braid.fuel_consumed").is_some());
+    assert!(attribute(by_name["step b1"], "braid.fuel_consumed").is_none());
     assert!(attribute(step, "braid.memory_peak_bytes").is_some());
     let items: Vec<&Value> = spans.iter().filter(|s| s["name"] == "step each").collect();
     assert_eq!(items.len(), 2);

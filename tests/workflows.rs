@@ -119,7 +119,7 @@ async fn join_all_waits_for_every_branch_even_when_one_fails_and_keeps_partial_r
         assert_eq!(fan.status, StepStatus::Failed);
         assert_eq!(row(&steps, "slow").status, StepStatus::Succeeded, "the slow branch was not cut short");
         assert!(fan.finished_at.unwrap() >= row(&steps, "slow").finished_at.unwrap());
-        assert_eq!(fan.output, Some(json!({ "slow": { "slept_ms": 200 }, "quick": { "slept_ms": 10 } })));
+        assert_eq!(fan.output.as_deref(), Some(&json!({ "slow": { "slept_ms": 200 }, "quick": { "slept_ms": 10 } })));
         assert!(fan.error.as_ref().unwrap().contains("broken broke"), "{:?}", fan.error);
         assert!(rows(&steps, "after").is_empty(), "nothing runs after a failed block");
         assert!(run.error.unwrap().contains("fan"));
@@ -173,7 +173,7 @@ async fn any_takes_the_first_success_and_cancels_the_rest() {
         assert_eq!(run.status, RunStatus::Succeeded, "{}: {:?}", db.kind, run.error);
         assert_eq!(row(&steps, "slow").status, StepStatus::Cancelled);
         assert_eq!(row(&steps, "slow").outcome.as_deref(), Some("cancelled"));
-        assert_eq!(row(&steps, "fan").output, Some(json!({ "fast": { "slept_ms": 300 } })));
+        assert_eq!(row(&steps, "fan").output.as_deref(), Some(&json!({ "fast": { "slept_ms": 300 } })));
 
         let all_fail = vec![failing_branch("a"), failing_branch("b")];
         let (run, _) = run_workflow(&store, &block(json!("any"), 2, 0, all_fail), json!({})).await;
@@ -219,7 +219,7 @@ async fn nested_blocks_and_sequences_inside_branches_are_recorded_under_their_bl
             "output": "${ steps.last.output.parts }" });
         let (run, steps) = run_workflow(&store, &definition, json!({ "text": "one two" })).await;
         assert_eq!(run.status, RunStatus::Succeeded, "{}: {:?}", db.kind, run.error);
-        assert_eq!(run.output, Some(json!(2)));
+        assert_eq!(run.output.as_deref(), Some(&json!(2)));
         let outer = row(&steps, "outer");
         let inner = row(&steps, "inner");
         assert_eq!(inner.parent_step_id, Some(outer.id));

@@ -3,6 +3,8 @@
 //! own source files (not copies), so that the fuzz targets build without wasmtime or sqlx.
 
 pub mod checks;
+#[path = "../../host/src/json.rs"]
+pub mod json;
 #[path = "../../host/src/limits.rs"]
 pub mod limits;
 pub mod outbound;

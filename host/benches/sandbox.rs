@@ -238,7 +238,7 @@ fn main() {
         "median vs bare pooled",
         &bare_pooled,
         &[
-            ("braid `Sandbox::execute` (pooling, limits, fuel, epochs, log capture)", &braid),
+            ("braid `Sandbox::execute` (pooling, limits, epochs, log capture, output checked)", &braid),
             ("bare wasmtime loop, same pooling config", &bare_pooled),
             ("bare wasmtime loop, default config (on-demand)", &bare_default),
         ],
@@ -249,6 +249,8 @@ fn main() {
     let order_path = braid_test_artifacts::agent_path_as_users_build("price-order");
     let order = std::fs::read(&order_path).unwrap_or_else(|e| panic!("{}: {e}", order_path.display()));
     let braid = measure_braid(&runtime, calls, SandboxConfig::default(), &order, ORDER);
+    let metered = SandboxConfig { meter_fuel: true, ..SandboxConfig::default() };
+    let braid_fuel = measure_braid(&runtime, calls, metered, &order, ORDER);
     let bare_pooled = measure_bare(&runtime, calls, &pooled_config(defaults, false), &order, ORDER);
     let bare_fuel = measure_bare(&runtime, calls, &pooled_config(defaults, true), &order, ORDER);
     let bare_default = measure_bare(&runtime, calls, &Config::new(), &order, ORDER);
@@ -261,7 +263,8 @@ fn main() {
         "median vs bare pooled",
         &bare_pooled,
         &[
-            ("braid `Sandbox::execute` (pooling, limits, fuel, epochs, log capture)", &braid),
+            ("braid `Sandbox::execute` (pooling, limits, epochs, log capture, output checked)", &braid),
+            ("braid `Sandbox::execute`, fuel metered (a step with a `fuel` budget, or `--meter-fuel`)", &braid_fuel),
             ("bare wasmtime loop, same pooling config", &bare_pooled),
             ("bare wasmtime loop, same pooling config, fuel metered", &bare_fuel),
             ("bare wasmtime loop, default config (on-demand)", &bare_default),
@@ -301,8 +304,9 @@ fn main() {
         ],
     );
     println!(
-        "\nFuel metering (bare loop, same component): {:.2}× the median without it",
-        micros(bare_fuel.median) / micros(bare_pooled.median)
+        "\nFuel metering: {:.2}× the median without it on the bare loop, {:.2}× through `Sandbox::execute` (same component)",
+        micros(bare_fuel.median) / micros(bare_pooled.median),
+        micros(braid_fuel.median) / micros(braid.median)
     );
 
     // Agents by language: the same word count in Rust, Python (componentize-py) and

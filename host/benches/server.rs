@@ -53,7 +53,8 @@ fn variant(wasm: &[u8], n: usize) -> Vec<u8> {
 async fn one_run(registry: &Registry, engine: &Engine) -> Duration {
     let started = Instant::now();
     let plan = registry.plan("one", None).await.unwrap();
-    let run = engine.execute(plan.clone(), plan.new_run(json!({ "n": 1 })), &RunControl::new(), &[]).await.unwrap();
+    let run =
+        engine.execute(plan.clone(), plan.new_run(json!({ "n": 1 }).into()), &RunControl::new(), &[]).await.unwrap();
     assert_eq!(run.status, RunStatus::Succeeded);
     started.elapsed()
 }
@@ -136,7 +137,7 @@ fn main() {
                 clients.spawn(async move {
                     for i in 0..RUNS / CLIENTS {
                         let plan = registry.plan("one", None).await.unwrap();
-                        let started = runner.start(plan, json!({ "i": i }), Default::default()).await.unwrap();
+                        let started = runner.start(plan, json!({ "i": i }).into(), Default::default()).await.unwrap();
                         let run = runner.wait(started.run_id, started.task).await.unwrap();
                         let steps = store.run_steps(run.id).await.unwrap();
                         assert_eq!(steps.len(), 1);

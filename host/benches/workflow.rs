@@ -81,7 +81,7 @@ async fn languages(sandbox: &Arc<Sandbox>, url: &str) -> Vec<(&'static str, f64)
         for round in 0..3 {
             let started = Instant::now();
             let run = engine
-                .run(plan.clone(), Uuid::now_v7(), json!({ "n": round }), CancellationToken::new())
+                .run(plan.clone(), Uuid::now_v7(), json!({ "n": round }).into(), CancellationToken::new())
                 .await
                 .unwrap();
             let elapsed = started.elapsed();
@@ -137,9 +137,9 @@ async fn measure(
     let input = json!({ "text": "fan-out" });
 
     // Warm up (connections, caches), then the measured fan-out.
-    engine.run(chain.clone(), Uuid::now_v7(), input.clone(), CancellationToken::new()).await.unwrap();
+    engine.run(chain.clone(), Uuid::now_v7(), input.clone().into(), CancellationToken::new()).await.unwrap();
     let started = Instant::now();
-    let run = engine.run(fan.clone(), Uuid::now_v7(), input.clone(), CancellationToken::new()).await.unwrap();
+    let run = engine.run(fan.clone(), Uuid::now_v7(), input.clone().into(), CancellationToken::new()).await.unwrap();
     let elapsed = started.elapsed();
     assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.error);
     let recorded = store.run_steps(run.id).await.unwrap();
@@ -148,7 +148,7 @@ async fn measure(
     let items: Vec<usize> = (0..BRANCHES).collect();
     let started = Instant::now();
     let run = engine
-        .run(map.clone(), Uuid::now_v7(), json!({ "items": items, "text": "map" }), CancellationToken::new())
+        .run(map.clone(), Uuid::now_v7(), json!({ "items": items, "text": "map" }).into(), CancellationToken::new())
         .await
         .unwrap();
     let map_elapsed = started.elapsed();
@@ -158,7 +158,8 @@ async fn measure(
     let mut chain_times = Vec::new();
     for _ in 0..CHAIN_RUNS {
         let started = Instant::now();
-        let run = engine.run(chain.clone(), Uuid::now_v7(), input.clone(), CancellationToken::new()).await.unwrap();
+        let run =
+            engine.run(chain.clone(), Uuid::now_v7(), input.clone().into(), CancellationToken::new()).await.unwrap();
         chain_times.push(started.elapsed());
         assert_eq!(run.status, RunStatus::Succeeded);
     }

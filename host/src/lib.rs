@@ -20,6 +20,8 @@
 //! * [`secrets`]: secrets from the host (environment, a secrets file) and their redaction.
 //! * [`telemetry`]: OpenTelemetry traces of runs over OTLP, when the environment asks.
 //! * [`limits`]: what callers and authors may send: JSON depth and characters, read-back.
+//! * [`json`]: `JsonDoc`, a JSON document passed from agent to store to agent without
+//!   being parsed or serialised again.
 //! * [`build`]: agents from source: `braid new agent` and `braid build` for Rust, Python, JS.
 //! * [`cli`]: the `braid` command line, parsing and rendering; `main.rs` only calls it.
 //!
@@ -35,6 +37,7 @@ pub mod cli;
 pub mod cluster;
 pub mod engine;
 pub mod events;
+pub mod json;
 pub mod limits;
 pub mod metrics;
 pub mod outbound;

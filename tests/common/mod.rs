@@ -107,7 +107,7 @@ pub async fn run_with(
     cancel: CancellationToken,
 ) -> (RunRecord, Vec<StepRecord>) {
     let engine = Engine::new(sandbox(), store.recorder().clone());
-    let run = engine.run(plan, Uuid::now_v7(), input, cancel).await.expect("recording works");
+    let run = engine.run(plan, Uuid::now_v7(), input.into(), cancel).await.expect("recording works");
     let steps = store.run_steps(run.id).await.unwrap();
     (run, steps)
 }
@@ -157,7 +157,7 @@ pub fn run_record(workflow: &str) -> RunRecord {
         workflow_name: workflow.into(),
         workflow_version: "1".into(),
         status: braid::store::RunStatus::Running,
-        input: Some(serde_json::json!({})),
+        input: Some(serde_json::json!({}).into()),
         output: None,
         error: None,
         created_at: chrono::Utc::now(),
@@ -176,8 +176,8 @@ pub fn step_record(run: &RunRecord, step_id: &str) -> StepRecord {
     let mut row = StepRecord::new(run.id, step_id, "agent", braid::store::StepStatus::Succeeded);
     row.agent_name = Some("echo".into());
     row.outcome = Some("succeeded".into());
-    row.input = Some(serde_json::json!({}));
-    row.output = Some(serde_json::json!({}));
+    row.input = Some(serde_json::json!({}).into());
+    row.output = Some(serde_json::json!({}).into());
     row.started_at = Some(chrono::Utc::now());
     row.finished_at = Some(chrono::Utc::now());
     row.host_id = Some("test".into());

@@ -105,7 +105,9 @@ def agent(function: Callable[[Context, Any], Any]) -> Callable[[Context, Any], A
             except Exception:
                 raise _fail("uncaught exception:\n" + traceback.format_exc().rstrip())
             try:
-                return json.dumps(output)
+                # Compact, as Rust and JavaScript agents answer: the host passes the text on
+                # and stores it as it is.
+                return json.dumps(output, separators=(",", ":"))
             except (TypeError, ValueError) as err:
                 raise _fail(f"the output is not JSON: {err}")
 

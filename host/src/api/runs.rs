@@ -72,7 +72,7 @@ pub async fn start(
     })?;
     let trace_parent = trace_parent(&headers)?;
     let options = StartOptions { idempotency_key: key.as_deref(), trace_parent: trace_parent.as_deref() };
-    let started = state.runner.start(plan, input, options).await?;
+    let started = state.runner.start(plan, input.into(), options).await?;
     let status = if started.created { StatusCode::ACCEPTED } else { StatusCode::OK };
     if !query.wait {
         return Ok((status, Json(json!({ "run_id": started.run_id, "created": started.created }))));

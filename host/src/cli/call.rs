@@ -24,9 +24,14 @@ pub struct CallCommand {
     /// Memory limit, in MiB (at most 1024, the host's maximum).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=crate::limits::MAX_STEP_MEMORY_MB))]
     memory_mb: Option<u64>,
-    /// Fuel budget (a deterministic CPU limit); metered but unlimited when absent.
+    /// Fuel budget (a deterministic CPU limit): the call runs fuel-metered code and reports
+    /// what it burned.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=i64::MAX as u64))]
     fuel: Option<u64>,
+    /// Count and report the fuel the call burns without limiting it (metered code runs
+    /// ~1.2× slower; without a budget or this flag, `fuel_consumed` is null).
+    #[arg(long)]
+    meter_fuel: bool,
     /// A configuration value the agent can read (repeatable).
     #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_key_value)]
     config: Vec<(String, String)>,
@@ -55,12 +60,13 @@ impl CallCommand {
         };
         let wasm = std::fs::read(&self.agent).with_context(|| format!("cannot read {}", self.agent.display()))?;
         // The pool's slots are sized for the host maximum, which --memory-mb cannot exceed.
-        let sandbox = Sandbox::new(SandboxConfig { max_instances: 1, ..SandboxConfig::default() })?;
+        let sandbox =
+            Sandbox::new(SandboxConfig { max_instances: 1, meter_fuel: self.meter_fuel, ..SandboxConfig::default() })?;
         // Compiled once per machine: a second call of the same bytes loads the artifact.
         let cache = crate::registry::ArtifactCache::new(&self.registry.cache_dir);
         let digest = crate::registry::digest(&wasm);
         let (agent, _) = cache
-            .load(&sandbox, &digest, &wasm)
+            .load(&sandbox, &digest, &wasm, sandbox.metering(limits.fuel))
             .with_context(|| format!("{} is not a usable agent", self.agent.display()))?;
 
         let request = ExecutionRequest {

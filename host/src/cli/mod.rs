@@ -112,10 +112,14 @@ pub struct HostArgs {
     /// `BRAID_SECRET_<NAME>` variables win on a clash).
     #[arg(long, env = "BRAID_SECRETS_FILE", value_name = "FILE")]
     pub secrets_file: Option<std::path::PathBuf>,
+    /// Count fuel in every agent step and record `fuel_consumed` for each. Without it only
+    /// steps with a `fuel` budget are metered (metering makes guest code ~1.2× slower).
+    #[arg(long)]
+    pub meter_fuel: bool,
 }
 
 impl HostArgs {
-    /// The sandbox's settings, `base` with this host's outbound HTTP policy.
+    /// The sandbox's settings, `base` with this host's outbound HTTP policy and metering.
     pub fn sandbox_config(&self, base: crate::sandbox::SandboxConfig) -> anyhow::Result<crate::sandbox::SandboxConfig> {
         let ceiling = if self.allow_outbound.is_empty() {
             crate::outbound::HostPatterns::any()
@@ -132,7 +136,7 @@ impl HostArgs {
             max_body_bytes: self.max_http_response_bytes,
             ..base.outbound.clone()
         };
-        Ok(crate::sandbox::SandboxConfig { outbound, ..base })
+        Ok(crate::sandbox::SandboxConfig { outbound, meter_fuel: self.meter_fuel || base.meter_fuel, ..base })
     }
 
     /// The settings of a host of `role`, executing at most `max_active_runs` runs at once.

@@ -102,7 +102,7 @@ impl RunCommand {
         let engine = Engine::new(registry.sandbox().clone(), store.recorder().clone());
         let runner = Runner::new(engine, registry, self.host.config(crate::store::HostRole::Run, Some(1))?);
         runner.start_host().await?;
-        let started = runner.start(plan, input, crate::cluster::StartOptions::default()).await?;
+        let started = runner.start(plan, input.into(), crate::cluster::StartOptions::default()).await?;
         let (on_interrupt, id) = (runner.clone(), started.run_id);
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {

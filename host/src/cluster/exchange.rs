@@ -211,7 +211,8 @@ impl Exchange {
         let row = engine.unit_row(&unit, claimed.attempt);
         let digest = unit.row.agent_digest.clone().unwrap_or_default();
         let name = unit.row.agent_name.clone().unwrap_or_default();
-        let agent = match registry.agent(&name, unit.agent_version.as_deref(), &digest).await {
+        let needs = [registry.sandbox().metering(unit.fuel)].into();
+        let agent = match registry.agent(&name, unit.agent_version.as_deref(), &digest, &needs).await {
             Ok(agent) => agent,
             Err(err) => {
                 return self.fail(&claimed, engine, Some(&unit), format!("could not load agent {name}: {err}")).await;

@@ -17,7 +17,6 @@ use crate::store::{
     Fence, HostRecord, HostRole, RunRecord, RunStatus, StepRecord, Store, StoreError, Wake, WakeListener,
 };
 use chrono::Utc;
-use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -167,7 +166,7 @@ impl Runner {
     pub async fn start(
         self: &Arc<Self>,
         plan: Arc<RunPlan>,
-        input: Value,
+        input: crate::json::JsonDoc,
         options: StartOptions<'_>,
     ) -> Result<Started, StoreError> {
         let mut run = plan.new_run(input);

@@ -5,13 +5,13 @@
 
 use super::unit::{Offloaded, Unit};
 use super::{Ended, Placement, ResolvedAgent, RunContext, failed, finish_row, new_row};
+use crate::json::JsonDoc;
 use crate::outbound::HttpCall;
 use crate::sandbox::{self, ExecutionRequest, Limits, LogLine, StepContext};
 use crate::secrets::Redactor;
 use crate::store::{HttpCallRecord, LogRecord, Pending, StepDetails, StepRecord, StepStatus};
 use crate::workflow::{AgentStep, RetryPolicy, Scope, Step};
 use chrono::Utc;
-use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,10 +36,12 @@ pub(super) async fn run(
 
     // A rendered input is checked like one that comes in: a template can nest values or
     // build a string with a NUL, which would otherwise fail the commit it shares.
-    let rendered =
-        agent_step.input.render_async(scope).await.map_err(|err| format!("input{}: {err}", err.subpath)).and_then(
-            |input| crate::limits::check_json(&input, "the rendered input").map(|()| input).map_err(|p| p.to_string()),
-        );
+    let rendered = agent_step
+        .input
+        .render_async(scope)
+        .await
+        .map_err(|err| format!("input{}: {err}", err.subpath))
+        .and_then(|input| input.check("the rendered input").map(|()| input).map_err(|p| p.to_string()));
     let input = match rendered {
         Ok(input) => input,
         Err(err) => {
@@ -177,14 +179,14 @@ async fn attempt_agent(
     agent_step: &AgentStep,
     resolved: &ResolvedAgent,
     given: &Given,
-    input: &Value,
+    input: &JsonDoc,
     row: StepRecord,
     placement: &Placement,
     cancel: &CancellationToken,
 ) -> (Ended, bool, Pending, i32) {
     let sandbox = &context.engine.sandbox;
     let defaults = sandbox.config().default_limits;
-    let input_text = input.to_string();
+    let input_text = input.text().to_owned();
     let input_bytes = input_text.len() as u64;
     let limits = Limits {
         timeout: agent_step.timeout_ms.map_or(defaults.timeout, Duration::from_millis),
@@ -257,7 +259,10 @@ async fn attempt_agent(
         sandbox.execute_in(&resolved.agent, request, slot).await
     };
     tokio::pin!(running);
+    // Biased towards the execution: one that ends in its first poll never registers the
+    // timer.
     let result = tokio::select! {
+        biased;
         result = &mut running => result,
         () = tokio::time::sleep(RUNNING_ROW_AFTER) => {
             let _ = context.write(row.clone(), StepDetails::default());
@@ -268,7 +273,7 @@ async fn attempt_agent(
     let (row, mut ended, details, retryable) = conclude(row, result, &given.redactor);
     // A run may record only so much: the step that would take it over its cap fails
     // (its output is not kept), and so does every later one.
-    let output_bytes = ended.output.as_ref().map_or(0, crate::limits::json_len);
+    let output_bytes = ended.output.as_ref().map_or(0, |output| output.text_len() as u64);
     if let Err(over) = context.record_bytes(input_bytes + output_bytes)
         && ended.status == StepStatus::Succeeded
     {
@@ -288,7 +293,7 @@ fn ran_elsewhere(
 ) -> (Ended, bool, Pending, i32) {
     let attempt = ran.attempt;
     let ended = Ended::of_row(&ran);
-    let output_bytes = ended.output.as_ref().map_or(0, crate::limits::json_len);
+    let output_bytes = ended.output.as_ref().map_or(0, |output| output.text_len() as u64);
     if let Err(over) = context.record_bytes(input_bytes + output_bytes)
         && ended.status == StepStatus::Succeeded
     {
@@ -339,8 +344,10 @@ fn redact(redactor: &Redactor, execution: &mut sandbox::Execution) {
     if redactor.is_empty() {
         return;
     }
-    if let Some(output) = &mut execution.output {
-        redactor.json(output);
+    if let Some(output) = execution.output.take() {
+        let mut value = output.into_value();
+        redactor.json(&mut value);
+        execution.output = Some(JsonDoc::from_value(value));
     }
     if let Some(error) = &mut execution.error {
         redactor.in_place(error);

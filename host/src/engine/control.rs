@@ -7,16 +7,17 @@
 //! iteration as `item_index`.
 
 use super::map::fail;
-use super::scope::{bind, view};
+use super::scope::{bind, case_view, view};
 use super::{Ended, Placement, RunContext, StepEnd, Stop, finish_row, new_row, run_sequence};
+use crate::json::JsonDoc;
 use crate::store::{StepDetails, StepStatus, StoreError};
-use crate::workflow::{LoopBlock, Scope, Step, SwitchBlock, Template};
+use crate::workflow::{Binding, LoopBlock, Scope, Step, SwitchBlock, Template};
 use serde_json::{Value, json};
 use std::sync::Arc;
 
 /// Evaluates a condition to a boolean, or says why it could not.
 pub(super) async fn holds(condition: &Template, scope: &Scope, what: &str) -> Result<bool, String> {
-    match condition.render_async(scope).await {
+    match condition.render_async(scope).await.map(JsonDoc::into_value) {
         Ok(Value::Bool(holds)) => Ok(holds),
         Ok(other) => Err(format!("{what}: the condition gave {other}, not true or false")),
         Err(err) => Err(format!("{what}: {err}")),
@@ -47,7 +48,7 @@ pub(super) async fn switch(
         chosen = switch.default.clone().map(|steps| ("default".to_owned(), steps));
     }
     let label = chosen.as_ref().map_or("none", |(label, _)| label.as_str()).to_owned();
-    row.input = Some(json!({ "case": label }));
+    row.input = Some(json!({ "case": label }).into());
     let Some((_, steps)) = chosen else {
         // No case held and there is no default: nothing to do.
         let ended = Ended { status: StepStatus::Succeeded, output: None, error: None };
@@ -68,15 +69,8 @@ pub(super) async fn switch(
     Ok((ended, views, written))
 }
 
-/// A switch's view: as any step's, plus which case ran.
-pub(super) fn case_view(ended: &Ended, label: &str) -> cel::Value {
-    let mut view = crate::workflow::cel_to_json(&view(ended)).unwrap_or(Value::Null);
-    view["case"] = Value::String(label.to_owned());
-    crate::workflow::json_to_cel(&view)
-}
-
 /// The views of the steps in `steps` (and inside them) that `scope` holds.
-fn inner_views(steps: &[Step], scope: &Scope) -> Vec<(String, cel::Value)> {
+fn inner_views(steps: &[Step], scope: &Scope) -> Vec<(String, Binding)> {
     steps
         .iter()
         .flat_map(super::parallel::step_ids)
@@ -99,7 +93,7 @@ pub(super) async fn repeat(
     let mut done = false;
     for iteration in 0..repeat.max_iterations {
         let mut iteration_scope = scope.clone();
-        bind(&mut iteration_scope, "iteration", cel::Value::Int(i64::from(iteration)));
+        bind(&mut iteration_scope, "iteration", Binding::json(json!(iteration).into()));
         let inner =
             Placement::inside(&row, placement.branch.clone(), Some(i64::from(iteration)), &format!("[{iteration}]"));
         let (ended, inner_scope, last_row) =

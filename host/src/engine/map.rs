@@ -9,8 +9,9 @@ use super::scope::{bind, view};
 use super::{
     Ended, Placement, RunContext, StepEnd, Stop, failed, finish_row, new_row, record_not_started, run_sequence,
 };
+use crate::json::JsonDoc;
 use crate::store::{StepDetails, StepStatus, StoreError};
-use crate::workflow::{MapBlock, Scope, Step, json_to_cel};
+use crate::workflow::{Binding, MapBlock, Scope, Step};
 use serde_json::{Value, json};
 use std::sync::Arc;
 
@@ -27,7 +28,8 @@ pub(super) async fn run(
 ) -> Result<StepEnd, StoreError> {
     let mut row = new_row(context, step, placement);
     row.join_policy = Some(map.join_policy.label());
-    let items = match map.items.render_async(scope).await {
+    let rendered = map.items.render_async(scope).await.map(JsonDoc::into_value);
+    let items = match rendered {
         Ok(Value::Array(items)) => {
             let host = context.engine.limits.max_map_items;
             let (limit, whose) = match map.max_items {
@@ -43,7 +45,7 @@ pub(super) async fn run(
         Ok(other) => return Ok(fail(context, step, row, format!("items: expected a list, got {other}"))),
         Err(err) => return Ok(fail(context, step, row, format!("items: {err}"))),
     };
-    row.input = Some(json!({ "items": items.len() }));
+    row.input = Some(json!({ "items": items.len() }).into());
     let _ = context.write(row.clone(), StepDetails::default());
 
     let anchor = row.clone();
@@ -56,8 +58,8 @@ pub(super) async fn run(
         &stop.token,
         |index, map_cancel| {
             let mut item_scope = scope.clone();
-            bind(&mut item_scope, "item", json_to_cel(&items[index]));
-            bind(&mut item_scope, "index", cel::Value::Int(index as i64));
+            bind(&mut item_scope, "item", Binding::json(items[index].clone().into()));
+            bind(&mut item_scope, "index", Binding::json(json!(index).into()));
             let task = run_sequence(context.clone(), map.body.clone(), item_scope, item_placement(index), map_cancel);
             Box::pin(async move {
                 let (ended, _, last_row) = task.await?;
@@ -69,23 +71,20 @@ pub(super) async fn run(
     .await?;
 
     let mut failures = Vec::new();
-    let output: Vec<Value> = end
-        .results
-        .iter()
-        .enumerate()
-        .map(|(index, result)| match result {
-            Some(result) if result.ended.status.is_success() => result.ended.output.clone().unwrap_or(Value::Null),
-            Some(result) => {
-                if result.ended.status == StepStatus::Failed && failures.len() < QUOTED_FAILURES {
-                    failures.push(format!("item {index}: {}", result.ended.error.as_deref().unwrap_or("failed")));
-                }
-                Value::Null
+    let outputs = end.results.iter().enumerate().map(|(index, result)| match result {
+        Some(result) if result.ended.status.is_success() => result.ended.output.as_ref(),
+        Some(result) => {
+            if result.ended.status == StepStatus::Failed && failures.len() < QUOTED_FAILURES {
+                failures.push(format!("item {index}: {}", result.ended.error.as_deref().unwrap_or("failed")));
             }
-            None => Value::Null,
-        })
-        .collect();
+            None
+        }
+        None => None,
+    });
+    // The items' outputs, written from their texts in item order (`null` where one failed).
+    let output = JsonDoc::array(outputs.collect::<Vec<_>>());
     let (status, error) = block_ending(&end, map.join_policy, stop, &failures);
-    let ended = Ended { status, output: Some(Value::Array(output)), error };
+    let ended = Ended { status, output: Some(output), error };
     let written = finish_row(context, row, &ended, StepDetails::default());
     Ok((ended.clone(), vec![(step.id.clone(), view(&ended))], written))
 }

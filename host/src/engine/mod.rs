@@ -21,6 +21,7 @@ mod unit;
 
 pub use unit::{Offload, Offloaded, Unit, UnitRun};
 
+use crate::json::JsonDoc;
 use crate::metrics::METRICS;
 use crate::sandbox::{self, Sandbox};
 use crate::store::{Fence, Pending, Recorder, RunRecord, RunStatus, StepDetails, StepRecord, StepStatus, StoreError};
@@ -37,6 +38,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 /// An agent ready to run, with what identifies it in records.
+#[derive(Clone)]
 pub struct ResolvedAgent {
     /// The agent's name (without a version).
     pub name: String,
@@ -71,7 +73,7 @@ impl RunPlan {
     }
 
     /// A new run of this plan, not started yet.
-    pub fn new_run(&self, input: Value) -> RunRecord {
+    pub fn new_run(&self, input: JsonDoc) -> RunRecord {
         RunRecord {
             id: Uuid::now_v7(),
             workflow_name: self.workflow.name.clone(),
@@ -271,7 +273,7 @@ impl Drop for Stop {
 #[derive(Debug, Clone)]
 struct Ended {
     status: StepStatus,
-    output: Option<Value>,
+    output: Option<JsonDoc>,
     error: Option<String>,
 }
 
@@ -335,7 +337,7 @@ impl Engine {
         &self,
         plan: Arc<RunPlan>,
         run_id: Uuid,
-        input: Value,
+        input: JsonDoc,
         cancel: CancellationToken,
     ) -> Result<RunRecord, StoreError> {
         let mut run = RunRecord { id: run_id, ..plan.new_run(input) };
@@ -412,7 +414,7 @@ impl Engine {
         })
         .await?;
 
-        let input = run.input.clone().unwrap_or(Value::Null);
+        let input = run.input.clone().unwrap_or_default();
         let context = Arc::new(RunContext {
             engine: self.clone(),
             plan: plan.clone(),
@@ -429,7 +431,7 @@ impl Engine {
         let (mut ended, scope, last_row) = run_sequence(
             context,
             plan.workflow.steps.clone(),
-            Scope::new(&input),
+            Scope::new(input),
             Placement::default(),
             stop.token.clone(),
         )
@@ -461,9 +463,7 @@ impl Engine {
                 // Checked like any JSON that is stored: a NUL would fail the run's last write.
                 Some(template) => {
                     match template.render_async(&scope).await.map_err(|err| err.to_string()).and_then(|output| {
-                        crate::limits::check_json(&output, "the rendered value")
-                            .map(|()| output)
-                            .map_err(|p| p.to_string())
+                        output.check("the rendered value").map(|()| output).map_err(|p| p.to_string())
                     }) {
                         Ok(output) => run.output = Some(output),
                         Err(err) => {
@@ -586,7 +586,7 @@ fn run_sequence(
 
 /// How a step ended, the views it adds to the scope (its own, and those of the steps
 /// inside it), and its row, still being committed.
-type StepEnd = (Ended, Vec<(String, cel::Value)>, Pending);
+type StepEnd = (Ended, Vec<(String, crate::workflow::Binding)>, Pending);
 
 /// Runs one step.
 async fn run_step(
@@ -690,7 +690,7 @@ fn recorded_bytes(rows: &[StepRecord]) -> u64 {
     rows.iter()
         .filter(|row| row.step_type == "agent")
         .flat_map(|row| [&row.input, &row.output])
-        .map(|value| value.as_ref().map_or(0, crate::limits::json_len))
+        .map(|doc| doc.as_ref().map_or(0, |doc| doc.text_len() as u64))
         .sum()
 }
 

@@ -6,13 +6,13 @@
 //! its token: running instances are interrupted (epoch) and end `cancelled`, and branches
 //! that never started are recorded `cancelled`.
 
-use super::scope::block_view;
+use super::scope::{block_view, plain};
 use super::{Ended, Placement, RunContext, StepEnd, Stop, finish_row, new_row, record_not_started, run_sequence};
+use crate::json::JsonDoc;
 use crate::store::Pending;
 use crate::store::{StepDetails, StepStatus, StoreError};
 use crate::workflow::{JoinPolicy, ParallelBlock, Scope, Step};
 use futures::future::BoxFuture;
-use serde_json::{Map, Value, json};
 use std::sync::Arc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -207,22 +207,25 @@ pub(super) async fn run(
     )
     .await?;
 
-    let mut output = Map::new();
-    let mut branch_views = Map::new();
+    let mut gathered = Vec::new();
+    let mut branch_views = Vec::new();
     let mut views = Vec::new();
     let mut failures = Vec::new();
     for (branch, result) in branches.iter().zip(&end.results) {
-        let (status, branch_output, error) = match result {
-            Some(result) => (result.ended.status, result.ended.output.clone(), result.ended.error.clone()),
-            None => (StepStatus::Cancelled, None, Some("cancelled before it started".to_owned())),
+        let ended = match result {
+            Some(result) => result.ended.clone(),
+            None => Ended {
+                status: StepStatus::Cancelled,
+                output: None,
+                error: Some("cancelled before it started".to_owned()),
+            },
         };
-        if status.is_success() {
-            output.insert(branch.name.clone(), branch_output.clone().unwrap_or(Value::Null));
-        } else if status == StepStatus::Failed {
-            failures.push(format!("{}: {}", branch.name, error.as_deref().unwrap_or("failed")));
+        if ended.status.is_success() {
+            gathered.push((branch.name.as_str(), ended.output.clone()));
+        } else if ended.status == StepStatus::Failed {
+            failures.push(format!("{}: {}", branch.name, ended.error.as_deref().unwrap_or("failed")));
         }
-        branch_views
-            .insert(branch.name.clone(), json!({ "status": status.as_str(), "output": branch_output, "error": error }));
+        branch_views.push((branch.name.clone(), plain(&ended)));
         if let Some(scope) = result.as_ref().and_then(|r| r.scope.as_ref()) {
             // The steps each branch ran are visible after the block.
             for inner in branch.steps.iter().flat_map(step_ids) {
@@ -233,7 +236,9 @@ pub(super) async fn run(
         }
     }
     let (status, error) = block_ending(&end, block.join_policy, stop, &failures);
-    let ended = Ended { status, output: Some(Value::Object(output)), error };
+    // The branches' outputs, written from their texts: nothing is parsed or copied.
+    let output = JsonDoc::object(gathered.iter().map(|(name, output)| (*name, output.as_ref())));
+    let ended = Ended { status, output: Some(output), error };
     let row = finish_row(context, row, &ended, StepDetails::default());
     views.push((step.id.clone(), block_view(&ended, branch_views)));
     Ok((ended, views, row))

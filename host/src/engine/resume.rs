@@ -10,11 +10,11 @@
 //! This module only reads rows; the engine decides what to run and writes the new rows.
 
 use super::Ended;
-use super::scope::{block_view, view};
+use super::scope::{block_view, case_view, plain, view};
 use crate::store::{StepRecord, StepStatus};
+use crate::workflow::Binding;
 use crate::workflow::{Step, StepKind};
 use chrono::{DateTime, Utc};
-use serde_json::{Map, json};
 use std::collections::HashMap;
 
 /// The rows of earlier attempts at a run, by step key.
@@ -94,7 +94,7 @@ pub(super) fn key(prefix: &str, step: &Step) -> String {
 /// The scope views a step that is done leaves behind, rebuilt from the rows at and under
 /// `key`: its own view and, as when it ran, those of the steps inside it that are visible
 /// after it (a parallel block's branch steps, a switch's case, a loop's last iteration).
-pub(super) fn recorded_views(previous: &Previous, step: &Step, key: &str) -> Vec<(String, cel::Value)> {
+pub(super) fn recorded_views(previous: &Previous, step: &Step, key: &str) -> Vec<(String, Binding)> {
     let mut views = Vec::new();
     step_views(previous, step, key, &mut views);
     views
@@ -102,23 +102,21 @@ pub(super) fn recorded_views(previous: &Previous, step: &Step, key: &str) -> Vec
 
 /// Pushes the views of `step` (recorded at `key`) and returns how it ended, or `None`
 /// when nothing is recorded there.
-fn step_views(previous: &Previous, step: &Step, key: &str, views: &mut Vec<(String, cel::Value)>) -> Option<Ended> {
+fn step_views(previous: &Previous, step: &Step, key: &str, views: &mut Vec<(String, Binding)>) -> Option<Ended> {
     let row = previous.latest(key)?;
     let ended = Ended::of_row(row);
     let own = match &step.kind {
         StepKind::Agent(_) | StepKind::Map(_) => view(&ended),
         StepKind::Parallel(block) => {
-            let mut branches = Map::new();
+            let mut branches = Vec::new();
             for branch in block.branches.iter() {
                 let prefix = format!("{key}/{}/", branch.name);
-                let (status, output, error) = match sequence_views(previous, &branch.steps, &prefix, views) {
-                    Some(end) => (end.status, end.output, end.error),
-                    None => (StepStatus::Cancelled, None, Some("cancelled before it started".to_owned())),
-                };
-                branches.insert(
-                    branch.name.clone(),
-                    json!({ "status": status.as_str(), "output": output, "error": error }),
-                );
+                let end = sequence_views(previous, &branch.steps, &prefix, views).unwrap_or_else(|| Ended {
+                    status: StepStatus::Cancelled,
+                    output: None,
+                    error: Some("cancelled before it started".to_owned()),
+                });
+                branches.push((branch.name.clone(), plain(&end)));
             }
             block_view(&ended, branches)
         }
@@ -134,7 +132,7 @@ fn step_views(previous: &Previous, step: &Step, key: &str, views: &mut Vec<(Stri
             if let Some(steps) = steps {
                 sequence_views(previous, &steps, &format!("{key}/{label}/"), views);
             }
-            super::control::case_view(&ended, &label)
+            case_view(&ended, &label)
         }
         StepKind::Loop(repeat) => {
             let first = repeat.body.first().map(|s| s.id.clone()).unwrap_or_default();
@@ -155,7 +153,7 @@ fn sequence_views(
     previous: &Previous,
     steps: &[Step],
     prefix: &str,
-    views: &mut Vec<(String, cel::Value)>,
+    views: &mut Vec<(String, Binding)>,
 ) -> Option<Ended> {
     let mut last: Option<Ended> = None;
     for step in steps {

@@ -1,13 +1,14 @@
 //! The on-disk cache of precompiled agents, shared by every command that loads agents
 //! (`braid serve`, `braid run`, `braid call`, …): an artifact per component digest and
-//! engine (`<sha256>-<engine key>.cwasm`), so that a component is compiled once per
-//! machine and later processes load it in milliseconds. Written then renamed, so that a
+//! engine (`<sha256>-<engine key>.cwasm`; plain and fuel-metered code have different
+//! engines, so different keys), so that a component is compiled once per machine and later
+//! processes load it in milliseconds. Written then renamed, so that a
 //! reader never sees half an artifact; a damaged or foreign artifact is ignored and
 //! replaced. The cache only saves time: a host that cannot write it still works.
 //!
 //! Where agents come from, and which digest a component has, are the registries' concern.
 
-use crate::sandbox::{Agent, LoadError, Sandbox};
+use crate::sandbox::{Agent, LoadError, Metering, Sandbox};
 use std::path::{Path, PathBuf};
 
 /// A folder of precompiled agents.
@@ -43,19 +44,19 @@ impl ArtifactCache {
         &self.dir
     }
 
-    /// The artifact of the component with `digest` for `sandbox`'s engine.
-    pub fn path(&self, sandbox: &Sandbox, digest: &str) -> PathBuf {
-        self.dir.join(format!("{digest}-{}.cwasm", sandbox.artifact_key()))
+    /// The artifact of the component with `digest` for `sandbox`'s `metering` engine.
+    pub fn path(&self, sandbox: &Sandbox, digest: &str, metering: Metering) -> Result<PathBuf, LoadError> {
+        Ok(self.dir.join(format!("{digest}-{}.cwasm", sandbox.artifact_key(metering)?)))
     }
 
-    /// The cached agent with `digest`, if there is a usable artifact (CPU work: call from a
-    /// blocking context).
-    pub fn cached(&self, sandbox: &Sandbox, digest: &str) -> Option<Agent> {
-        let path = self.path(sandbox, digest);
+    /// The cached `metering` code of the agent with `digest`, if there is a usable artifact
+    /// (CPU work: call from a blocking context).
+    pub fn cached(&self, sandbox: &Sandbox, digest: &str, metering: Metering) -> Option<Agent> {
+        let path = self.path(sandbox, digest, metering).ok()?;
         if !path.is_file() {
             return None;
         }
-        match sandbox.load_precompiled(&path) {
+        match sandbox.load_precompiled(&path, metering) {
             Ok(agent) => Some(agent),
             Err(err) => {
                 tracing::warn!("ignoring cached artifact {}: {err}", path.display());
@@ -64,13 +65,19 @@ impl ArtifactCache {
         }
     }
 
-    /// Compiles and links `wasm` (whose digest is `digest`) and caches the artifact
-    /// (CPU-heavy: call from a blocking context).
-    pub fn compile(&self, sandbox: &Sandbox, digest: &str, wasm: &[u8]) -> Result<Agent, LoadError> {
-        let agent = sandbox.load(wasm)?;
-        match agent.precompiled() {
+    /// Compiles and links `wasm` (whose digest is `digest`) for `metering` and caches the
+    /// artifact (CPU-heavy: call from a blocking context).
+    pub fn compile(
+        &self,
+        sandbox: &Sandbox,
+        digest: &str,
+        wasm: &[u8],
+        metering: Metering,
+    ) -> Result<Agent, LoadError> {
+        let agent = sandbox.load_for(wasm, metering)?;
+        match agent.precompiled(metering) {
             Ok(artifact) => {
-                if let Err(err) = self.write(&self.path(sandbox, digest), &artifact) {
+                if let Err(err) = self.write(&self.path(sandbox, digest, metering)?, &artifact) {
                     tracing::warn!("could not cache the precompiled agent {digest} in {}: {err}", self.dir.display());
                 }
             }
@@ -79,16 +86,23 @@ impl ArtifactCache {
         Ok(agent)
     }
 
-    /// The agent with `digest`: cached, or compiled from `wasm` and cached.
-    pub fn load(&self, sandbox: &Sandbox, digest: &str, wasm: &[u8]) -> Result<(Agent, Source), LoadError> {
-        match self.cached(sandbox, digest) {
+    /// The `metering` code of the agent with `digest`: cached, or compiled from `wasm` and
+    /// cached.
+    pub fn load(
+        &self,
+        sandbox: &Sandbox,
+        digest: &str,
+        wasm: &[u8],
+        metering: Metering,
+    ) -> Result<(Agent, Source), LoadError> {
+        match self.cached(sandbox, digest, metering) {
             Some(agent) => {
-                tracing::debug!(digest, "agent loaded precompiled from the cache");
+                tracing::debug!(digest, ?metering, "agent loaded precompiled from the cache");
                 Ok((agent, Source::Cache))
             }
             None => {
-                let agent = self.compile(sandbox, digest, wasm)?;
-                tracing::debug!(digest, "agent compiled and cached");
+                let agent = self.compile(sandbox, digest, wasm, metering)?;
+                tracing::debug!(digest, ?metering, "agent compiled and cached");
                 Ok((agent, Source::Compiled))
             }
         }

@@ -8,10 +8,10 @@
 //! version (the most recently deployed), `"name@version"` pins one. A run pins the exact
 //! digests when it starts; deploying later never changes it.
 
-use super::{ArtifactCache, agent_name, agent_references, digest};
+use super::{ArtifactCache, agent_meterings, agent_name, digest};
 use crate::engine::{ResolvedAgent, RunPlan};
 use crate::metrics::METRICS;
-use crate::sandbox::{LoadError, Sandbox};
+use crate::sandbox::{Agent, LoadError, Metering, Sandbox};
 use crate::store::{AgentRecord, Inserted, RunRecord, Store, StoreError, WorkflowRecord};
 use crate::workflow::{self, InvalidWorkflow, Workflow};
 use chrono::Utc;
@@ -121,7 +121,8 @@ impl Registry {
         if let Some(existing) = self.store.find_agent(name, Some(version)).await? {
             return judge("agent", existing.digest.clone(), &record.digest, name, version).map(|d| (existing, d));
         }
-        self.compile_and_cache(&record.name, Some(&record.version), &record.digest, wasm.clone()).await?;
+        let metering = self.sandbox.default_metering();
+        self.compile_and_cache(&record.name, Some(&record.version), &record.digest, wasm.clone(), metering).await?;
         let deployed = match self.store.insert_agent(&record, &wasm).await? {
             Inserted::Created => Deployed::Created,
             Inserted::AlreadyThere => Deployed::AlreadyThere,
@@ -186,7 +187,7 @@ impl Registry {
         let record = self.store.find_workflow(name, version).await?.ok_or(PlanError::UnknownWorkflow(label))?;
         let parsed = self.parsed(&record)?;
         let mut agents = HashMap::new();
-        for reference in agent_references(&parsed) {
+        for (reference, needs) in agent_meterings(&parsed, Some(&self.sandbox)) {
             let (agent, pinned) = match reference.split_once('@') {
                 Some((agent, version)) => (agent, Some(version)),
                 None => (reference.as_str(), None),
@@ -196,7 +197,7 @@ impl Registry {
                 .find_agent(agent, pinned)
                 .await?
                 .ok_or_else(|| PlanError::UnknownAgent(reference.clone()))?;
-            let ready = self.agent(&deployed.name, Some(&deployed.version), &deployed.digest).await?;
+            let ready = self.agent(&deployed.name, Some(&deployed.version), &deployed.digest, &needs).await?;
             agents.insert(reference, ready);
         }
         Ok(Arc::new(RunPlan { workflow: parsed, agents, workflow_digest: Some(record.digest) }))
@@ -228,11 +229,11 @@ impl Registry {
         let parsed = self.parsed(&record)?;
         let pins = run.pinned_agents.clone().unwrap_or(Value::Null);
         let mut agents = HashMap::new();
-        for reference in agent_references(&parsed) {
+        for (reference, needs) in agent_meterings(&parsed, Some(&self.sandbox)) {
             let pin = &pins[&reference];
             let digest = pin["digest"].as_str().ok_or_else(|| PlanError::UnknownAgent(reference.clone()))?;
             let version = pin["version"].as_str();
-            agents.insert(reference.clone(), self.agent(agent_name(&reference), version, digest).await?);
+            agents.insert(reference.clone(), self.agent(agent_name(&reference), version, digest, &needs).await?);
         }
         Ok(Arc::new(RunPlan { workflow: parsed, agents, workflow_digest: Some(record.digest) }))
     }
@@ -267,37 +268,54 @@ impl Registry {
         Ok(parsed)
     }
 
-    /// The agent with `digest`, ready to run: from memory, from the precompiled cache, or
-    /// compiled from the stored bytes (and cached).
+    /// The agent with `digest`, ready to run the code `needs` names: from memory, from the
+    /// precompiled cache, or compiled from the stored bytes (and cached).
     pub(crate) async fn agent(
         &self,
         name: &str,
         version: Option<&str>,
         digest: &str,
+        needs: &BTreeSet<Metering>,
     ) -> Result<Arc<ResolvedAgent>, PlanError> {
-        if let Some(ready) = lock(&self.loaded).get(digest) {
-            return Ok(ready.clone());
+        let ready = |loaded: &HashMap<String, Arc<ResolvedAgent>>| {
+            loaded.get(digest).filter(|agent| needs.iter().all(|&metering| agent.agent.has(metering))).cloned()
+        };
+        if let Some(ready) = ready(&lock(&self.loaded)) {
+            return Ok(ready);
         }
         let once = lock(&self.loading).entry(digest.to_owned()).or_default().clone();
         let _loading = once.lock().await;
-        if let Some(ready) = lock(&self.loaded).get(digest) {
-            return Ok(ready.clone());
+        if let Some(ready) = ready(&lock(&self.loaded)) {
+            return Ok(ready);
         }
-        let loaded = self.load_agent(name, version, digest).await;
+        let mut result = Ok(None);
+        for &metering in needs {
+            let loaded = lock(&self.loaded).get(digest).cloned();
+            if loaded.as_ref().is_some_and(|agent| agent.agent.has(metering)) {
+                continue;
+            }
+            result = self.load_agent(name, version, digest, metering).await.map(Some);
+            if result.is_err() {
+                break;
+            }
+        }
         lock(&self.loading).remove(digest);
-        loaded
+        result?;
+        ready(&lock(&self.loaded)).ok_or_else(|| PlanError::UnknownAgent(format!("{name} ({digest})")))
     }
 
-    /// Loads the agent with `digest` (one caller at a time per digest: see `agent`).
+    /// Loads the `metering` code of the agent with `digest` (one caller at a time per
+    /// digest: see `agent`).
     async fn load_agent(
         &self,
         name: &str,
         version: Option<&str>,
         digest: &str,
+        metering: Metering,
     ) -> Result<Arc<ResolvedAgent>, PlanError> {
         let reference = format!("{name}@{}", version.unwrap_or("?"));
         let (sandbox, cache, key) = (self.sandbox.clone(), self.cache.clone(), digest.to_owned());
-        let cached = tokio::task::spawn_blocking(move || cache.cached(&sandbox, &key))
+        let cached = tokio::task::spawn_blocking(move || cache.cached(&sandbox, &key, metering))
             .await
             .map_err(|e| PlanError::Load { reference: reference.clone(), source: LoadError::Compile(e.to_string()) })?;
         if let Some(agent) = cached {
@@ -305,43 +323,45 @@ impl Registry {
             return Ok(self.remember(name, version, digest, agent));
         }
         let wasm = self.store.agent_wasm(digest).await?.ok_or_else(|| PlanError::UnknownAgent(reference.clone()))?;
-        self.compile_and_cache(name, version, digest, wasm).await.map_err(|err| match err {
+        self.compile_and_cache(name, version, digest, wasm, metering).await.map_err(|err| match err {
             DeployError::NotAnAgent(source) => PlanError::Load { reference, source },
             other => PlanError::Load { reference, source: LoadError::Compile(other.to_string()) },
         })
     }
 
-    /// Compiles and links `wasm` off the async threads, writes the precompiled artifact to
-    /// the cache and keeps the agent in memory.
+    /// Compiles and links `wasm` for `metering` off the async threads, writes the
+    /// precompiled artifact to the cache and keeps the agent in memory.
     async fn compile_and_cache(
         &self,
         name: &str,
         version: Option<&str>,
         digest: &str,
         wasm: Vec<u8>,
+        metering: Metering,
     ) -> Result<Arc<ResolvedAgent>, DeployError> {
         let (sandbox, cache, key) = (self.sandbox.clone(), self.cache.clone(), digest.to_owned());
-        let agent = tokio::task::spawn_blocking(move || cache.compile(&sandbox, &key, &wasm))
+        let agent = tokio::task::spawn_blocking(move || cache.compile(&sandbox, &key, &wasm, metering))
             .await
             .map_err(|e| LoadError::Compile(e.to_string()))??;
         METRICS.compiles.with_label_values(&["compiled"]).inc();
         Ok(self.remember(name, version, digest, agent))
     }
 
-    fn remember(
-        &self,
-        name: &str,
-        version: Option<&str>,
-        digest: &str,
-        agent: crate::sandbox::Agent,
-    ) -> Arc<ResolvedAgent> {
-        let ready = Arc::new(ResolvedAgent {
-            name: name.to_owned(),
-            version: version.map(str::to_owned),
-            digest: digest.to_owned(),
-            agent,
+    /// Keeps `agent`'s code in memory, beside the code of the same digest loaded before
+    /// (whose name and version stay).
+    fn remember(&self, name: &str, version: Option<&str>, digest: &str, agent: Agent) -> Arc<ResolvedAgent> {
+        let mut loaded = lock(&self.loaded);
+        let ready = Arc::new(match loaded.get(digest) {
+            Some(known) => ResolvedAgent { agent: known.agent.clone().merge(&agent), ..ResolvedAgent::clone(known) },
+            None => ResolvedAgent {
+                name: name.to_owned(),
+                version: version.map(str::to_owned),
+                digest: digest.to_owned(),
+                agent,
+            },
         });
-        lock(&self.loaded).entry(digest.to_owned()).or_insert(ready).clone()
+        loaded.insert(digest.to_owned(), ready.clone());
+        ready
     }
 
     /// The sandbox agents are loaded into.

@@ -3,9 +3,9 @@
 //! (hyphens and underscores alike), and `"name@version"` to `DIR/name@version.wasm`.
 //! With a cache ([`AgentDirectory::with_cache`]) a component is compiled once per machine.
 
-use super::{ArtifactCache, RegistryError, agent_name, agent_references, digest, file_names};
+use super::{ArtifactCache, RegistryError, agent_meterings, agent_name, agent_references, digest, file_names};
 use crate::engine::ResolvedAgent;
-use crate::sandbox::Sandbox;
+use crate::sandbox::{Agent, Metering, Sandbox};
 use crate::workflow::Workflow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -35,23 +35,28 @@ impl AgentDirectory {
         file_names(reference).into_iter().map(|name| self.dir.join(format!("{name}.wasm"))).find(|path| path.is_file())
     }
 
-    /// Reads, compiles and links every agent `workflow` names (CPU-heavy: call from a
-    /// blocking context).
+    /// Reads, compiles and links every agent `workflow` names, for the code its steps need
+    /// (CPU-heavy: call from a blocking context).
     pub fn resolve(
         &self,
         workflow: &Workflow,
         sandbox: &Sandbox,
     ) -> Result<HashMap<String, Arc<ResolvedAgent>>, RegistryError> {
-        agent_references(workflow)
+        agent_meterings(workflow, Some(sandbox))
             .into_iter()
-            .map(|reference| {
-                let agent = self.load(&reference, sandbox)?;
+            .map(|(reference, needs)| {
+                let agent = self.load(&reference, sandbox, &needs)?;
                 Ok((reference, Arc::new(agent)))
             })
             .collect()
     }
 
-    fn load(&self, reference: &str, sandbox: &Sandbox) -> Result<ResolvedAgent, RegistryError> {
+    fn load(
+        &self,
+        reference: &str,
+        sandbox: &Sandbox,
+        needs: &std::collections::BTreeSet<Metering>,
+    ) -> Result<ResolvedAgent, RegistryError> {
         let path = self
             .path_of(reference)
             .ok_or_else(|| RegistryError::NotFound { reference: reference.to_owned(), dir: self.dir.clone() })?;
@@ -61,15 +66,19 @@ impl AgentDirectory {
             source,
         })?;
         let digest = digest(&bytes);
-        let loaded = match &self.cache {
-            Some(cache) => cache.load(sandbox, &digest, &bytes).map(|(agent, _)| agent),
-            None => sandbox.load(&bytes),
-        };
-        let agent = loaded.map_err(|source| RegistryError::Load {
-            reference: reference.to_owned(),
-            path: path.clone(),
-            source,
-        })?;
+        let mut agent = Agent::default();
+        for &metering in needs {
+            let loaded = match &self.cache {
+                Some(cache) => cache.load(sandbox, &digest, &bytes, metering).map(|(agent, _)| agent),
+                None => sandbox.load_for(&bytes, metering),
+            };
+            let loaded = loaded.map_err(|source| RegistryError::Load {
+                reference: reference.to_owned(),
+                path: path.clone(),
+                source,
+            })?;
+            agent = agent.merge(&loaded);
+        }
         Ok(ResolvedAgent { name: agent_name(reference).to_owned(), version: None, digest, agent })
     }
 

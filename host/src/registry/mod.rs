@@ -15,10 +15,10 @@ pub use cache::{ArtifactCache, Source, default_cache_dir};
 pub use deployed::{DeployError, Deployed, PlanError, Registry};
 pub use local::AgentDirectory;
 
-use crate::sandbox::LoadError;
+use crate::sandbox::{LoadError, Metering, Sandbox};
 use crate::workflow::{StepKind, Workflow};
 use sha2::{Digest, Sha256};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 /// Why an agent could not be resolved.
@@ -59,17 +59,31 @@ pub fn agent_name(reference: &str) -> &str {
 
 /// Every agent reference a workflow makes, nested steps included.
 pub fn agent_references(workflow: &Workflow) -> BTreeSet<String> {
-    fn walk(steps: &[crate::workflow::Step], found: &mut BTreeSet<String>) {
+    agent_meterings(workflow, None).into_keys().collect()
+}
+
+/// Every agent reference a workflow makes, with the code its steps need on `sandbox`:
+/// fuel-metered for steps with a fuel budget (their own or the sandbox's default), plain
+/// for the others unless the sandbox meters every step. Without a sandbox, no code.
+pub fn agent_meterings(workflow: &Workflow, sandbox: Option<&Sandbox>) -> BTreeMap<String, BTreeSet<Metering>> {
+    fn walk(
+        steps: &[crate::workflow::Step],
+        sandbox: Option<&Sandbox>,
+        found: &mut BTreeMap<String, BTreeSet<Metering>>,
+    ) {
         for step in steps {
             if let StepKind::Agent(agent) = &step.kind {
-                found.insert(agent.agent.clone());
+                let needs = found.entry(agent.agent.clone()).or_default();
+                if let Some(sandbox) = sandbox {
+                    needs.insert(sandbox.metering(agent.fuel.or(sandbox.config().default_limits.fuel)));
+                }
             }
             for (nested, _) in step.kind.nested() {
-                walk(nested, found);
+                walk(nested, sandbox, found);
             }
         }
     }
-    let mut found = BTreeSet::new();
-    walk(&workflow.steps, &mut found);
+    let mut found = BTreeMap::new();
+    walk(&workflow.steps, sandbox, &mut found);
     found
 }

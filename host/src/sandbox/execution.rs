@@ -4,7 +4,7 @@
 use super::bindings::braid::agent::{host, types};
 use super::limiter::MemoryLimiter;
 use super::logs::{LogCapture, LogLevel, LogSource};
-use super::{Agent, ExecuteError, Execution, ExecutionRequest, Limits, Outcome, Sandbox, Slot};
+use super::{Agent, ExecuteError, Execution, ExecutionRequest, Limits, Metering, Outcome, Sandbox, Slot};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -134,6 +134,16 @@ impl Sandbox {
         slot: Slot,
     ) -> Result<Execution, ExecuteError> {
         let limits = self.check(&request)?;
+        let metering = self.metering(limits.fuel);
+        let (Some(pre), Ok(engine)) = (agent.pre(metering), self.engine_for(metering)) else {
+            return Err(ExecuteError::Host(format!(
+                "the agent was not loaded for {} code, which this step needs",
+                match metering {
+                    Metering::Metered => "fuel-metered",
+                    Metering::Unmetered => "unmetered",
+                }
+            )));
+        };
         let queued = slot.queued;
         let _slot = slot;
         let deadline = Instant::now() + limits.timeout;
@@ -161,10 +171,12 @@ impl Sandbox {
             cancel: request.cancel.clone(),
             interrupted: None,
         };
-        let mut store = Store::new(self.engine(), state);
+        let mut store = Store::new(&engine.engine, state);
         store.limiter(|state| &mut state.limiter);
         let fuel_budget = limits.fuel.unwrap_or(u64::MAX);
-        store.set_fuel(fuel_budget).map_err(|e| ExecuteError::Host(format!("{e:#}")))?;
+        if metering == Metering::Metered {
+            store.set_fuel(fuel_budget).map_err(|e| ExecuteError::Host(format!("{e:#}")))?;
+        }
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(|mut ctx| {
             let state = ctx.data_mut();
@@ -196,11 +208,14 @@ impl Sandbox {
         let started = Instant::now();
         let mut instantiated_at = None;
         let call = async {
-            let instance = agent.pre.instantiate_async(&mut store).await?;
+            let instance = pre.instantiate_async(&mut store).await?;
             instantiated_at = Some(Instant::now());
             instance.call_run(&mut store, &context, &request.input).await
         };
+        // Biased towards the call: most calls finish in their first poll (no host call that
+        // waits), and then neither timer is ever registered.
         let result = tokio::select! {
+            biased;
             result = call => Ok(result),
             () = async { request.cancel.cancelled().await; tokio::time::sleep(grace).await } => Err(Interruption::Cancelled),
             () = tokio::time::sleep_until((deadline + grace).into()) => Err(Interruption::Timeout),
@@ -209,7 +224,10 @@ impl Sandbox {
         let instantiate = instantiated_at.unwrap_or(finished) - started;
         let execute = finished - instantiated_at.unwrap_or(finished);
 
-        let fuel_left = store.get_fuel().unwrap_or(0);
+        let fuel_consumed = match metering {
+            Metering::Metered => Some(fuel_budget - store.get_fuel().unwrap_or(0)),
+            Metering::Unmetered => None,
+        };
         let state = store.data();
         let mut execution = Execution {
             outcome: Outcome::Succeeded,
@@ -220,7 +238,7 @@ impl Sandbox {
             queued,
             instantiate,
             execute,
-            fuel_consumed: Some(fuel_budget - fuel_left),
+            fuel_consumed,
             memory_peak_bytes: state.limiter.peak_bytes() as u64,
             http_calls: Vec::new(),
         };
@@ -252,7 +270,7 @@ impl Sandbox {
                 execution.error = Some(crate::limits::storable_text(step_error.message));
                 execution.retryable = step_error.retryable;
             }
-            Ok(Ok(Ok(output))) => match self.check_output(&output) {
+            Ok(Ok(Ok(output))) => match self.check_output(output) {
                 Ok(value) => execution.output = Some(value),
                 Err(message) => {
                     execution.outcome = Outcome::InvalidOutput;
@@ -279,12 +297,14 @@ impl Sandbox {
         execution.retryable = outcome == Outcome::Timeout;
     }
 
-    fn check_output(&self, output: &str) -> Result<serde_json::Value, String> {
+    /// The agent's answer as a document: checked (size, syntax, depth, NUL) without being
+    /// parsed into a tree, and passed on as the text it is.
+    fn check_output(&self, output: String) -> Result<crate::json::JsonDoc, String> {
         let cap = self.config.max_output_bytes;
         if output.len() > cap {
             return Err(format!("the output is {} bytes, over the cap of {cap} bytes", output.len()));
         }
-        crate::limits::parse_json(output, "the output").map_err(|problem| match problem {
+        crate::json::JsonDoc::parse_owned(output, "the output").map_err(|problem| match problem {
             crate::limits::JsonProblem::Syntax(_, err) => format!("the output is not JSON: {err}"),
             other => other.to_string(),
         })

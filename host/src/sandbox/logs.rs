@@ -95,7 +95,8 @@ impl LogCapture {
                 dropped_bytes: 0,
                 dropped_lines: 0,
                 partial: [Vec::new(), Vec::new()],
-                stderr_tail: VecDeque::with_capacity(STDERR_TAIL_BYTES),
+                // Grown only if the guest writes to stderr.
+                stderr_tail: VecDeque::new(),
             })),
         }
     }

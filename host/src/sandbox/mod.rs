@@ -1,8 +1,9 @@
 //! The sandbox: runs one agent execution in a fresh, locked-down wasmtime instance.
 //!
-//! It owns the process's one wasmtime [`Engine`] (pooling allocator sized to the host-wide
-//! concurrency, epoch interruption, fuel metering), the [`Linker`] with WASI and the
-//! `braid:agent/host` imports, the epoch ticker thread, and a semaphore that makes excess
+//! It owns the process's wasmtime [`Engine`] (pooling allocator sized to the host-wide
+//! concurrency, epoch interruption) — and, once a step asks for a fuel budget, a second one
+//! whose code counts fuel ([`Metering`]) — each with its [`Linker`] (WASI and the
+//! `braid:agent/host` imports), the epoch ticker thread, and a semaphore that makes excess
 //! executions wait for a free instance slot instead of failing. Loading an agent compiles
 //! and links its component once ([`Agent`]); every execution gets a fresh `Store` with its
 //! own limits, captured logs and configuration ([`Sandbox::execute`]).
@@ -24,7 +25,7 @@ mod limiter;
 mod logs;
 mod outcome;
 
-pub use agent::{Agent, LoadError};
+pub use agent::{Agent, LoadError, Metering};
 pub use execution::human_bytes;
 pub use logs::{LogLevel, LogLine, LogSource};
 pub use outcome::{Execution, Outcome};
@@ -33,7 +34,7 @@ use bindings::AgentPre;
 use epoch::EpochTicker;
 use execution::StepState;
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -93,6 +94,10 @@ pub struct SandboxConfig {
     pub outbound: crate::outbound::OutboundConfig,
     /// How the instance pool resets memory between instances.
     pub pool: PoolTuning,
+    /// Count fuel in every step and record `fuel_consumed` for each (`--meter-fuel`).
+    /// Otherwise only steps with a fuel budget run metered code: counting fuel makes guest
+    /// code ~1.2× slower (README, "Benchmarks").
+    pub meter_fuel: bool,
 }
 
 /// How the pooling allocator resets an instance's memory for the next one: the levers the
@@ -131,6 +136,7 @@ impl Default for SandboxConfig {
             max_queue_wait: Duration::from_secs(600),
             outbound: crate::outbound::OutboundConfig::default(),
             pool: PoolTuning::default(),
+            meter_fuel: false,
         }
     }
 }
@@ -142,8 +148,10 @@ pub struct Limits {
     pub timeout: Duration,
     /// Linear memory, over all memories of the instance.
     pub memory_bytes: u64,
-    /// A deterministic CPU budget in wasmtime fuel units (roughly one per instruction);
-    /// `None` meters without limiting.
+    /// A deterministic CPU budget in wasmtime fuel units (roughly one per instruction).
+    /// With a budget the step runs metered code and records the fuel it burned; without
+    /// one it is not metered unless the sandbox meters every step
+    /// ([`SandboxConfig::meter_fuel`]).
     pub fuel: Option<u64>,
 }
 
@@ -229,47 +237,67 @@ pub struct Slot {
 
 /// The process's wasmtime host for agents. Cheap to share behind an `Arc`.
 pub struct Sandbox {
-    engine: Engine,
-    linker: Linker<StepState>,
+    /// The engine of each [`Metering`], built on first use (the default one at start).
+    engines: [OnceLock<MeteredEngine>; 2],
+    /// Held while an engine is being built, so that only one is.
+    building: Mutex<()>,
     outbound: Arc<crate::outbound::Outbound>,
+    /// The instance slots of every engine together: the host-wide bound.
     instance_slots: Arc<Semaphore>,
     config: SandboxConfig,
-    pooling: bool,
     // Last: stop ticking only after everything else is torn down.
-    _ticker: EpochTicker,
+    ticker: EpochTicker,
+}
+
+/// One wasmtime engine, with or without fuel metering, and its linker. Each has a pool of
+/// `max_instances` slots: the sandbox's semaphore bounds them together.
+struct MeteredEngine {
+    engine: Engine,
+    linker: Linker<StepState>,
+    pooling: bool,
 }
 
 impl Sandbox {
-    /// Builds the engine (probing for the pooling allocator), the linker and the ticker.
+    /// Builds the default engine (probing for the pooling allocator), its linker and the
+    /// ticker.
     pub fn new(config: SandboxConfig) -> Result<Self, SandboxError> {
-        let (engine, pooling) = match config.allocator {
-            AllocatorChoice::OnDemand => (build_engine(&config, false)?, false),
-            AllocatorChoice::Pooling => (build_engine(&config, true)?, true),
-            AllocatorChoice::Auto => match build_engine(&config, true) {
-                Ok(engine) => (engine, true),
-                Err(err) => {
-                    tracing::warn!("pooling allocator unavailable ({err}); using on-demand allocation");
-                    (build_engine(&config, false)?, false)
-                }
-            },
-        };
-        let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
-        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
-            .map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
-        bindings::Agent::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |state| state)
-            .map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
-        let ticker = EpochTicker::start(&engine, config.epoch_tick)?;
         let outbound = Arc::new(crate::outbound::Outbound::new(config.outbound.clone())?);
-        Ok(Sandbox {
+        let sandbox = Sandbox {
+            engines: [OnceLock::new(), OnceLock::new()],
+            building: Mutex::new(()),
             outbound,
             instance_slots: Arc::new(Semaphore::new(config.max_instances as usize)),
-            engine,
-            linker,
+            ticker: EpochTicker::start(config.epoch_tick)?,
             config,
-            pooling,
-            _ticker: ticker,
-        })
+        };
+        sandbox.engine_for(sandbox.default_metering())?;
+        Ok(sandbox)
+    }
+
+    /// How a step with this fuel budget (or none) runs: metered when it has a budget or
+    /// when the sandbox meters every step.
+    pub fn metering(&self, fuel: Option<u64>) -> Metering {
+        if fuel.is_some() { Metering::Metered } else { self.default_metering() }
+    }
+
+    /// How agents are loaded unless a budget asks for metering.
+    pub fn default_metering(&self) -> Metering {
+        if self.config.meter_fuel { Metering::Metered } else { Metering::Unmetered }
+    }
+
+    /// The engine of `metering`, built now if this is its first use.
+    fn engine_for(&self, metering: Metering) -> Result<&MeteredEngine, SandboxError> {
+        let cell = &self.engines[metering as usize];
+        if let Some(engine) = cell.get() {
+            return Ok(engine);
+        }
+        let _building = self.building.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(engine) = cell.get() {
+            return Ok(engine);
+        }
+        let built = MeteredEngine::build(&self.config, metering)?;
+        self.ticker.tick(&built.engine);
+        Ok(cell.get_or_init(|| built))
     }
 
     /// The host-wide settings.
@@ -279,17 +307,36 @@ impl Sandbox {
 
     /// Whether instances come from the pooling allocator.
     pub fn is_pooling(&self) -> bool {
-        self.pooling
+        self.engine_for(self.default_metering()).is_ok_and(|engine| engine.pooling)
     }
 
     /// Instances live right now.
     pub fn live_instances(&self) -> usize {
         self.config.max_instances as usize - self.instance_slots.available_permits()
     }
+}
 
-    /// The wasmtime engine (for precompiling and for benchmarks).
-    pub fn engine(&self) -> &Engine {
-        &self.engine
+impl MeteredEngine {
+    /// An engine (pooling if the configuration and the address space allow) and its linker.
+    fn build(config: &SandboxConfig, metering: Metering) -> Result<MeteredEngine, SandboxError> {
+        let (engine, pooling) = match config.allocator {
+            AllocatorChoice::OnDemand => (build_engine(config, metering, false)?, false),
+            AllocatorChoice::Pooling => (build_engine(config, metering, true)?, true),
+            AllocatorChoice::Auto => match build_engine(config, metering, true) {
+                Ok(engine) => (engine, true),
+                Err(err) => {
+                    tracing::warn!("pooling allocator unavailable ({err}); using on-demand allocation");
+                    (build_engine(config, metering, false)?, false)
+                }
+            },
+        };
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
+        bindings::Agent::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |state| state)
+            .map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
+        Ok(MeteredEngine { engine, linker, pooling })
     }
 
     fn instantiate_pre(&self, component: &wasmtime::component::Component) -> wasmtime::Result<AgentPre<StepState>> {
@@ -297,10 +344,10 @@ impl Sandbox {
     }
 }
 
-fn build_engine(config: &SandboxConfig, pooling: bool) -> Result<Engine, SandboxError> {
+fn build_engine(config: &SandboxConfig, metering: Metering, pooling: bool) -> Result<Engine, SandboxError> {
     let mut wasm = Config::new();
     wasm.epoch_interruption(true)
-        .consume_fuel(true)
+        .consume_fuel(metering == Metering::Metered)
         .wasm_component_model(true)
         // Guests get 512 KiB of native stack for wasm frames; deeper recursion traps.
         .max_wasm_stack(512 * 1024);
@@ -333,19 +380,21 @@ fn build_engine(config: &SandboxConfig, pooling: bool) -> Result<Engine, Sandbox
     if pooling {
         // Pool address space is reserved lazily on some systems: prove one slot works now
         // rather than failing on the first step.
-        probe_pool(&engine).map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
+        probe_pool(&engine, metering).map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
     }
     Ok(engine)
 }
 
 /// Instantiates an empty component once, to find out whether the pool can be used.
-fn probe_pool(engine: &Engine) -> wasmtime::Result<()> {
+fn probe_pool(engine: &Engine, metering: Metering) -> wasmtime::Result<()> {
     let component = wasmtime::component::Component::new(
         engine,
         "(component (core module $m (memory 1)) (core instance (instantiate $m)))",
     )?;
     let mut store = wasmtime::Store::new(engine, ());
-    store.set_fuel(u64::MAX)?;
+    if metering == Metering::Metered {
+        store.set_fuel(u64::MAX)?;
+    }
     store.set_epoch_deadline(u64::MAX / 2);
     wasmtime::component::Linker::<()>::new(engine).instantiate(&mut store, &component)?;
     Ok(())

@@ -71,7 +71,7 @@ impl fmt::Display for Outcome {
 pub struct Execution {
     pub outcome: Outcome,
     /// The agent's output, when it succeeded.
-    pub output: Option<serde_json::Value>,
+    pub output: Option<crate::json::JsonDoc>,
     /// A readable explanation, when it did not.
     pub error: Option<String>,
     /// Whether a retry could help: the agent's own say for guest errors, the host's for

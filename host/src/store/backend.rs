@@ -37,8 +37,8 @@ macro_rules! insert_steps_as_values {
                     .push_bind(step.attempt)
                     .push_bind(step.status.as_str())
                     .push_bind(&step.outcome)
-                    .push_bind(json(&step.input))
-                    .push_bind(json(&step.output))
+                    .push_bind(stored_text(&step.input))
+                    .push_bind(stored_text(&step.output))
                     .push_bind(&step.error)
                     .push_bind(step.started_at)
                     .push_bind(step.finished_at)
@@ -77,7 +77,7 @@ macro_rules! sql_backend {
             AgentRecord, HostRecord, HttpCallRecord, Inserted, LogRecord, RunFilter, RunRecord, StepDetails, StepFilter,
             StepRecord, WorkflowRecord,
         };
-        use super::stored_json::StoredJson;
+        use super::stored_json::{StoredDoc, StoredJson, stored_text};
         use super::{Batch, StoreError, Written};
         use chrono::{DateTime, Utc};
         use sqlx::QueryBuilder;
@@ -118,8 +118,8 @@ macro_rules! sql_backend {
                 .push_bind(&run.workflow_name)
                 .push_bind(&run.workflow_version)
                 .push_bind(run.status.as_str())
-                .push_bind(json(&run.input))
-                .push_bind(json(&run.output))
+                .push_bind(stored_text(&run.input))
+                .push_bind(stored_text(&run.output))
                 .push_bind(&run.error)
                 .push_bind(run.created_at)
                 .push_bind(run.started_at)
@@ -297,8 +297,8 @@ macro_rules! sql_backend {
             workflow_name: String,
             workflow_version: String,
             status: String,
-            input: Option<StoredJson>,
-            output: Option<StoredJson>,
+            input: Option<StoredDoc>,
+            output: Option<StoredDoc>,
             error: Option<String>,
             created_at: DateTime<Utc>,
             started_at: Option<DateTime<Utc>>,
@@ -347,8 +347,8 @@ macro_rules! sql_backend {
             attempt: i32,
             status: String,
             outcome: Option<String>,
-            input: Option<StoredJson>,
-            output: Option<StoredJson>,
+            input: Option<StoredDoc>,
+            output: Option<StoredDoc>,
             error: Option<String>,
             started_at: Option<DateTime<Utc>>,
             finished_at: Option<DateTime<Utc>>,

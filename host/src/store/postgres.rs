@@ -1,4 +1,5 @@
-//! The Postgres store: native `uuid`, `jsonb` and `timestamptz` columns.
+//! The Postgres store: native `uuid` and `timestamptz` columns; inputs and outputs as text
+//! holding the JSON Braid checked (the server does not parse it again), other JSON as `jsonb`.
 
 super::backend::sql_backend!(
     db: sqlx::Postgres,
@@ -23,8 +24,10 @@ super::backend::sql_backend!(
 /// run never lands a row after the new owner took it. (A correlated subquery rather than a
 /// join with the locked runs: it plans and runs in about half the time for the few rows of
 /// a typical commit, on the writer's serial path.) Returns how many rows were written.
-async fn insert_steps(connection: &mut sqlx::PgConnection, steps: &[(StepRecord, i64)]) -> Result<u64, StoreError> {
-    let json_text = |value: &Option<serde_json::Value>| value.as_ref().map(|v| v.to_string());
+async fn insert_steps<'a>(
+    connection: &mut sqlx::PgConnection,
+    steps: &'a [(StepRecord, i64)],
+) -> Result<u64, StoreError> {
     // Binds every column of the rows, each value given by `$value!(|step| ...)`: whole
     // columns as arrays, or one row's values.
     macro_rules! bind_step_columns {
@@ -43,8 +46,8 @@ async fn insert_steps(connection: &mut sqlx::PgConnection, steps: &[(StepRecord,
                 .bind($value!(|s: &StepRecord| s.attempt))
                 .bind($value!(|s: &StepRecord| s.status.as_str().to_owned()))
                 .bind($value!(|s: &StepRecord| s.outcome.clone()))
-                .bind($value!(|s: &StepRecord| json_text(&s.input)))
-                .bind($value!(|s: &StepRecord| json_text(&s.output)))
+                .bind($value!(|s: &'a StepRecord| super::stored_json::stored_text(&s.input)))
+                .bind($value!(|s: &'a StepRecord| super::stored_json::stored_text(&s.output)))
                 .bind($value!(|s: &StepRecord| s.error.clone()))
                 .bind($value!(|s: &StepRecord| s.started_at))
                 .bind($value!(|s: &StepRecord| s.finished_at))
@@ -102,7 +105,7 @@ static STEPS_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "INSERT INTO step_executions ({STEP_COLUMNS}) \
          SELECT t.id, run_id, step_id, step_type, parent_step_id, branch_name, item_index, join_policy, agent_name, \
-                agent_digest, attempt, status, outcome, input::jsonb, output::jsonb, error, started_at, finished_at, \
+                agent_digest, attempt, status, outcome, input, output, error, started_at, finished_at, \
                 instantiate_us, execute_us, fuel_consumed, memory_peak_bytes, step_key, queued_us, host_id \
          FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::uuid[], $6::text[], \
                      $7::int8[], $8::text[], $9::text[], $10::text[], $11::int4[], $12::text[], $13::text[], $14::text[], \
@@ -120,7 +123,7 @@ static ONE_STEP_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "INSERT INTO step_executions ({STEP_COLUMNS}) \
          SELECT $1::uuid, $2::uuid, $3::text, $4::text, $5::uuid, $6::text, $7::int8, $8::text, $9::text, \
-                $10::text, $11::int4, $12::text, $13::text, $14::text::jsonb, $15::text::jsonb, $16::text, $17::timestamptz, \
+                $10::text, $11::int4, $12::text, $13::text, $14::text, $15::text, $16::text, $17::timestamptz, \
                 $18::timestamptz, $19::int8, $20::int8, $21::int8, $22::int8, $23::text, $24::int8, $25::text \
          WHERE $26::int8 = (SELECT r.epoch FROM workflow_runs r WHERE r.id = $2::uuid FOR SHARE){STEP_UPDATES}"
     )

@@ -1,6 +1,7 @@
 //! The recorded rows, as plain data: one struct per table, fields named like the columns.
 //! Nothing here knows how rows are produced (the engine) or stored (the backends).
 
+use crate::json::JsonDoc;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -15,8 +16,8 @@ pub struct RunRecord {
     pub workflow_name: String,
     pub workflow_version: String,
     pub status: RunStatus,
-    pub input: Option<Value>,
-    pub output: Option<Value>,
+    pub input: Option<JsonDoc>,
+    pub output: Option<JsonDoc>,
     pub error: Option<String>,
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
@@ -81,8 +82,8 @@ pub struct StepRecord {
     pub attempt: i32,
     pub status: StepStatus,
     pub outcome: Option<String>,
-    pub input: Option<Value>,
-    pub output: Option<Value>,
+    pub input: Option<JsonDoc>,
+    pub output: Option<JsonDoc>,
     pub error: Option<String>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,

@@ -10,6 +10,8 @@
 //! variables and which `steps.<id>` each template reads, for validation and so that
 //! rendering converts only what it needs.
 
+use super::scope::Scope;
+use crate::json::JsonDoc;
 use cel::common::ast::{CallExpr, EntryExpr, Expr, IdedExpr, LiteralValue, operators};
 use cel::objects::{Key, Map};
 use cel::{Context, Value as Cel};
@@ -42,7 +44,7 @@ pub struct Template {
 #[derive(Debug, Clone)]
 enum Node {
     /// A value with no expression inside.
-    Literal(Json),
+    Literal(JsonDoc),
     /// A string that is exactly one expression.
     Expr(Arc<Compiled>),
     /// A string with expressions inside text.
@@ -61,6 +63,9 @@ enum Part {
 struct Compiled {
     source: String,
     ast: IdedExpr,
+    /// `root.field.field...` when the expression is nothing more than such a reference:
+    /// answered from the JSON without CEL (see [`Scope::resolve`]).
+    path: Option<(String, Vec<String>)>,
 }
 
 /// Why an expression could not be compiled or evaluated.
@@ -72,28 +77,12 @@ pub struct ExprError {
     pub message: String,
 }
 
-/// What expressions see: the run's input and the steps that have run, as CEL values.
-#[derive(Debug, Clone)]
-pub struct Scope {
-    pub input: Cel,
-    pub steps: HashMap<String, Cel>,
-    /// Further variables (`item`, `index`, ...), for step types that bind them.
-    pub extra: Vec<(String, Cel)>,
-}
-
-impl Scope {
-    /// A scope with the run's input and no steps yet.
-    pub fn new(input: &Json) -> Self {
-        Scope { input: json_to_cel(input), steps: HashMap::new(), extra: Vec::new() }
-    }
-}
-
 impl Template {
     /// Compiles a JSON value, collecting every expression that does not parse.
     pub fn compile(value: &Json) -> Result<Template, Vec<ExprError>> {
         let mut errors = Vec::new();
         let mut template = Template {
-            node: Node::Literal(Json::Null),
+            node: Node::Literal(JsonDoc::null()),
             variables: BTreeSet::new(),
             steps: BTreeSet::new(),
             reads_all_steps: false,
@@ -114,9 +103,11 @@ impl Template {
             Json::String(text) => match split_template(text) {
                 Err(message) => {
                     errors.push(ExprError { subpath, message });
-                    Node::Literal(Json::Null)
+                    Node::Literal(JsonDoc::null())
                 }
-                Ok(pieces) if pieces.iter().all(|p| matches!(p, Piece::Text(_))) => Node::Literal(value.clone()),
+                Ok(pieces) if pieces.iter().all(|p| matches!(p, Piece::Text(_))) => {
+                    Node::Literal(JsonDoc::from_value(value.clone()))
+                }
                 Ok(pieces) => {
                     let mut parts = Vec::new();
                     for piece in pieces {
@@ -146,7 +137,7 @@ impl Template {
                     .map(|(key, item)| (key.clone(), self.compile_node(item, format!("{subpath}.{key}"), errors)))
                     .collect(),
             ),
-            other => Node::Literal(other.clone()),
+            other => Node::Literal(JsonDoc::from_value(other.clone())),
         }
     }
 
@@ -166,8 +157,9 @@ impl Template {
         } else if let Some(fields) = &mut self.input_fields {
             fields.extend(references.input_fields);
         }
+        let path = plain_path(&ast);
         self.costly |= super::cost::instrument(&mut ast).map_err(|err| format!("expression `{}` {err}", shown()))?;
-        Ok(Arc::new(Compiled { source: source.trim().to_owned(), ast }))
+        Ok(Arc::new(Compiled { source: source.trim().to_owned(), ast, path }))
     }
 
     /// The free variables the template's expressions read.
@@ -193,7 +185,7 @@ impl Template {
 
     /// Evaluates the template against `scope`, on a blocking thread when an expression has
     /// a comprehension (whose cost, though bounded, should not hold an async worker).
-    pub async fn render_async(&self, scope: &Scope) -> Result<Json, ExprError> {
+    pub async fn render_async(&self, scope: &Scope) -> Result<JsonDoc, ExprError> {
         if !self.costly {
             return self.render(scope);
         }
@@ -203,20 +195,23 @@ impl Template {
         })
     }
 
-    /// Evaluates the template against `scope`, within one cost budget.
-    pub fn render(&self, scope: &Scope) -> Result<Json, ExprError> {
+    /// Evaluates the template against `scope`, within one cost budget. A value that is a
+    /// plain reference (`${ input }`, `${ steps.a.output }`) is the referenced document
+    /// itself, shared rather than copied.
+    pub fn render(&self, scope: &Scope) -> Result<JsonDoc, ExprError> {
         if let Node::Literal(value) = &self.node {
             return Ok(value.clone());
         }
-        super::cost::with_budget(|| self.render_with_budget(scope))
+        super::cost::with_budget(|| Render { template: self, scope, context: None }.node(&self.node, String::new()))
     }
 
-    fn render_with_budget(&self, scope: &Scope) -> Result<Json, ExprError> {
+    /// The CEL context for `scope`: only what the template's expressions read.
+    fn context(&self, scope: &Scope) -> Context<'static, 'static> {
         let mut context = Context::with_env(standard_env());
         if self.variables.contains("input") {
             // Binding converts the value deeply: give expressions only the top-level input
             // fields they read (a map over a 10,000-element input reads `input.text`, say).
-            let input = match (&self.input_fields, &scope.input) {
+            let input = match (&self.input_fields, scope.input.cel()) {
                 (Some(fields), Cel::Map(map)) => {
                     let wanted = fields.iter().filter_map(|field| {
                         let key = Key::from(field.clone());
@@ -224,7 +219,7 @@ impl Template {
                     });
                     Cel::Map(Map { map: Arc::new(wanted.collect()) })
                 }
-                _ => scope.input.clone(),
+                (_, whole) => whole.clone(),
             };
             context.add_variable_from_value("input", input);
         }
@@ -233,16 +228,74 @@ impl Template {
                 .steps
                 .iter()
                 .filter(|(id, _)| self.reads_all_steps || self.steps.contains(*id))
-                .map(|(id, view)| (Key::from(id.clone()), view.clone()))
+                .map(|(id, view)| (Key::from(id.clone()), view.cel().clone()))
                 .collect();
             context.add_variable_from_value("steps", Cel::Map(Map { map: Arc::new(visible) }));
         }
         for (name, value) in &scope.extra {
             if self.variables.contains(name) {
-                context.add_variable_from_value(name.clone(), value.clone());
+                context.add_variable_from_value(name.clone(), value.cel().clone());
             }
         }
-        render_node(&self.node, &context, String::new())
+        context
+    }
+}
+
+/// One rendering of a template: the CEL context is built on the first expression that
+/// needs CEL, and not at all when every expression is a plain reference.
+struct Render<'a> {
+    template: &'a Template,
+    scope: &'a Scope,
+    context: Option<Context<'static, 'static>>,
+}
+
+impl Render<'_> {
+    fn node(&mut self, node: &Node, subpath: String) -> Result<JsonDoc, ExprError> {
+        match node {
+            Node::Literal(value) => Ok(value.clone()),
+            Node::Expr(compiled) => self.expr(compiled).map_err(|message| ExprError { subpath, message }),
+            Node::Interpolate(parts) => {
+                let mut text = String::new();
+                for part in parts {
+                    match part {
+                        Part::Text(literal) => text.push_str(literal),
+                        Part::Expr(compiled) => match self.expr(compiled) {
+                            Ok(value) => match value.as_str() {
+                                Some(string) => text.push_str(string),
+                                None => text.push_str(value.text()),
+                            },
+                            Err(message) => return Err(ExprError { subpath, message }),
+                        },
+                    }
+                }
+                Ok(JsonDoc::from_value(Json::String(text)))
+            }
+            Node::Array(items) => {
+                let items = items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, item)| self.node(item, format!("{subpath}[{i}]")))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(JsonDoc::array(items.iter().map(Some)))
+            }
+            Node::Object(entries) => {
+                let members = entries
+                    .iter()
+                    .map(|(key, item)| Ok((key.as_str(), self.node(item, format!("{subpath}.{key}"))?)))
+                    .collect::<Result<Vec<_>, ExprError>>()?;
+                Ok(JsonDoc::object(members.iter().map(|(key, member)| (*key, Some(member)))))
+            }
+        }
+    }
+
+    fn expr(&mut self, compiled: &Compiled) -> Result<JsonDoc, String> {
+        if let Some((root, fields)) = &compiled.path
+            && let Some(found) = self.scope.resolve(root, fields)
+        {
+            return Ok(found);
+        }
+        let context = self.context.get_or_insert_with(|| self.template.context(self.scope));
+        evaluate(compiled, context).map(JsonDoc::from_value)
     }
 }
 
@@ -256,42 +309,30 @@ fn standard_env() -> Arc<cel::Env> {
     ENV.clone()
 }
 
-fn render_node(node: &Node, context: &Context, subpath: String) -> Result<Json, ExprError> {
-    match node {
-        Node::Literal(value) => Ok(value.clone()),
-        Node::Expr(compiled) => evaluate(compiled, context).map_err(|message| ExprError { subpath, message }),
-        Node::Interpolate(parts) => {
-            let mut text = String::new();
-            for part in parts {
-                match part {
-                    Part::Text(literal) => text.push_str(literal),
-                    Part::Expr(compiled) => match evaluate(compiled, context) {
-                        Ok(Json::String(value)) => text.push_str(&value),
-                        Ok(value) => text.push_str(&value.to_string()),
-                        Err(message) => return Err(ExprError { subpath, message }),
-                    },
-                }
-            }
-            Ok(Json::String(text))
-        }
-        Node::Array(items) => items
-            .iter()
-            .enumerate()
-            .map(|(i, item)| render_node(item, context, format!("{subpath}[{i}]")))
-            .collect::<Result<Vec<_>, _>>()
-            .map(Json::Array),
-        Node::Object(entries) => entries
-            .iter()
-            .map(|(key, item)| Ok((key.clone(), render_node(item, context, format!("{subpath}.{key}"))?)))
-            .collect::<Result<serde_json::Map<_, _>, _>>()
-            .map(Json::Object),
-    }
-}
-
 fn evaluate(compiled: &Compiled, context: &Context) -> Result<Json, String> {
     let value = Cel::resolve(&compiled.ast, context)
         .map_err(|err| format!("expression `{}` failed: {err}", compiled.source))?;
     cel_to_json(&value).map_err(|err| format!("expression `{}` gave a value with no JSON form: {err}", compiled.source))
+}
+
+/// `root.field.field...` when `expr` is only that: an identifier and plain field selects
+/// (no `has()`, no index, no call).
+fn plain_path(expr: &IdedExpr) -> Option<(String, Vec<String>)> {
+    let mut fields = Vec::new();
+    let mut at = expr;
+    loop {
+        match &at.expr {
+            Expr::Select(select) if !select.test => {
+                fields.push(select.field.clone());
+                at = &select.operand;
+            }
+            Expr::Ident(root) => {
+                fields.reverse();
+                return Some((root.clone(), fields));
+            }
+            _ => return None,
+        }
+    }
 }
 
 /// An expression as error messages quote it: at most 120 characters.
@@ -504,15 +545,20 @@ fn literal_step_index<'a>(call: &'a CallExpr, bound: &[String]) -> Option<&'a st
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::workflow::{Binding, View};
     use serde_json::json;
 
     fn scope() -> Scope {
-        let mut steps = HashMap::new();
-        steps.insert(
-            "d1".to_owned(),
-            json_to_cel(&json!({ "output": { "hex": "abc", "n": 41 }, "status": "succeeded" })),
-        );
-        Scope { input: json_to_cel(&json!({ "text": "hi", "items": [1, 2, 3] })), steps, extra: Vec::new() }
+        let mut scope = Scope::new(json!({ "text": "hi", "items": [1, 2, 3] }).into());
+        let view = View {
+            status: "succeeded",
+            output: Some(json!({ "hex": "abc", "n": 41 }).into()),
+            error: None,
+            branches: None,
+            case: None,
+        };
+        scope.steps.insert("d1".to_owned(), Binding::view(view));
+        scope
     }
 
     fn ten() -> &'static str {
@@ -544,7 +590,7 @@ mod tests {
     #[test]
     fn the_cost_budget_stops_expensive_expressions_and_spares_ordinary_ones() {
         let items: Vec<u32> = (0..200).collect();
-        let scope = Scope::new(&json!({ "items": items, "text": "x".repeat(1 << 20) }));
+        let scope = Scope::new(json!({ "items": items, "text": "x".repeat(1 << 20) }).into());
         // 200^3 = 8 million steps: stopped by the budget, fast.
         let cube =
             Template::expression("input.items.map(a, input.items.map(b, input.items.map(c, a + b + c)))").unwrap();
@@ -560,7 +606,7 @@ mod tests {
         assert_eq!(square.render(&scope).unwrap(), json!(200));
         let big: Vec<u32> = (0..10_000).collect();
         let sum = Template::expression("input.items.filter(x, x % 2 == 0).size()").unwrap();
-        assert_eq!(sum.render(&Scope::new(&json!({ "items": big }))).unwrap(), json!(5_000));
+        assert_eq!(sum.render(&Scope::new(json!({ "items": big }).into())).unwrap(), json!(5_000));
         // Each render has the whole budget again.
         assert_eq!(square.render(&scope).unwrap(), json!(200));
     }

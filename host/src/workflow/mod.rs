@@ -10,14 +10,16 @@ pub mod cost;
 mod expr;
 mod model;
 mod parse;
+mod scope;
 mod validate;
 
-pub use expr::{ExprError, Scope, Template, cel_to_json, json_to_cel};
+pub use expr::{ExprError, Template, cel_to_json, json_to_cel};
 pub use model::{
     AgentStep, Branch, Case, Grants, InputSchema, InvalidInput, JoinPolicy, LoopBlock, MapBlock, ParallelBlock,
     RetryPolicy, Step, StepKind, SwitchBlock, Workflow,
 };
 pub use parse::parse;
+pub use scope::{Binding, Scope, View};
 pub use validate::{check, check_grants, check_on_host, validate};
 
 use std::fmt;
