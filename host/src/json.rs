@@ -15,6 +15,7 @@ use serde::de::Deserializer;
 use serde_json::Value;
 use serde_json::value::RawValue;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 /// A JSON document, held as text, as a parsed value, or both (see the module docs).
@@ -26,13 +27,14 @@ struct Inner {
     text: OnceLock<Box<str>>,
     /// The parsed value (what expressions and callers read).
     value: OnceLock<Value>,
-    /// Checked against the door's rules (depth, no NUL) when it came in.
-    checked: bool,
+    /// Checked against the door's rules (depth, no NUL): when it came in, or by
+    /// [`JsonDoc::check`] (a run's input is checked once, not by every branch).
+    checked: AtomicBool,
 }
 
 impl JsonDoc {
     fn with(text: Option<Box<str>>, value: Option<Value>, checked: bool) -> JsonDoc {
-        let inner = Inner { text: OnceLock::new(), value: OnceLock::new(), checked };
+        let inner = Inner { text: OnceLock::new(), value: OnceLock::new(), checked: AtomicBool::new(checked) };
         if let Some(text) = text {
             let _ = inner.text.set(text);
         }
@@ -132,25 +134,34 @@ impl JsonDoc {
     /// error: for documents Braid composed or computed (a rendered input, say). Documents
     /// that were checked as they came in pass at once.
     pub fn check(&self, what: &str) -> Result<(), JsonProblem> {
-        if self.0.checked {
+        if self.0.checked.load(Ordering::Relaxed) {
             return Ok(());
         }
-        if let Some(value) = self.0.value.get() {
-            return crate::limits::check_json(value, what);
+        let checked = match self.0.value.get() {
+            Some(value) => crate::limits::check_json(value, what),
+            None if check_text(self.text(), Some(MAX_JSON_DEPTH)).is_ok() => Ok(()),
+            None => match crate::limits::read_stored_json(self.text()) {
+                Ok(value) => crate::limits::check_json(&value, what),
+                Err(err) => Err(JsonProblem::Syntax(what.to_owned(), err.to_string())),
+            },
+        };
+        if checked.is_ok() {
+            self.0.checked.store(true, Ordering::Relaxed);
         }
-        if check_text(self.text(), Some(MAX_JSON_DEPTH)).is_ok() {
-            return Ok(());
-        }
-        match crate::limits::read_stored_json(self.text()) {
-            Ok(value) => crate::limits::check_json(&value, what),
-            Err(err) => Err(JsonProblem::Syntax(what.to_owned(), err.to_string())),
-        }
+        checked
     }
 
     /// An object of the given members, written as text from the members' own texts (a
     /// block's gathered outputs: nothing is parsed or copied as a tree). `None` is `null`.
-    pub fn object<'a>(members: impl IntoIterator<Item = (&'a str, Option<&'a JsonDoc>)>) -> JsonDoc {
-        let mut text = String::from("{");
+    pub fn object<'a>(members: impl IntoIterator<Item = (&'a str, Option<&'a JsonDoc>)> + Clone) -> JsonDoc {
+        // Sized up front: a wide block's outputs are megabytes, copied once.
+        let size = members
+            .clone()
+            .into_iter()
+            .map(|(key, member)| key.len() + 4 + member.map_or(4, JsonDoc::text_len))
+            .sum::<usize>();
+        let mut text = String::with_capacity(size + 2);
+        text.push('{');
         for (index, (key, member)) in members.into_iter().enumerate() {
             if index > 0 {
                 text.push(',');
@@ -165,8 +176,10 @@ impl JsonDoc {
 
     /// An array of the given items, written as text from theirs (a map's outputs, in item
     /// order). `None` is `null`.
-    pub fn array<'a>(items: impl IntoIterator<Item = Option<&'a JsonDoc>>) -> JsonDoc {
-        let mut text = String::from("[");
+    pub fn array<'a>(items: impl IntoIterator<Item = Option<&'a JsonDoc>> + Clone) -> JsonDoc {
+        let size = items.clone().into_iter().map(|item| 1 + item.map_or(4, JsonDoc::text_len)).sum::<usize>();
+        let mut text = String::with_capacity(size + 2);
+        text.push('[');
         for (index, item) in items.into_iter().enumerate() {
             if index > 0 {
                 text.push(',');

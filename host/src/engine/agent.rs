@@ -9,7 +9,7 @@ use crate::json::JsonDoc;
 use crate::outbound::HttpCall;
 use crate::sandbox::{self, ExecutionRequest, Limits, LogLine, StepContext};
 use crate::secrets::Redactor;
-use crate::store::{HttpCallRecord, LogRecord, Pending, StepDetails, StepRecord, StepStatus};
+use crate::store::{HttpCallRecord, LogRecord, Pending, StepDetails, StepRecord, StepStatus, StepWrite};
 use crate::workflow::{AgentStep, RetryPolicy, Scope, Step};
 use chrono::Utc;
 use std::collections::BTreeMap;
@@ -46,7 +46,7 @@ pub(super) async fn run(
         Ok(input) => input,
         Err(err) => {
             let ended = failed(err);
-            let row = finish_row(context, row, &ended, StepDetails::default());
+            let row = finish_row(context, row, &ended, StepDetails::default(), StepWrite::Insert);
             return (ended, row);
         }
     };
@@ -54,7 +54,7 @@ pub(super) async fn run(
     let Some(resolved) = resolved else {
         // Validation resolves every agent before a run; reaching this is a bug, not input.
         let ended = failed(format!("agent {:?} was not resolved before the run", agent_step.agent));
-        let row = finish_row(context, row, &ended, StepDetails::default());
+        let row = finish_row(context, row, &ended, StepDetails::default(), StepWrite::Insert);
         return (ended, row);
     };
 
@@ -62,7 +62,7 @@ pub(super) async fn run(
         Ok(given) => given,
         Err(err) => {
             let ended = failed(err);
-            let row = finish_row(context, row, &ended, StepDetails::default());
+            let row = finish_row(context, row, &ended, StepDetails::default(), StepWrite::Insert);
             return (ended, row);
         }
     };
@@ -261,11 +261,13 @@ async fn attempt_agent(
     tokio::pin!(running);
     // Biased towards the execution: one that ends in its first poll never registers the
     // timer.
+    let mut final_write = StepWrite::Insert;
     let result = tokio::select! {
         biased;
         result = &mut running => result,
         () = tokio::time::sleep(RUNNING_ROW_AFTER) => {
-            let _ = context.write(row.clone(), StepDetails::default());
+            let _ = context.write(row.clone(), StepDetails::default(), StepWrite::Insert);
+            final_write = StepWrite::Upsert;
             running.await
         }
     };
@@ -279,7 +281,7 @@ async fn attempt_agent(
     {
         ended = failed(over);
     }
-    let written = finish_row(context, row, &ended, details);
+    let written = finish_row(context, row, &ended, details, final_write);
     (ended, retryable, written, attempt)
 }
 
@@ -298,7 +300,7 @@ fn ran_elsewhere(
         && ended.status == StepStatus::Succeeded
     {
         let ended = failed(over);
-        let written = finish_row(context, ran, &ended, StepDetails::default());
+        let written = finish_row(context, ran, &ended, StepDetails::default(), StepWrite::Upsert);
         return (ended, false, written, attempt);
     }
     (ended, retryable, Pending::ready(), attempt)

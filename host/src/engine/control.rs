@@ -10,7 +10,7 @@ use super::map::fail;
 use super::scope::{bind, case_view, view};
 use super::{Ended, Placement, RunContext, StepEnd, Stop, finish_row, new_row, run_sequence};
 use crate::json::JsonDoc;
-use crate::store::{StepDetails, StepStatus, StoreError};
+use crate::store::{StepDetails, StepStatus, StepWrite, StoreError};
 use crate::workflow::{Binding, LoopBlock, Scope, Step, SwitchBlock, Template};
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -52,10 +52,10 @@ pub(super) async fn switch(
     let Some((_, steps)) = chosen else {
         // No case held and there is no default: nothing to do.
         let ended = Ended { status: StepStatus::Succeeded, output: None, error: None };
-        let written = finish_row(context, row, &ended, StepDetails::default());
+        let written = finish_row(context, row, &ended, StepDetails::default(), StepWrite::Insert);
         return Ok((ended.clone(), vec![(step.id.clone(), case_view(&ended, &label))], written));
     };
-    let _ = context.write(row.clone(), StepDetails::default());
+    let _ = context.write(row.clone(), StepDetails::default(), StepWrite::Insert);
     let inner = Placement::inside(&row, Some(label.clone()), placement.item_index, &format!("/{label}"));
     let (mut ended, inner_scope, last_row) =
         run_sequence(context.clone(), steps.clone(), scope.clone(), inner, stop.token.clone()).await?;
@@ -64,7 +64,7 @@ pub(super) async fn switch(
         last_row.committed().await?;
     }
     let mut views = inner_views(&steps, &inner_scope);
-    let written = finish_row(context, row, &ended, StepDetails::default());
+    let written = finish_row(context, row, &ended, StepDetails::default(), StepWrite::Upsert);
     views.push((step.id.clone(), case_view(&ended, &label)));
     Ok((ended, views, written))
 }
@@ -87,7 +87,7 @@ pub(super) async fn repeat(
     stop: &Stop,
 ) -> Result<StepEnd, StoreError> {
     let row = new_row(context, step, placement);
-    let _ = context.write(row.clone(), StepDetails::default());
+    let _ = context.write(row.clone(), StepDetails::default(), StepWrite::Insert);
     let mut last = Ended { status: StepStatus::Succeeded, output: None, error: None };
     let mut last_scope = scope.clone();
     let mut done = false;
@@ -126,7 +126,7 @@ pub(super) async fn repeat(
         last.error = Some(format!("until did not hold after {} iterations (max_iterations)", repeat.max_iterations));
     }
     let mut views = inner_views(&repeat.body, &last_scope);
-    let written = finish_row(context, row, &last, StepDetails::default());
+    let written = finish_row(context, row, &last, StepDetails::default(), StepWrite::Upsert);
     views.push((step.id.clone(), view(&last)));
     Ok((last, views, written))
 }

@@ -10,8 +10,9 @@ use super::{
     Ended, Placement, RunContext, StepEnd, Stop, failed, finish_row, new_row, record_not_started, run_sequence,
 };
 use crate::json::JsonDoc;
-use crate::store::{StepDetails, StepStatus, StoreError};
+use crate::store::{StepDetails, StepStatus, StepWrite, StoreError};
 use crate::workflow::{Binding, MapBlock, Scope, Step};
+use futures::future::BoxFuture;
 use serde_json::{Value, json};
 use std::sync::Arc;
 
@@ -46,26 +47,34 @@ pub(super) async fn run(
         Err(err) => return Ok(fail(context, step, row, format!("items: {err}"))),
     };
     row.input = Some(json!({ "items": items.len() }).into());
-    let _ = context.write(row.clone(), StepDetails::default());
+    let _ = context.write(row.clone(), StepDetails::default(), StepWrite::Insert);
 
-    let anchor = row.clone();
-    let item_placement = |index: usize| Placement::inside(&anchor, None, Some(index as i64), &format!("[{index}]"));
+    let anchor = Arc::new(row.clone());
+    let item_placement = {
+        let anchor = anchor.clone();
+        move |index: usize| Placement::inside(&anchor, None, Some(index as i64), &format!("[{index}]"))
+    };
+    let start = {
+        let (context, body, scope, items, item_placement) =
+            (context.clone(), map.body.clone(), scope.clone(), items.clone(), item_placement.clone());
+        move |index: usize, map_cancel| -> BoxFuture<'static, Result<Finished, StoreError>> {
+            let mut item_scope = scope.clone();
+            bind(&mut item_scope, "item", Binding::json(items[index].clone().into()));
+            bind(&mut item_scope, "index", Binding::json(json!(index).into()));
+            let task = run_sequence(context.clone(), body.clone(), item_scope, item_placement(index), map_cancel);
+            Box::pin(async move {
+                let (ended, _, last_row) = task.await?;
+                Ok(Finished { ended, scope: None, last_row })
+            })
+        }
+    };
     let end = fan_out(
         items.len(),
         map.max_parallelism,
         map.join_policy,
         map.tolerated_failures,
         &stop.token,
-        |index, map_cancel| {
-            let mut item_scope = scope.clone();
-            bind(&mut item_scope, "item", Binding::json(items[index].clone().into()));
-            bind(&mut item_scope, "index", Binding::json(json!(index).into()));
-            let task = run_sequence(context.clone(), map.body.clone(), item_scope, item_placement(index), map_cancel);
-            Box::pin(async move {
-                let (ended, _, last_row) = task.await?;
-                Ok(Finished { ended, scope: None, last_row })
-            })
-        },
+        start,
         |index| record_not_started(context, &map.body, &item_placement(index), StepStatus::Cancelled),
     )
     .await?;
@@ -85,13 +94,13 @@ pub(super) async fn run(
     let output = JsonDoc::array(outputs.collect::<Vec<_>>());
     let (status, error) = block_ending(&end, map.join_policy, stop, &failures);
     let ended = Ended { status, output: Some(output), error };
-    let written = finish_row(context, row, &ended, StepDetails::default());
+    let written = finish_row(context, row, &ended, StepDetails::default(), StepWrite::Upsert);
     Ok((ended.clone(), vec![(step.id.clone(), view(&ended))], written))
 }
 
-/// Ends a block that could not start, with `error`.
+/// Ends a block that could not start (its row not written yet), with `error`.
 pub(super) fn fail(context: &RunContext, step: &Step, row: crate::store::StepRecord, error: String) -> StepEnd {
     let ended = failed(error);
-    let written = finish_row(context, row, &ended, StepDetails::default());
+    let written = finish_row(context, row, &ended, StepDetails::default(), StepWrite::Insert);
     (ended.clone(), vec![(step.id.clone(), view(&ended))], written)
 }

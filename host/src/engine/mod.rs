@@ -24,7 +24,9 @@ pub use unit::{Offload, Offloaded, Unit, UnitRun};
 use crate::json::JsonDoc;
 use crate::metrics::METRICS;
 use crate::sandbox::{self, Sandbox};
-use crate::store::{Fence, Pending, Recorder, RunRecord, RunStatus, StepDetails, StepRecord, StepStatus, StoreError};
+use crate::store::{
+    Fence, Pending, Recorder, RunRecord, RunStatus, StepDetails, StepRecord, StepStatus, StepWrite, StoreError,
+};
 use crate::workflow::{Scope, Step, StepKind, Workflow};
 use chrono::Utc;
 use futures::future::BoxFuture;
@@ -181,9 +183,13 @@ struct RunContext {
 }
 
 impl RunContext {
-    /// Queues a step row (with its logs) under the run's fence.
-    fn write(&self, row: StepRecord, details: StepDetails) -> Pending {
-        self.engine.recorder.step_with(row, details, &self.fence)
+    /// Queues a step row (with its logs) under the run's fence: a row written for the
+    /// first time as an insert, one written before as an update of it.
+    fn write(&self, row: StepRecord, details: StepDetails, write: StepWrite) -> Pending {
+        match write {
+            StepWrite::Insert => self.engine.recorder.new_step(row, details, &self.fence),
+            StepWrite::Upsert => self.engine.recorder.step_with(row, details, &self.fence),
+        }
     }
 
     /// Counts `bytes` more recorded; an error once the run is over its cap.
@@ -345,9 +351,9 @@ impl Engine {
         run.epoch = 1;
         run.status = RunStatus::Running;
         run.started_at = Some(Utc::now());
-        // Not waited for: the run's later writes, and its steps' (whose fence reads this
-        // row), land in the same commit or after it.
-        let _ = self.recorder.run(run.clone(), Some(Duration::from_secs(3600)), None);
+        // Committed before any step row is written: rows inside blocks may go to another
+        // writer, and their fence reads this row.
+        self.recorder.run(run.clone(), Some(Duration::from_secs(3600)), None).committed().await?;
         let control = RunControl { cancel, ..RunControl::default() };
         self.execute(plan, run, &control, &[]).await
     }
@@ -402,7 +408,8 @@ impl Engine {
         run.owner_host_id = Some(self.host_id.to_string());
         if !recorded {
             // Not waited for: the accepted (or claimed) row already makes the run durable,
-            // and every later write of it lands after this one.
+            // and every later write of it lands after this one (a run's rows all go to
+            // one writer).
             let _ = self.recorder.run(run.clone(), None, Some(&fence));
         }
         // Rows left running by a host that stopped or died end here.
@@ -617,7 +624,7 @@ async fn run_step(
             if let StepKind::Agent(agent) = &step.kind {
                 row.agent_name = context.plan.agents.get(&agent.agent).map(|a| a.name.clone());
             }
-            let written = finish_row(context, row, &ended, StepDetails::default());
+            let written = finish_row(context, row, &ended, StepDetails::default(), StepWrite::Insert);
             let view = scope::view(&ended);
             return Ok((ended, vec![(step.id.clone(), view)], written));
         }
@@ -649,7 +656,7 @@ fn adopt(context: &RunContext, row: &StepRecord, placement: &Placement) -> Pendi
     }
     let mut adopted = row.clone();
     adopted.parent_step_id = placement.parent;
-    context.write(adopted, StepDetails::default())
+    context.write(adopted, StepDetails::default(), StepWrite::Upsert)
 }
 
 /// A fresh row for a step execution of `context`'s run, numbered after the attempts
@@ -694,9 +701,10 @@ fn recorded_bytes(rows: &[StepRecord]) -> u64 {
         .sum()
 }
 
-/// Ends `row` as `ended` and queues it (with `logs`) for the next commit.
-fn finish_row(context: &RunContext, row: StepRecord, ended: &Ended, details: StepDetails) -> Pending {
-    context.write(close_row(row, ended), details)
+/// Ends `row` as `ended` and queues it (with `logs`) for the next commit: inserted, or
+/// updating the row written when it started (`write`).
+fn finish_row(context: &RunContext, row: StepRecord, ended: &Ended, details: StepDetails, write: StepWrite) -> Pending {
+    context.write(close_row(row, ended), details, write)
 }
 
 /// `row`, ended as `ended` (and counted in the metrics).
@@ -733,7 +741,7 @@ fn record_not_started(context: &RunContext, steps: &[Step], placement: &Placemen
             row.agent_name = context.plan.agents.get(&agent.agent).map(|a| a.name.clone());
         }
         let ended = Ended { status, output: None, error: Some("cancelled before it started".into()) };
-        rows.push(finish_row(context, row, &ended, StepDetails::default()));
+        rows.push(finish_row(context, row, &ended, StepDetails::default(), StepWrite::Insert));
     }
     rows
 }

@@ -10,10 +10,11 @@ use super::scope::{block_view, plain};
 use super::{Ended, Placement, RunContext, StepEnd, Stop, finish_row, new_row, record_not_started, run_sequence};
 use crate::json::JsonDoc;
 use crate::store::Pending;
-use crate::store::{StepDetails, StepStatus, StoreError};
+use crate::store::{StepDetails, StepStatus, StepWrite, StoreError};
 use crate::workflow::{JoinPolicy, ParallelBlock, Scope, Step};
 use futures::future::BoxFuture;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -38,52 +39,57 @@ pub(super) struct FanOutEnd {
 /// finish (so neither instances nor futures pile up), applying the join policy as they
 /// end. Once it has decided, the rest are cancelled; units never started are recorded by
 /// `not_started`. Returns when every started unit has ended and every row is committed.
+///
+/// The units run on `max_parallelism` worker tasks (fewer for fewer units), each taking the
+/// next unit when its last one ends: a unit costs no task of its own, and its end wakes
+/// nobody. Tokio spreads the workers over its threads.
 pub(super) async fn fan_out(
     count: usize,
     max_parallelism: u32,
     policy: JoinPolicy,
     tolerated: u32,
     cancel: &CancellationToken,
-    mut start: impl FnMut(usize, CancellationToken) -> BoxFuture<'static, Result<Finished, StoreError>>,
+    start: impl Fn(usize, CancellationToken) -> BoxFuture<'static, Result<Finished, StoreError>> + Send + Sync + 'static,
     mut not_started: impl FnMut(usize) -> Vec<Pending>,
 ) -> Result<FanOutEnd, StoreError> {
     let block_cancel = cancel.child_token();
-    let mut tally =
-        Tally { policy, tolerated, total: u32::try_from(count).unwrap_or(u32::MAX), succeeded: 0, failed: 0 };
+    let tally = Tally { policy, tolerated, total: u32::try_from(count).unwrap_or(u32::MAX), succeeded: 0, failed: 0 };
     // Nothing to run (an empty map): done at once; only a quorum cannot be met.
-    let mut verdict = match (count, policy) {
+    let verdict = match (count, policy) {
         (0, JoinPolicy::Quorum(_)) => Verdict::Failed,
         (0, _) => Verdict::Succeeded,
         _ => Verdict::Undecided,
     };
-    let mut results: Vec<Option<Finished>> = (0..count).map(|_| None).collect();
-    let mut running = JoinSet::new();
-    let mut pending: Vec<Pending> = Vec::new();
-    let mut next = 0;
-    loop {
-        while verdict == Verdict::Undecided && next < count && running.len() < max_parallelism as usize {
-            let task = start(next, block_cancel.clone());
-            let index = next;
-            running.spawn(async move { task.await.map(|finished| (index, finished)) });
-            next += 1;
-        }
-        let Some(joined) = running.join_next().await else { break };
-        let (index, mut finished) =
-            joined.map_err(|err| StoreError::Internal(format!("a branch task failed: {err}")))??;
-        // Units stopped because the policy had already decided do not change the verdict.
-        if verdict == Verdict::Undecided
-            && !(finished.ended.status == StepStatus::Cancelled && block_cancel.is_cancelled())
-        {
-            tally.record(finished.ended.status);
-            verdict = tally.verdict();
-            if verdict != Verdict::Undecided {
-                block_cancel.cancel();
-            }
-        }
-        pending.extend(finished.last_row.take());
-        results[index] = Some(finished);
+    let shared = Arc::new(Units {
+        count,
+        next: AtomicUsize::new(0),
+        start,
+        outcomes: Mutex::new(Outcomes {
+            results: (0..count).map(|_| None).collect(),
+            skipped: Vec::new(),
+            pending: Vec::new(),
+            tally,
+            verdict,
+        }),
+        block_cancel: block_cancel.clone(),
+    });
+    let mut workers = JoinSet::new();
+    for _ in 0..count.min(max_parallelism as usize) {
+        let units = shared.clone();
+        workers.spawn(async move { units.work().await });
     }
-    for index in next..count {
+    while let Some(joined) = workers.join_next().await {
+        joined.map_err(|err| StoreError::Internal(format!("a branch task failed: {err}")))??;
+    }
+    // Every worker has ended, and with it its share of the units.
+    let units =
+        Arc::into_inner(shared).ok_or_else(|| StoreError::Internal("a branch task outlived its block".into()))?;
+    let taken = units.next.load(Ordering::Relaxed).min(count);
+    let Outcomes { results, mut skipped, mut pending, tally, verdict } =
+        units.outcomes.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
+    skipped.extend(taken..count);
+    skipped.sort_unstable();
+    for index in skipped {
         pending.extend(not_started(index));
     }
     // The block is done once every row inside it is committed.
@@ -91,6 +97,73 @@ pub(super) async fn fan_out(
         row.committed().await?;
     }
     Ok(FanOutEnd { results, verdict, tally })
+}
+
+/// The units of one fan-out, shared by its worker tasks.
+struct Units<S> {
+    count: usize,
+    /// The next unit to start.
+    next: AtomicUsize,
+    start: S,
+    outcomes: Mutex<Outcomes>,
+    block_cancel: CancellationToken,
+}
+
+/// What the units that ended left, and what the join policy made of it.
+struct Outcomes {
+    results: Vec<Option<Finished>>,
+    /// Units taken after the policy had decided, and so never started.
+    skipped: Vec<usize>,
+    /// The last rows of ended units, still being committed.
+    pending: Vec<Pending>,
+    tally: Tally,
+    verdict: Verdict,
+}
+
+impl<S> Units<S>
+where
+    S: Fn(usize, CancellationToken) -> BoxFuture<'static, Result<Finished, StoreError>> + Send + Sync,
+{
+    fn lock(&self) -> std::sync::MutexGuard<'_, Outcomes> {
+        self.outcomes.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Keeps how unit `index` ended, and applies the join policy.
+    fn record(&self, index: usize, mut finished: Finished) {
+        let mut outcomes = self.lock();
+        // Units stopped because the policy had already decided do not change the verdict.
+        if outcomes.verdict == Verdict::Undecided
+            && !(finished.ended.status == StepStatus::Cancelled && self.block_cancel.is_cancelled())
+        {
+            outcomes.tally.record(finished.ended.status);
+            outcomes.verdict = outcomes.tally.verdict();
+            if outcomes.verdict != Verdict::Undecided {
+                self.block_cancel.cancel();
+            }
+        }
+        outcomes.pending.extend(finished.last_row.take());
+        outcomes.results[index] = Some(finished);
+    }
+
+    /// One worker: takes units until there are none left or the policy has decided.
+    async fn work(&self) -> Result<(), StoreError> {
+        loop {
+            let index = self.next.fetch_add(1, Ordering::Relaxed);
+            if index >= self.count {
+                return Ok(());
+            }
+            if self.lock().verdict != Verdict::Undecided {
+                self.lock().skipped.push(index);
+                continue;
+            }
+            let finished = (self.start)(index, self.block_cancel.clone()).await?;
+            self.record(index, finished);
+            // A unit usually runs to its end in one poll (its instance ends without waiting,
+            // its row is only queued): give the thread back between units, or the writer
+            // and the I/O driver wait until a worker runs out of units.
+            tokio::task::yield_now().await;
+        }
+    }
 }
 
 /// The block's status and error from a fan-out's verdict.
@@ -176,21 +249,21 @@ pub(super) async fn run(
     let mut row = new_row(context, step, placement);
     row.join_policy = Some(block.join_policy.label());
     // The block's row must exist before its branches' rows point at it.
-    let _ = context.write(row.clone(), StepDetails::default());
+    let _ = context.write(row.clone(), StepDetails::default(), StepWrite::Insert);
 
     let branches = block.branches.clone();
-    let anchor = row.clone();
-    let branch_placement = |index: usize| {
-        let name = &branches[index].name;
-        Placement::inside(&anchor, Some(name.clone()), None, &format!("/{name}"))
+    let anchor = Arc::new(row.clone());
+    let branch_placement = {
+        let (branches, anchor) = (branches.clone(), anchor.clone());
+        move |index: usize| {
+            let name = &branches[index].name;
+            Placement::inside(&anchor, Some(name.clone()), None, &format!("/{name}"))
+        }
     };
-    let end = fan_out(
-        branches.len(),
-        block.max_parallelism,
-        block.join_policy,
-        block.tolerated_failures,
-        &stop.token,
-        |index, block_cancel| {
+    let start = {
+        let (context, branches, scope, branch_placement) =
+            (context.clone(), branches.clone(), scope.clone(), branch_placement.clone());
+        move |index: usize, block_cancel| -> BoxFuture<'static, Result<Finished, StoreError>> {
             let task = run_sequence(
                 context.clone(),
                 branches[index].steps.clone(),
@@ -202,7 +275,15 @@ pub(super) async fn run(
                 let (ended, scope, last_row) = task.await?;
                 Ok(Finished { ended, scope: Some(scope), last_row })
             })
-        },
+        }
+    };
+    let end = fan_out(
+        branches.len(),
+        block.max_parallelism,
+        block.join_policy,
+        block.tolerated_failures,
+        &stop.token,
+        start,
         |index| record_not_started(context, &branches[index].steps, &branch_placement(index), StepStatus::Cancelled),
     )
     .await?;
@@ -239,7 +320,7 @@ pub(super) async fn run(
     // The branches' outputs, written from their texts: nothing is parsed or copied.
     let output = JsonDoc::object(gathered.iter().map(|(name, output)| (*name, output.as_ref())));
     let ended = Ended { status, output: Some(output), error };
-    let row = finish_row(context, row, &ended, StepDetails::default());
+    let row = finish_row(context, row, &ended, StepDetails::default(), StepWrite::Upsert);
     views.push((step.id.clone(), block_view(&ended, branch_views)));
     Ok((ended, views, row))
 }

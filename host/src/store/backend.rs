@@ -17,6 +17,7 @@ macro_rules! insert_steps_as_values {
         async fn insert_steps(
             connection: &mut <$db as sqlx::Database>::Connection,
             steps: &[(StepRecord, i64)],
+            mode: super::StepWrite,
         ) -> Result<u64, StoreError> {
             let selected = (1..=STEP_COLUMNS.split(", ").count()).map(|i| format!("t.column{i}")).collect::<Vec<_>>();
             let mut query = QueryBuilder::<$db>::new(format!(
@@ -57,7 +58,9 @@ macro_rules! insert_steps_as_values {
                 ") AS t WHERE t.column{} = (SELECT r.epoch FROM workflow_runs r WHERE r.id = t.column2)",
                 selected.len() + 1
             ));
-            query.push(STEP_UPDATES);
+            if mode == super::StepWrite::Upsert {
+                query.push(STEP_UPDATES);
+            }
             let done = query.build().execute(&mut *connection).await.map_err(StoreError::query)?;
             Ok(done.rows_affected())
         }
@@ -78,7 +81,7 @@ macro_rules! sql_backend {
             StepRecord, WorkflowRecord,
         };
         use super::stored_json::{StoredDoc, StoredJson, stored_text};
-        use super::{Batch, StoreError, Written};
+        use super::{Batch, StepWrite, StoreError, Written};
         use chrono::{DateTime, Utc};
         use sqlx::QueryBuilder;
         use sqlx::types::Json;
@@ -158,24 +161,33 @@ macro_rules! sql_backend {
             finished_at, instantiate_us, execute_us, fuel_consumed, memory_peak_bytes, step_key, queued_us, host_id";
 
         /// Writes a batch atomically: runs, then steps, then logs, each as upserts of many
-        /// rows per statement. A write carrying a stale epoch is left out (the database
-        /// compares it with the run's row in the same statement), and its run reported.
+        /// rows per statement (new step rows as plain inserts, unless `again`: the batch
+        /// may have been written already). A write carrying a stale epoch is left out (the
+        /// database compares it with the run's row in the same statement), and its run
+        /// reported.
         pub(super) async fn write_batch(
             connection: &mut <$db as sqlx::Database>::Connection,
             batch: &Batch,
+            again: bool,
         ) -> Result<Written, StoreError> {
             use sqlx::Connection;
             // One statement commits on its own: skipping BEGIN and COMMIT saves two round
             // trips, which is most of the cost of a sequential chain of short steps.
-            let statements = [batch.runs.len(), batch.steps.len(), batch.details.logs.len(), batch.details.http_calls.len()]
-                .iter()
-                .map(|rows| rows.div_ceil(ROWS_PER_STATEMENT))
-                .sum::<usize>();
+            let statements = [
+                batch.runs.len(),
+                batch.new_steps.len(),
+                batch.steps.len(),
+                batch.details.logs.len(),
+                batch.details.http_calls.len(),
+            ]
+            .iter()
+            .map(|rows| rows.div_ceil(ROWS_PER_STATEMENT))
+            .sum::<usize>();
             if statements == 1 {
-                return write_statements(connection, batch).await;
+                return write_statements(connection, batch, again).await;
             }
             let mut tx = connection.begin().await.map_err(StoreError::query)?;
-            let written = write_statements(&mut tx, batch).await?;
+            let written = write_statements(&mut tx, batch, again).await?;
             tx.commit().await.map_err(StoreError::query)?;
             Ok(written)
         }
@@ -196,10 +208,12 @@ macro_rules! sql_backend {
             query
         }
 
-        /// The statements of a batch, on one connection (in a transaction or not).
+        /// The statements of a batch, on one connection (in a transaction or not); see
+        /// [`write_batch`] for `again`.
         pub(super) async fn write_statements(
             connection: &mut <$db as sqlx::Database>::Connection,
             batch: &Batch,
+            again: bool,
         ) -> Result<Written, StoreError> {
             let mut written = Written::default();
             for chunk in batch.runs.chunks(ROWS_PER_STATEMENT) {
@@ -209,8 +223,10 @@ macro_rules! sql_backend {
                     written.refused.extend(stale_runs(connection, carried).await?);
                 }
             }
-            for chunk in batch.steps.chunks(ROWS_PER_STATEMENT) {
-                if insert_steps(connection, chunk).await? < chunk.len() as u64 {
+            let new_rows = if again { StepWrite::Upsert } else { StepWrite::Insert };
+            let chunks = batch.new_steps.chunks(ROWS_PER_STATEMENT).map(|chunk| (chunk, new_rows));
+            for (chunk, mode) in chunks.chain(batch.steps.chunks(ROWS_PER_STATEMENT).map(|c| (c, StepWrite::Upsert))) {
+                if insert_steps(connection, chunk, mode).await? < chunk.len() as u64 {
                     let carried = chunk.iter().map(|(step, epoch)| (step.run_id, *epoch));
                     written.refused.extend(stale_runs(connection, carried).await?);
                 }
@@ -218,8 +234,7 @@ macro_rules! sql_backend {
             // Logs go with their step row: none for a row that was refused (every step row
             // of a run whose epoch moved on was refused, and only those).
             let refused_steps: HashSet<Uuid> = batch
-                .steps
-                .iter()
+                .all_steps()
                 .filter(|(step, _)| written.refused.contains(&step.run_id))
                 .map(|(step, _)| step.id)
                 .collect();

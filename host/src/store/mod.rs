@@ -2,9 +2,12 @@
 //! through sqlx. Migrations (reversible, in `migrations/postgres` and `migrations/sqlite`)
 //! are applied when a store is opened.
 //!
-//! Writes go through a [`Recorder`]: one writer task per store takes everything queued
-//! since its last commit and writes it in one transaction, many rows per statement (group
-//! commit), so recording a wide fan-out does not cost a round trip per row. Every write
+//! Writes go through a [`Recorder`]: a writer task takes everything queued since its last
+//! commit and writes it in one transaction, many rows per statement (group commit), so
+//! recording a wide fan-out does not cost a round trip per row. Postgres has two writers,
+//! each with its own connection, so that the server writes a fan-out's rows on two cores:
+//! a run's own row and its top-level step rows always go to the run's writer (in order),
+//! the rows inside blocks to either, by row id (a row's writes stay in order). Every write
 //! hands back a [`Pending`] that resolves once the row is committed; callers wait on it
 //! where durability matters (before anything reads a step's output) and drop it elsewhere.
 //!
@@ -41,9 +44,13 @@ pub const DEFAULT_DATABASE_URL: &str = "sqlite://braid.db";
 /// Most queued writes taken into one transaction.
 const MAX_WRITES_PER_COMMIT: usize = 10_000;
 
-/// Most writes queued for the writer task: past it, writers wait for room (back-pressure
+/// Most writes queued for a writer task: past it, writers wait for room (back-pressure
 /// on the engine) instead of memory growing.
 const MAX_QUEUED_WRITES: usize = 50_000;
+
+/// Writer tasks (and connections) of a Postgres store. SQLite has one: it serializes
+/// writers anyway.
+const POSTGRES_WRITERS: usize = 2;
 
 /// How long the writer keeps retrying a batch while the database is unreachable. Past it
 /// the writers waiting on the batch get the error; by then their host has stopped its runs
@@ -575,11 +582,15 @@ pub(crate) struct Batch {
     /// Each run with the lease to give its owner, in milliseconds (a host accepting a run
     /// it executes itself).
     runs: Vec<(RunRecord, Option<i64>)>,
-    /// Each step row with the epoch of the host writing it.
+    /// Each step row with the epoch of the host writing it: rows that may exist already
+    /// (upserted).
     steps: Vec<(StepRecord, i64)>,
+    /// Step rows written for the first time: plain inserts, which cost the database less
+    /// than upserts (no speculative insertion).
+    new_steps: Vec<(StepRecord, i64)>,
     details: StepDetails,
     run_index: HashMap<Uuid, usize>,
-    step_index: HashMap<Uuid, usize>,
+    step_index: HashMap<Uuid, RowAt>,
     /// A flush in it asked the writer to give its connection back afterwards.
     release_connection: bool,
 }
@@ -589,6 +600,16 @@ pub(crate) struct Batch {
 enum RowAt {
     Run(usize),
     Step(usize),
+    NewStep(usize),
+}
+
+/// How step rows are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepWrite {
+    /// A plain insert: the rows are new.
+    Insert,
+    /// An insert that updates the row with the same id if there is one.
+    Upsert,
 }
 
 impl Batch {
@@ -600,11 +621,32 @@ impl Batch {
                 let lease = lease.or_else(|| self.run_index.get(&id).and_then(|&at| self.runs[at].1));
                 Some(RowAt::Run(upsert(&mut self.runs, &mut self.run_index, id, (*run, lease))))
             }
-            Write::Step(step, details, epoch) => {
-                let id = step.id;
+            Write::Step(step, details, epoch, mode) => {
                 self.details.logs.extend(details.logs);
                 self.details.http_calls.extend(details.http_calls);
-                Some(RowAt::Step(upsert(&mut self.steps, &mut self.step_index, id, (*step, epoch))))
+                // A row written again in the same batch stays where its first write put it.
+                let at = match self.step_index.get(&step.id) {
+                    Some(&RowAt::Step(at)) => {
+                        self.steps[at] = (*step, epoch);
+                        RowAt::Step(at)
+                    }
+                    Some(&RowAt::NewStep(at)) => {
+                        self.new_steps[at] = (*step, epoch);
+                        RowAt::NewStep(at)
+                    }
+                    _ => {
+                        let (rows, at): (_, fn(usize) -> RowAt) = match mode {
+                            StepWrite::Insert => (&mut self.new_steps, RowAt::NewStep),
+                            StepWrite::Upsert => (&mut self.steps, RowAt::Step),
+                        };
+                        let id = step.id;
+                        rows.push((*step, epoch));
+                        let at = at(rows.len() - 1);
+                        self.step_index.insert(id, at);
+                        at
+                    }
+                };
+                Some(at)
             }
             Write::Flush { release_connection } => {
                 self.release_connection |= release_connection;
@@ -614,12 +656,20 @@ impl Batch {
     }
 
     fn is_empty(&self) -> bool {
-        self.runs.is_empty() && self.steps.is_empty() && self.details.is_empty()
+        self.runs.is_empty() && self.steps.is_empty() && self.new_steps.is_empty() && self.details.is_empty()
     }
 
     /// Every row, runs first (a step row needs its run's row).
     fn rows(&self) -> impl Iterator<Item = RowAt> {
-        (0..self.runs.len()).map(RowAt::Run).chain((0..self.steps.len()).map(RowAt::Step))
+        (0..self.runs.len())
+            .map(RowAt::Run)
+            .chain((0..self.new_steps.len()).map(RowAt::NewStep))
+            .chain((0..self.steps.len()).map(RowAt::Step))
+    }
+
+    /// Every step row with its epoch.
+    fn all_steps(&self) -> impl Iterator<Item = &(StepRecord, i64)> {
+        self.new_steps.iter().chain(&self.steps)
     }
 
     /// One row alone, with its logs: a failed commit is retried row by row, so that a row
@@ -628,14 +678,18 @@ impl Batch {
         let mut alone = Batch::default();
         match row {
             RowAt::Run(at) => alone.runs.push(self.runs[at].clone()),
-            RowAt::Step(at) => {
-                let step = &self.steps[at];
+            RowAt::Step(at) | RowAt::NewStep(at) => {
+                let step = if matches!(row, RowAt::Step(_)) { &self.steps[at] } else { &self.new_steps[at] };
                 let id = step.0.id;
                 alone.details.logs =
                     self.details.logs.iter().filter(|log| log.step_execution_id == id).cloned().collect();
                 alone.details.http_calls =
                     self.details.http_calls.iter().filter(|call| call.step_execution_id == id).cloned().collect();
-                alone.steps.push(step.clone());
+                if matches!(row, RowAt::Step(_)) {
+                    alone.steps.push(step.clone());
+                } else {
+                    alone.new_steps.push(step.clone());
+                }
             }
         }
         alone
@@ -658,7 +712,7 @@ fn upsert<T>(rows: &mut Vec<T>, index: &mut HashMap<Uuid, usize>, id: Uuid, row:
 
 enum Write {
     Run(Box<RunRecord>, Option<i64>),
-    Step(Box<StepRecord>, StepDetails, i64),
+    Step(Box<StepRecord>, StepDetails, i64, StepWrite),
     /// Answered once everything queued before it is committed; `release_connection`
     /// gives the writer's connection back to the pool (before the pool closes).
     Flush {
@@ -691,10 +745,10 @@ impl Waiter {
     }
 }
 
-/// Queues rows for the store's writer task. Cheap to clone.
+/// Queues rows for the store's writer tasks. Cheap to clone.
 #[derive(Clone)]
 pub struct Recorder {
-    queue: mpsc::Sender<(Write, Waiter)>,
+    queues: std::sync::Arc<[mpsc::Sender<(Write, Waiter)>]>,
 }
 
 /// A queued write; [`Pending::committed`] waits until it is durable. Dropping it does not
@@ -728,14 +782,43 @@ impl Pending {
 
 impl Recorder {
     fn start(pool: Pool) -> Recorder {
-        let (queue, receiver) = mpsc::channel(MAX_QUEUED_WRITES);
-        tokio::spawn(write_loop(pool, receiver));
-        Recorder { queue }
+        let writers = match pool {
+            Pool::Postgres(_) => POSTGRES_WRITERS,
+            Pool::Sqlite(_) => 1,
+        };
+        let queues = (0..writers)
+            .map(|_| {
+                let (queue, receiver) = mpsc::channel(MAX_QUEUED_WRITES);
+                tokio::spawn(write_loop(pool.clone(), receiver));
+                queue
+            })
+            .collect();
+        Recorder { queues }
+    }
+
+    /// The writer a write goes to: a run's row and its top-level step rows to the run's
+    /// writer, so that they land in the order they were written (a run's last row after its
+    /// last step's); a row inside a block to any, by its id (its own writes stay in order).
+    fn writer_for(&self, write: &Write) -> usize {
+        let key = match write {
+            Write::Run(run, _) => run.id,
+            Write::Step(step, ..) if step.parent_step_id.is_none() => step.run_id,
+            Write::Step(step, ..) => step.id,
+            Write::Flush { .. } => return 0,
+        };
+        // The low bits of a UUIDv7 are random.
+        usize::try_from(key.as_u128() % self.queues.len() as u128).unwrap_or(0)
     }
 
     fn send(&self, write: Write, run: Option<(Uuid, Option<CancellationToken>)>) -> Pending {
+        let writer = self.writer_for(&write);
+        self.send_to(writer, write, run)
+    }
+
+    fn send_to(&self, writer: usize, write: Write, run: Option<(Uuid, Option<CancellationToken>)>) -> Pending {
         let (ack, pending) = oneshot::channel();
-        match self.queue.try_send((write, Waiter { ack, run })) {
+        let queue = &self.queues[writer];
+        match queue.try_send((write, Waiter { ack, run })) {
             Ok(()) => Pending(PendingState::Queued(pending)),
             Err(mpsc::error::TrySendError::Closed((_, waiter))) => {
                 let _ = waiter.ack.send(Err(StoreError::WriterStopped));
@@ -745,7 +828,7 @@ impl Recorder {
             // it waits for that too. Writers that never wait are rare (a step's "running"
             // row); those that do — every finished step — slow down to the writer's pace.
             Err(mpsc::error::TrySendError::Full(item)) => {
-                let queue = self.queue.clone();
+                let queue = queue.clone();
                 let (sent_ack, sent) = oneshot::channel::<Result<(), StoreError>>();
                 tokio::spawn(async move {
                     let result = match queue.send(item).await {
@@ -777,22 +860,39 @@ impl Recorder {
     /// [`Recorder::step`], with log lines and HTTP requests to add.
     pub fn step_with(&self, step: StepRecord, details: StepDetails, fence: &Fence) -> Pending {
         let owner = (step.run_id, Some(fence.lost.clone()));
-        self.send(Write::Step(Box::new(step), details, fence.epoch), Some(owner))
+        self.send(Write::Step(Box::new(step), details, fence.epoch, StepWrite::Upsert), Some(owner))
+    }
+
+    /// [`Recorder::step_with`] for a row that was never written: inserted without looking
+    /// for an existing one (cheaper for the database). Writing it again later is fine.
+    pub fn new_step(&self, step: StepRecord, details: StepDetails, fence: &Fence) -> Pending {
+        let owner = (step.run_id, Some(fence.lost.clone()));
+        self.send(Write::Step(Box::new(step), details, fence.epoch, StepWrite::Insert), Some(owner))
     }
 
     /// Waits until everything queued so far is committed.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.send(Write::Flush { release_connection: false }, None).committed().await
+        self.flush_all(false).await
     }
 
-    /// [`Recorder::flush`], then the writer gives its connection back to the pool, which
-    /// can then close (the writer takes one again if more is written).
+    /// [`Recorder::flush`], then the writers give their connections back to the pool,
+    /// which can then close (a writer takes one again if more is written).
     async fn flush_and_release(&self) -> Result<(), StoreError> {
-        self.send(Write::Flush { release_connection: true }, None).committed().await
+        self.flush_all(true).await
+    }
+
+    async fn flush_all(&self, release_connection: bool) -> Result<(), StoreError> {
+        let flushes: Vec<Pending> = (0..self.queues.len())
+            .map(|writer| self.send_to(writer, Write::Flush { release_connection }, None))
+            .collect();
+        for flush in flushes {
+            flush.committed().await?;
+        }
+        Ok(())
     }
 }
 
-/// The writer task: takes everything queued, commits it in one transaction, answers every
+/// A writer task: takes everything queued, commits it in one transaction, answers every
 /// waiting writer, and starts over. While one commit is in flight the next batch gathers.
 /// A batch is retried while the database is unreachable; writes refused for a stale epoch
 /// fail for their writers alone, and tell their fence. A batch the database rejects for
@@ -872,14 +972,16 @@ impl WriterConnection {
         }
     }
 
-    async fn write(&mut self, pool: &Pool, batch: &Batch) -> Result<Written, StoreError> {
+    /// Writes `batch`; `again` when a write of it may have committed already (its first
+    /// try failed without an answer): new rows are then upserted, never inserted twice.
+    async fn write(&mut self, pool: &Pool, batch: &Batch, again: bool) -> Result<Written, StoreError> {
         macro_rules! write_on {
             ($held:expr, $pool:expr, $backend:ident) => {{
                 let connection = match $held.as_mut() {
                     Some(connection) => connection,
                     None => $held.insert($pool.acquire().await.map_err(StoreError::query)?),
                 };
-                let result = $backend::write_batch(connection, batch).await;
+                let result = $backend::write_batch(connection, batch, again).await;
                 if matches!(result, Err(StoreError::Unavailable(_))) {
                     $held.take();
                 }
@@ -901,8 +1003,10 @@ async fn write_with_retries(
 ) -> Result<Written, StoreError> {
     let started = std::time::Instant::now();
     let mut delay = Duration::from_millis(50);
+    let mut again = false;
     loop {
-        let result = connection.write(pool, batch).await;
+        let result = connection.write(pool, batch, again).await;
+        again = true;
         match result {
             Err(StoreError::Unavailable(err)) if started.elapsed() < RETRY_UNAVAILABLE_FOR => {
                 tracing::warn!("the database is unreachable ({err}); retrying the write in {delay:?}");

@@ -27,40 +27,54 @@ super::backend::sql_backend!(
 async fn insert_steps<'a>(
     connection: &mut sqlx::PgConnection,
     steps: &'a [(StepRecord, i64)],
+    mode: super::StepWrite,
 ) -> Result<u64, StoreError> {
-    // Binds every column of the rows, each value given by `$value!(|step| ...)`: whole
+    use sqlx::Arguments as _;
+    // The arguments buffer is sized up front: grown by doubling, it copied a wide fan-out's
+    // megabytes of inputs and outputs several times over (and faulted in fresh memory).
+    let text = |value: &Option<crate::json::JsonDoc>| value.as_ref().map_or(0, crate::json::JsonDoc::text_len);
+    let bytes: usize = steps
+        .iter()
+        .map(|(s, _)| text(&s.input) + text(&s.output) + s.error.as_ref().map_or(0, String::len) + 512)
+        .sum();
+    let mut arguments = sqlx::postgres::PgArguments::default();
+    arguments.reserve(26, bytes);
+    // Adds every column of the rows, each value given by `$value!(|step| ...)`: whole
     // columns as arrays, or one row's values.
-    macro_rules! bind_step_columns {
-        ($query:expr, $value:ident) => {
-            $query
-                .bind($value!(|s: &StepRecord| s.id))
-                .bind($value!(|s: &StepRecord| s.run_id))
-                .bind($value!(|s: &StepRecord| s.step_id.clone()))
-                .bind($value!(|s: &StepRecord| s.step_type.clone()))
-                .bind($value!(|s: &StepRecord| s.parent_step_id))
-                .bind($value!(|s: &StepRecord| s.branch_name.clone()))
-                .bind($value!(|s: &StepRecord| s.item_index))
-                .bind($value!(|s: &StepRecord| s.join_policy.clone()))
-                .bind($value!(|s: &StepRecord| s.agent_name.clone()))
-                .bind($value!(|s: &StepRecord| s.agent_digest.clone()))
-                .bind($value!(|s: &StepRecord| s.attempt))
-                .bind($value!(|s: &StepRecord| s.status.as_str().to_owned()))
-                .bind($value!(|s: &StepRecord| s.outcome.clone()))
-                .bind($value!(|s: &'a StepRecord| super::stored_json::stored_text(&s.input)))
-                .bind($value!(|s: &'a StepRecord| super::stored_json::stored_text(&s.output)))
-                .bind($value!(|s: &StepRecord| s.error.clone()))
-                .bind($value!(|s: &StepRecord| s.started_at))
-                .bind($value!(|s: &StepRecord| s.finished_at))
-                .bind($value!(|s: &StepRecord| s.instantiate_us))
-                .bind($value!(|s: &StepRecord| s.execute_us))
-                .bind($value!(|s: &StepRecord| s.fuel_consumed))
-                .bind($value!(|s: &StepRecord| s.memory_peak_bytes))
-                .bind($value!(|s: &StepRecord| s.step_key.clone()))
-                .bind($value!(|s: &StepRecord| s.queued_us))
-                .bind($value!(|s: &StepRecord| s.host_id.clone()))
-        };
+    macro_rules! add_step_columns {
+        ($value:ident) => {{
+            let add = |result: Result<(), sqlx::error::BoxDynError>| {
+                result.map_err(|err| StoreError::Internal(err.to_string()))
+            };
+            add(arguments.add($value!(|s: &'a StepRecord| s.id)))?;
+            add(arguments.add($value!(|s: &'a StepRecord| s.run_id)))?;
+            add(arguments.add($value!(|s: &'a StepRecord| s.step_id.as_str())))?;
+            add(arguments.add($value!(|s: &'a StepRecord| s.step_type.as_str())))?;
+            add(arguments.add($value!(|s: &'a StepRecord| s.parent_step_id)))?;
+            add(arguments.add($value!(|s: &'a StepRecord| s.branch_name.as_deref())))?;
+            add(arguments.add($value!(|s: &'a StepRecord| s.item_index)))?;
+            add(arguments.add($value!(|s: &'a StepRecord| s.join_policy.as_deref())))?;
+            add(arguments.add($value!(|s: &'a StepRecord| s.agent_name.as_deref())))?;
+            add(arguments.add($value!(|s: &'a StepRecord| s.agent_digest.as_deref())))?;
+            add(arguments.add($value!(|s: &'a StepRecord| s.attempt)))?;
+            add(arguments.add($value!(|s: &'a StepRecord| s.status.as_str())))?;
+            add(arguments.add($value!(|s: &'a StepRecord| s.outcome.as_deref())))?;
+            add(arguments.add($value!(|s: &'a StepRecord| super::stored_json::stored_text(&s.input))))?;
+            add(arguments.add($value!(|s: &'a StepRecord| super::stored_json::stored_text(&s.output))))?;
+            add(arguments.add($value!(|s: &'a StepRecord| s.error.as_deref())))?;
+            add(arguments.add($value!(|s: &'a StepRecord| s.started_at)))?;
+            add(arguments.add($value!(|s: &'a StepRecord| s.finished_at)))?;
+            add(arguments.add($value!(|s: &'a StepRecord| s.instantiate_us)))?;
+            add(arguments.add($value!(|s: &'a StepRecord| s.execute_us)))?;
+            add(arguments.add($value!(|s: &'a StepRecord| s.fuel_consumed)))?;
+            add(arguments.add($value!(|s: &'a StepRecord| s.memory_peak_bytes)))?;
+            add(arguments.add($value!(|s: &'a StepRecord| s.step_key.as_deref())))?;
+            add(arguments.add($value!(|s: &'a StepRecord| s.queued_us)))?;
+            add(arguments.add($value!(|s: &'a StepRecord| s.host_id.as_deref())))?;
+        }};
     }
-    let query = if let [(step, epoch)] = steps {
+    let sql = step_sql(steps.len(), mode);
+    if let [(step, epoch)] = steps {
         // One row (every step of a sequential chain): plain parameters, which Postgres
         // plans once for all executions (a generic plan), where the arrays below would be
         // planned again at every execution — a tenth of a millisecond on a chain's path.
@@ -69,16 +83,20 @@ async fn insert_steps<'a>(
                 ($value)(step)
             };
         }
-        bind_step_columns!(sqlx::query(&ONE_STEP_SQL), one).bind(*epoch)
+        add_step_columns!(one);
+        arguments.add(*epoch).map_err(|err| StoreError::Internal(err.to_string()))?;
     } else {
         macro_rules! column {
             ($value:expr) => {
                 steps.iter().map(|(step, _)| ($value)(step)).collect::<Vec<_>>()
             };
         }
-        bind_step_columns!(sqlx::query(&STEPS_SQL), column)
-            .bind(steps.iter().map(|(_, epoch)| *epoch).collect::<Vec<i64>>())
-    };
+        add_step_columns!(column);
+        arguments
+            .add(steps.iter().map(|(_, epoch)| *epoch).collect::<Vec<i64>>())
+            .map_err(|err| StoreError::Internal(err.to_string()))?;
+    }
+    let query = sqlx::query_with(sql, arguments);
     let done = query.execute(connection).await.map_err(StoreError::query)?;
     Ok(done.rows_affected())
 }
@@ -93,14 +111,30 @@ async fn insert_steps<'a>(
 /// spent here, not on the first steps of a run.
 pub(super) async fn prepare_writes(connection: &mut sqlx::PgConnection) -> Result<(), StoreError> {
     let nobody = || (StepRecord::new(Uuid::nil(), "warm-up", "agent", crate::store::StepStatus::Succeeded), -1);
-    for _ in 0..6 {
-        insert_steps(&mut *connection, &[nobody()]).await?;
+    for mode in [super::StepWrite::Insert, super::StepWrite::Upsert] {
+        for _ in 0..6 {
+            insert_steps(&mut *connection, &[nobody()], mode).await?;
+        }
+        insert_steps(&mut *connection, &[nobody(), nobody()], mode).await?;
     }
-    insert_steps(&mut *connection, &[nobody(), nobody()]).await?;
     Ok(())
 }
 
-/// The step upsert for many rows: each column one array parameter, expanded with `UNNEST`.
+/// The statement writing `rows` step rows as `mode` says.
+fn step_sql(rows: usize, mode: super::StepWrite) -> &'static str {
+    static SQL: std::sync::LazyLock<[String; 4]> = std::sync::LazyLock::new(|| {
+        [
+            format!("{}{STEP_UPDATES}", *ONE_STEP_SQL),
+            ONE_STEP_SQL.clone(),
+            format!("{}{STEP_UPDATES}", *STEPS_SQL),
+            STEPS_SQL.clone(),
+        ]
+    });
+    let at = usize::from(rows > 1) * 2 + usize::from(mode == super::StepWrite::Insert);
+    &SQL[at]
+}
+
+/// The step insert for many rows: each column one array parameter, expanded with `UNNEST`.
 static STEPS_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "INSERT INTO step_executions ({STEP_COLUMNS}) \
@@ -114,18 +148,18 @@ static STEPS_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
            AS t(id, run_id, step_id, step_type, parent_step_id, branch_name, item_index, join_policy, agent_name, \
                 agent_digest, attempt, status, outcome, input, output, error, started_at, finished_at, \
                 instantiate_us, execute_us, fuel_consumed, memory_peak_bytes, step_key, queued_us, host_id, epoch) \
-         WHERE t.epoch = (SELECT r.epoch FROM workflow_runs r WHERE r.id = t.run_id FOR SHARE){STEP_UPDATES}"
+         WHERE t.epoch = (SELECT r.epoch FROM workflow_runs r WHERE r.id = t.run_id FOR SHARE)"
     )
 });
 
-/// The step upsert for one row, with the same fence.
+/// The step insert for one row, with the same fence.
 static ONE_STEP_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "INSERT INTO step_executions ({STEP_COLUMNS}) \
          SELECT $1::uuid, $2::uuid, $3::text, $4::text, $5::uuid, $6::text, $7::int8, $8::text, $9::text, \
                 $10::text, $11::int4, $12::text, $13::text, $14::text, $15::text, $16::text, $17::timestamptz, \
                 $18::timestamptz, $19::int8, $20::int8, $21::int8, $22::int8, $23::text, $24::int8, $25::text \
-         WHERE $26::int8 = (SELECT r.epoch FROM workflow_runs r WHERE r.id = $2::uuid FOR SHARE){STEP_UPDATES}"
+         WHERE $26::int8 = (SELECT r.epoch FROM workflow_runs r WHERE r.id = $2::uuid FOR SHARE)"
     )
 });
 

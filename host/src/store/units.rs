@@ -219,7 +219,7 @@ impl Store {
             .map_err(StoreError::query)?;
         }
         let batch = Batch { steps: vec![(row.clone(), fence.run_epoch)], details, ..Batch::default() };
-        let written = postgres::write_statements(&mut tx, &batch).await?;
+        let written = postgres::write_statements(&mut tx, &batch, true).await?;
         if !written.refused.is_empty() {
             return Ok(false);
         }
