@@ -2,8 +2,9 @@
 //! ~200 bytes of JSON in and out) and of a realistic one (`price-order`, ~1 KB of JSON into
 //! typed structs and ~1 KB back, built exactly as the README tells users to build an agent),
 //! each measured through `Sandbox::execute` next to a bare wasmtime loop over the same
-//! component in the same run, plus throughput with 64 calls in flight; then the realistic
-//! agent with each lever of the instance pool turned off in turn. Prints Markdown tables;
+//! component in the same run, plus throughput with 64 calls in flight; the realistic agent
+//! also fuel-metered (as a step with a `fuel` budget runs), on the bare loop and through
+//! Braid; then with each lever of the instance pool turned off in turn. Prints Markdown tables;
 //! the README's "Benchmarks" section quotes them.
 //!
 //! Run: `cargo bench -p braid --bench sandbox` (add `-- --calls N` to change the count).

@@ -134,6 +134,7 @@ impl Sandbox {
         slot: Slot,
     ) -> Result<Execution, ExecuteError> {
         let limits = self.check(&request)?;
+        let ExecutionRequest { context, input, limits: _, config, cancel, allowed_hosts } = request;
         let metering = self.metering(limits.fuel);
         let (Some(pre), Ok(engine)) = (agent.pre(metering), self.engine_for(metering)) else {
             return Err(ExecuteError::Host(format!(
@@ -156,7 +157,7 @@ impl Sandbox {
             http_ctx: WasiHttpCtx::new(),
             http: super::http::StepHttp {
                 outbound: self.outbound.clone(),
-                grants: request.allowed_hosts.clone(),
+                grants: allowed_hosts,
                 deadline,
                 logs: logs.clone(),
                 calls: http_calls.clone(),
@@ -165,10 +166,10 @@ impl Sandbox {
             table: ResourceTable::new(),
             limiter: MemoryLimiter::new(usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX)),
             logs: logs.clone(),
-            config: request.config.clone(),
+            config,
             deadline,
-            idempotency_key: request.context.idempotency_key.clone(),
-            cancel: request.cancel.clone(),
+            idempotency_key: context.idempotency_key,
+            cancel: cancel.clone(),
             interrupted: None,
         };
         let mut store = Store::new(&engine.engine, state);
@@ -192,12 +193,12 @@ impl Sandbox {
             }
         });
 
-        let context = types::StepContext {
-            run_id: request.context.run_id,
-            step_id: request.context.step_id,
-            branch: request.context.branch,
-            item_index: request.context.item_index,
-            attempt: request.context.attempt,
+        let step_context = types::StepContext {
+            run_id: context.run_id,
+            step_id: context.step_id,
+            branch: context.branch,
+            item_index: context.item_index,
+            attempt: context.attempt,
         };
 
         // A guest blocked in an async host call (a WASI sleep, say) never reaches an epoch
@@ -210,14 +211,14 @@ impl Sandbox {
         let call = async {
             let instance = pre.instantiate_async(&mut store).await?;
             instantiated_at = Some(Instant::now());
-            instance.call_run(&mut store, &context, &request.input).await
+            instance.call_run(&mut store, &step_context, &input).await
         };
         // Biased towards the call: most calls finish in their first poll (no host call that
         // waits), and then neither timer is ever registered.
         let result = tokio::select! {
             biased;
             result = call => Ok(result),
-            () = async { request.cancel.cancelled().await; tokio::time::sleep(grace).await } => Err(Interruption::Cancelled),
+            () = async { cancel.cancelled().await; tokio::time::sleep(grace).await } => Err(Interruption::Cancelled),
             () = tokio::time::sleep_until((deadline + grace).into()) => Err(Interruption::Timeout),
         };
         let finished = Instant::now();

@@ -194,13 +194,17 @@ pub struct ExecutionRequest {
 impl ExecutionRequest {
     /// A request with default limits, no config and a fresh cancellation token.
     pub fn new(context: StepContext, input: String) -> Self {
+        // One empty config and one empty grant list for every such request.
+        static NO_CONFIG: std::sync::LazyLock<Arc<BTreeMap<String, String>>> = std::sync::LazyLock::new(Arc::default);
+        static NO_HOSTS: std::sync::LazyLock<Arc<crate::outbound::HostPatterns>> =
+            std::sync::LazyLock::new(Arc::default);
         ExecutionRequest {
             context,
             input,
             limits: None,
-            config: Arc::default(),
+            config: NO_CONFIG.clone(),
             cancel: CancellationToken::new(),
-            allowed_hosts: Arc::default(),
+            allowed_hosts: NO_HOSTS.clone(),
         }
     }
 }

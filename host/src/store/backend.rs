@@ -192,6 +192,36 @@ macro_rules! sql_backend {
             Ok(written)
         }
 
+        /// Prepares the one-run upsert on `connection` by running it in a transaction that is
+        /// rolled back: a run's first write (its acceptance, on the path to its first step)
+        /// then does not parse it.
+        #[allow(dead_code)] // Postgres's writers warm up; SQLite has nothing to prepare.
+        pub(super) async fn warm_run_upsert(connection: &mut <$db as sqlx::Database>::Connection) -> Result<(), StoreError> {
+            use sqlx::Connection;
+            let now = Utc::now();
+            let nobody = RunRecord {
+                id: Uuid::nil(),
+                workflow_name: "warm-up".into(),
+                workflow_version: "0".into(),
+                status: super::RunStatus::Pending,
+                input: None,
+                output: None,
+                error: None,
+                created_at: now,
+                started_at: None,
+                finished_at: None,
+                workflow_digest: None,
+                pinned_agents: None,
+                owner_host_id: None,
+                epoch: 0,
+                redrive_count: 0,
+            };
+            let mut tx = connection.begin().await.map_err(StoreError::query)?;
+            let runs = [(nobody, Some(0))];
+            upsert_runs(&runs).build().execute(&mut *tx).await.map_err(StoreError::query)?;
+            tx.rollback().await.map_err(StoreError::query)
+        }
+
         /// The upsert of `runs` (each with the lease to give its owner, in milliseconds).
         fn upsert_runs(runs: &[(RunRecord, Option<i64>)]) -> QueryBuilder<'_, $db> {
             let mut query = QueryBuilder::<$db>::new(format!("INSERT INTO workflow_runs ({RUN_WRITE_COLUMNS}) "));

@@ -108,8 +108,9 @@ async fn insert_steps<'a>(
 /// their Rust types without checking them) on rows whose fence writes nothing: no run has
 /// the nil id. Postgres plans a prepared statement anew for its first five executions before
 /// it settles on one plan for all, so the one-row statement runs six times: those plans are
-/// spent here, not on the first steps of a run.
+/// spent here, not on the first steps of a run. The one-run upsert is prepared too.
 pub(super) async fn prepare_writes(connection: &mut sqlx::PgConnection) -> Result<(), StoreError> {
+    warm_run_upsert(&mut *connection).await?;
     let nobody = || (StepRecord::new(Uuid::nil(), "warm-up", "agent", crate::store::StepStatus::Succeeded), -1);
     for mode in [super::StepWrite::Insert, super::StepWrite::Upsert] {
         for _ in 0..6 {
