@@ -6,8 +6,9 @@
 //! commit and writes it in one transaction, many rows per statement (group commit), so
 //! recording a wide fan-out does not cost a round trip per row. Postgres has two writers,
 //! each with its own connection, so that the server writes a fan-out's rows on two cores:
-//! a run's own row and its top-level step rows always go to the run's writer (in order),
-//! the rows inside blocks to either, by row id (a row's writes stay in order). Every write
+//! runs' rows and their top-level step rows always go to the first (in order, and many
+//! small runs share its commits), the rows inside blocks to either, by row id (a row's
+//! writes stay in order). Every write
 //! hands back a [`Pending`] that resolves once the row is committed; callers wait on it
 //! where durability matters (before anything reads a step's output) and drop it elsewhere.
 //!
@@ -796,18 +797,18 @@ impl Recorder {
         Recorder { queues }
     }
 
-    /// The writer a write goes to: a run's row and its top-level step rows to the run's
-    /// writer, so that they land in the order they were written (a run's last row after its
-    /// last step's); a row inside a block to any, by its id (its own writes stay in order).
+    /// The writer a write goes to: runs' rows and their top-level step rows to the first,
+    /// so that they land in the order they were written (a run's last row after its last
+    /// step's) and many small runs share its commits; a row inside a block to any, by its
+    /// id (its own writes stay in order).
     fn writer_for(&self, write: &Write) -> usize {
-        let key = match write {
-            Write::Run(run, _) => run.id,
-            Write::Step(step, ..) if step.parent_step_id.is_none() => step.run_id,
-            Write::Step(step, ..) => step.id,
-            Write::Flush { .. } => return 0,
-        };
-        // The low bits of a UUIDv7 are random.
-        usize::try_from(key.as_u128() % self.queues.len() as u128).unwrap_or(0)
+        match write {
+            Write::Step(step, ..) if step.parent_step_id.is_some() => {
+                // The low bits of a UUIDv7 are random.
+                usize::try_from(step.id.as_u128() % self.queues.len() as u128).unwrap_or(0)
+            }
+            _ => 0,
+        }
     }
 
     fn send(&self, write: Write, run: Option<(Uuid, Option<CancellationToken>)>) -> Pending {
