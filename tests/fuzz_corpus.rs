@@ -36,3 +36,23 @@ fn the_template_corpus_renders_or_fails_within_budget() {
 fn the_run_document_corpus_reads_back() {
     replay("run_document", checks::run_document_reader);
 }
+
+/// The fuzz crate compiles host sources by `#[path]` under its own manifest, so a
+/// dependency the host gains (and those files use) must be declared there too; CI's fuzz
+/// smoke failed once when it was not. Checked here, on stable, where `cargo test` sees it.
+#[test]
+fn the_fuzz_crate_builds_with_its_own_dependencies() {
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/Cargo.toml");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let output = std::process::Command::new(cargo)
+        .args(["check", "--quiet", "--lib", "--locked", "--manifest-path"])
+        .arg(&manifest)
+        .env("CARGO_TARGET_DIR", std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("fuzz-check"))
+        .output()
+        .expect("cargo runs");
+    assert!(
+        output.status.success(),
+        "the fuzz crate does not build on its own (a dependency missing from fuzz/Cargo.toml?):\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
