@@ -43,6 +43,12 @@ fn a_successful_call_prints_the_documented_json_and_exits_0() {
     assert_eq!(code, 0, "{first}");
     assert!(first["fuel_consumed"].as_u64().unwrap() > 0, "{first}");
     assert_eq!(call_json("word-count", &metered).1["fuel_consumed"], first["fuel_consumed"]);
+    // For people, the output is pretty-printed.
+    let path = agent_path("word-count");
+    let text = braid(&["call", path.to_str().unwrap(), "--input", r#"{"text": "one two three"}"#]);
+    let text = String::from_utf8(text.stdout).unwrap();
+    let expected = serde_json::to_string_pretty(&doc["output"]).unwrap();
+    assert!(text.contains(&format!("\n{expected}\n")), "{text}");
 }
 
 #[test]

@@ -116,6 +116,9 @@ fn without_a_database_url_runs_are_recorded_in_braid_db_in_the_current_directory
     let text = String::from_utf8(text.stdout).unwrap();
     assert!(text.contains("research  parallel (all)  succeeded"), "{text}");
     assert!(text.contains("[sideways] sideways  agent shout  failed (guest_error)"), "{text}");
+    // People read the output pretty-printed (the records keep the agent's compact text).
+    let expected = serde_json::to_string_pretty(&doc["output"]).unwrap();
+    assert!(expected.contains('\n') && text.contains(&format!("output: {expected}\n")), "{text}");
 }
 
 #[test]

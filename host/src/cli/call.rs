@@ -117,7 +117,8 @@ fn print_text(execution: &Execution) {
         crate::sandbox::human_bytes(execution.memory_peak_bytes),
     );
     if let Some(output) = &execution.output {
-        println!("{}", serde_json::to_string_pretty(output).unwrap_or_default());
+        // Pretty-printed from the value: the agent's text is compact, fine for machines only.
+        println!("{}", serde_json::to_string_pretty(output.value()).unwrap_or_default());
     }
     if let Some(error) = &execution.error {
         println!("error: {error}");

@@ -33,7 +33,8 @@ pub fn run_text(run: &RunRecord, steps: &[StepRecord], calls: &[HttpCallRecord])
     );
     write_children(&mut text, &Tree { children, calls_of, per_step }, None, 1);
     if let Some(output) = &run.output {
-        text.push_str(&format!("output: {}\n", serde_json::to_string_pretty(output).unwrap_or_default()));
+        // Pretty-printed from the value: the stored text is compact, fine for machines only.
+        text.push_str(&format!("output: {}\n", serde_json::to_string_pretty(output.value()).unwrap_or_default()));
     }
     if let Some(error) = &run.error {
         text.push_str(&format!("error: {error}\n"));
