@@ -152,9 +152,12 @@ where
             if index >= self.count {
                 return Ok(());
             }
-            if self.lock().verdict != Verdict::Undecided {
-                self.lock().skipped.push(index);
-                continue;
+            {
+                let mut outcomes = self.lock();
+                if outcomes.verdict != Verdict::Undecided {
+                    outcomes.skipped.push(index);
+                    continue;
+                }
             }
             let finished = (self.start)(index, self.block_cancel.clone()).await?;
             self.record(index, finished);

@@ -288,19 +288,18 @@ impl Registry {
         if let Some(ready) = ready(&lock(&self.loaded)) {
             return Ok(ready);
         }
-        let mut result = Ok(None);
-        for &metering in needs {
-            let loaded = lock(&self.loaded).get(digest).cloned();
-            if loaded.as_ref().is_some_and(|agent| agent.agent.has(metering)) {
-                continue;
+        // The code each metering needs that is not loaded yet, then the agent with all of it.
+        let loaded = async {
+            for &metering in needs {
+                if !lock(&self.loaded).get(digest).is_some_and(|agent| agent.agent.has(metering)) {
+                    self.load_agent(name, version, digest, metering).await?;
+                }
             }
-            result = self.load_agent(name, version, digest, metering).await.map(Some);
-            if result.is_err() {
-                break;
-            }
+            Ok::<(), PlanError>(())
         }
+        .await;
         lock(&self.loading).remove(digest);
-        result?;
+        loaded?;
         ready(&lock(&self.loaded)).ok_or_else(|| PlanError::UnknownAgent(format!("{name} ({digest})")))
     }
 
