@@ -1,8 +1,9 @@
 //! Many hosts on one Postgres, each a real `braid serve` (or `braid worker`) process: a
 //! fan-out started through one host spreads over all of them, bounds hold across hosts, a
 //! host killed with `kill -9` loses nothing and re-runs nothing that succeeded, a
-//! `fail_fast` failure on one host stops units running on another, the hosts are listed,
-//! and SQLite refuses a second host.
+//! `fail_fast` failure on one host stops units running on another, an owner stopped while
+//! another host runs its units still exits, the hosts are listed, and SQLite refuses a
+//! second host.
 
 mod common;
 
@@ -264,6 +265,66 @@ async fn kill_mid_map(which: Victim) {
         assert_ne!(again.host_id.as_deref(), Some(victim_id.as_str()));
         assert!(again.attempt > row.attempt, "attempt {} after {}", again.attempt, row.attempt);
     }
+    store.close().await.unwrap();
+    drop(servers);
+    db.drop_database().await;
+}
+
+/// The owner of a run stopped (SIGTERM, no grace period) while another host runs units it
+/// offered: it learns that those units ended while it drains and exits (it used to wait for
+/// them forever once it stopped listening), and the other host finishes the run exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_stopped_while_another_host_runs_its_units_exits_and_the_run_finishes() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let client = Client::new();
+    let db = TestDb::postgres().await;
+    let flags = ["--max-instances", "4", "--lease-ms", "1500", "--grace-period-ms", "0"];
+    let (mut servers, _caches) = hosts(&db, 2, &flags);
+    let workflow = sleepy_map("drained", 150, 64);
+    deploy_with_misbehave(&client, &servers[0], &workflow).await;
+    wait_for_hosts(&client, &servers[0], 2).await;
+    let (status, accepted) = start_run(&client, &servers[0], "drained", items(200), false).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
+    let id: Uuid = accepted["run_id"].as_str().unwrap().parse().unwrap();
+
+    let store = Store::open(&db.url).await.unwrap();
+    let taker_id = get_json(&client, &servers[1], "/healthz").await["host_id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let steps = store.run_steps(id).await.unwrap();
+        if steps.iter().any(|s| s.host_id.as_deref() == Some(&taker_id) && s.status == StepStatus::Running) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the other host never ran units of the run");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // SIGTERM; a failed wait drops (kills) the owner, so that no process is left behind.
+    let mut owner = servers.remove(0);
+    let stopped = std::process::Command::new("kill").args(["-TERM", &owner.child.id().to_string()]).status();
+    assert!(stopped.unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let exited = loop {
+        if let Some(status) = owner.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the stopped owner never exited: it waits for units another host ran");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(exited.success(), "the owner exits cleanly: {exited}");
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let run = loop {
+        let run = store.get_run(id).await.unwrap().unwrap();
+        if run.status.is_terminal() {
+            break run;
+        }
+        assert!(Instant::now() < deadline, "the run never ended");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(run.status.as_str(), "succeeded", "{:?}", run.error);
+    let steps = store.run_steps(id).await.unwrap();
+    assert_exact(&steps);
+    assert_eq!(steps.iter().filter(|s| s.step_type == "agent" && s.status == StepStatus::Succeeded).count(), 200);
     store.close().await.unwrap();
     drop(servers);
     db.drop_database().await;

@@ -135,9 +135,23 @@ impl Runner {
     pub async fn start_host(self: &Arc<Self>) -> Result<(), StoreError> {
         *self.single_host.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = self.store().lock_single_host()?;
         self.beat().await?;
+        // Told before this host listens, so that it does not answer its own news with a
+        // second beat while its first run starts.
         self.store().wake(Wake::Hosts).await;
+        // Listening before this returns: a cancel asked right after start is heard, and the
+        // first run's first commits do not share the database with the listener's set-up.
+        let listener = match self.store().listen().await {
+            Ok(listener) => listener,
+            Err(err) => {
+                tracing::warn!("cannot listen for wake-ups (polling instead): {err}");
+                None
+            }
+        };
+        // The writers have their connections and statements ready (they warm up when the
+        // store opens): the first run does not wait for that.
+        self.store().recorder().flush().await?;
         tokio::spawn(self.clone().heartbeat());
-        tokio::spawn(self.clone().wake_loop(self.config.role != HostRole::Run));
+        tokio::spawn(self.clone().wake_loop(listener, self.config.role != HostRole::Run));
         Ok(())
     }
 
@@ -500,21 +514,19 @@ impl Runner {
 
     /// Wakes on notifications (Postgres), local events (a run ended here) and a poll
     /// interval; checks the runs in flight for cancel requests and claims what there is
-    /// room for.
-    async fn wake_loop(self: Arc<Self>, claim: bool) {
-        let mut listener = match self.store().listen().await {
-            Ok(listener) => listener,
-            Err(err) => {
-                tracing::warn!("cannot listen for wake-ups (polling instead): {err}");
-                None
-            }
-        };
-        let mut poll = tokio::time::interval(self.config.poll);
+    /// room for. It runs until the host has stopped, not only until it drains: a run
+    /// finishing during the drain may wait for units that other hosts ran, and learns that
+    /// they are done from here.
+    async fn wake_loop(self: Arc<Self>, mut listener: Option<WakeListener>, claim: bool) {
+        // A host that claims polls at once (runs left by a host that died wait for it); one
+        // that only runs its own run has nothing to poll for before that run is under way.
+        let first_poll = tokio::time::Instant::now() + if claim { Duration::ZERO } else { self.config.poll };
+        let mut poll = tokio::time::interval_at(first_poll, self.config.poll);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let mut polled = false;
             tokio::select! {
-                () = self.draining.cancelled() => break,
+                () = self.stopped.cancelled() => break,
                 () = self.wake.notified() => {}
                 _ = poll.tick() => polled = true,
                 message = next_wake(&mut listener) => match message {
@@ -562,7 +574,7 @@ impl Runner {
                     exchange.poll_done().await;
                 }
             }
-            if claim {
+            if claim && !self.draining.is_cancelled() {
                 self.claim_what_fits().await;
                 if polled {
                     self.take_units().await;

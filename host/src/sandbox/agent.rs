@@ -134,6 +134,9 @@ fn link(engine: &MeteredEngine, component: &Component, metering: Metering) -> Re
         return Err(LoadError::WrongWorld(problem));
     }
     let pre = engine.instantiate_pre(component).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
+    // The memory image every instance maps copy-on-write, made now rather than by the
+    // first instance: a run's first step does not pay for it.
+    component.initialize_copy_on_write_image().map_err(|err| LoadError::Compile(format!("{err:#}")))?;
     let mut agent = Agent::default();
     agent.pres[metering as usize] = Some(pre);
     Ok(agent)

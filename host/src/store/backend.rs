@@ -192,12 +192,12 @@ macro_rules! sql_backend {
             Ok(written)
         }
 
-        /// Prepares the one-run upsert on `connection` by running it in a transaction that is
-        /// rolled back: a run's first write (its acceptance, on the path to its first step)
-        /// then does not parse it.
+        /// Writes a run row with the nil id (which no run has) on `connection`, inside a
+        /// transaction its caller rolls back: a writer's warm-up, so that a run's first
+        /// write (its acceptance, on the path to its first step) neither parses the upsert
+        /// nor loads what it touches.
         #[allow(dead_code)] // Postgres's writers warm up; SQLite has nothing to prepare.
-        pub(super) async fn warm_run_upsert(connection: &mut <$db as sqlx::Database>::Connection) -> Result<(), StoreError> {
-            use sqlx::Connection;
+        pub(super) async fn upsert_nobody(connection: &mut <$db as sqlx::Database>::Connection) -> Result<(), StoreError> {
             let now = Utc::now();
             let nobody = RunRecord {
                 id: Uuid::nil(),
@@ -216,10 +216,9 @@ macro_rules! sql_backend {
                 epoch: 0,
                 redrive_count: 0,
             };
-            let mut tx = connection.begin().await.map_err(StoreError::query)?;
             let runs = [(nobody, Some(0))];
-            upsert_runs(&runs).build().execute(&mut *tx).await.map_err(StoreError::query)?;
-            tx.rollback().await.map_err(StoreError::query)
+            upsert_runs(&runs).build().execute(&mut *connection).await.map_err(StoreError::query)?;
+            Ok(())
         }
 
         /// The upsert of `runs` (each with the lease to give its owner, in milliseconds).

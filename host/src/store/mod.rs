@@ -225,6 +225,8 @@ impl Store {
     pub async fn open(url: &str) -> Result<Store, StoreError> {
         let store = Store::open_unmigrated(url).await?;
         store.migrate().await?;
+        // Not before: the warm-up writes (and rolls back) rows of the tables migrations change.
+        store.recorder.warm_up();
         Ok(store)
     }
 
@@ -594,6 +596,8 @@ pub(crate) struct Batch {
     step_index: HashMap<Uuid, RowAt>,
     /// A flush in it asked the writer to give its connection back afterwards.
     release_connection: bool,
+    /// A warm-up was asked for.
+    warm_up: bool,
 }
 
 /// Which row of a batch a write went to.
@@ -651,6 +655,10 @@ impl Batch {
             }
             Write::Flush { release_connection } => {
                 self.release_connection |= release_connection;
+                None
+            }
+            Write::WarmUp => {
+                self.warm_up = true;
                 None
             }
         }
@@ -719,6 +727,9 @@ enum Write {
     Flush {
         release_connection: bool,
     },
+    /// Takes the writer's connection and prepares its statements (see
+    /// [`WriterConnection::warm`]) before anything queued after it is written.
+    WarmUp,
 }
 
 /// Who waits for a write: its acknowledgement, and the run and fence it was written under.
@@ -871,6 +882,14 @@ impl Recorder {
         self.send(Write::Step(Box::new(step), details, fence.epoch, StepWrite::Insert), Some(owner))
     }
 
+    /// Has every writer take its connection and prepare its statements now, so that the
+    /// first commit of a run does not (not waited for: [`Recorder::flush`] waits for it).
+    fn warm_up(&self) {
+        for writer in 0..self.queues.len() {
+            let _ = self.send_to(writer, Write::WarmUp, None);
+        }
+    }
+
     /// Waits until everything queued so far is committed.
     pub async fn flush(&self) -> Result<(), StoreError> {
         self.flush_all(false).await
@@ -901,7 +920,6 @@ impl Recorder {
 async fn write_loop(pool: Pool, mut queue: mpsc::Receiver<(Write, Waiter)>) {
     let mut waiters: Vec<(Waiter, Option<RowAt>)> = Vec::new();
     let mut connection = WriterConnection::default();
-    connection.warm(&pool).await;
     while let Some((first, waiter)) = queue.recv().await {
         let mut batch = Batch::default();
         waiters.push((waiter, batch.add(first)));
@@ -910,6 +928,9 @@ async fn write_loop(pool: Pool, mut queue: mpsc::Receiver<(Write, Waiter)>) {
                 Ok((write, waiter)) => waiters.push((waiter, batch.add(write))),
                 Err(_) => break,
             }
+        }
+        if batch.warm_up {
+            connection.warm(&pool).await;
         }
         let result = if batch.is_empty() {
             Ok(Written::default())
@@ -957,15 +978,23 @@ struct WriterConnection {
 }
 
 impl WriterConnection {
-    /// Takes the connection and prepares the step writes on it, so that the first commit
-    /// of a run does not pay for that. A failure here is only logged: the first write
-    /// takes a connection again and reports what goes wrong.
+    /// Takes the connection (unless it holds one) and prepares the writes on it, so that
+    /// the first commit of a run does not pay for that. A failure here is only logged: the
+    /// first write takes a connection again and reports what goes wrong.
     async fn warm(&mut self, pool: &Pool) {
         let warmed = match pool {
-            Pool::Postgres(pool) => match pool.acquire().await {
-                Ok(connection) => postgres::prepare_writes(&mut *self.postgres.insert(connection)).await,
-                Err(err) => Err(StoreError::query(err)),
-            },
+            Pool::Postgres(pool) => {
+                if self.postgres.is_none() {
+                    match pool.acquire().await {
+                        Ok(connection) => self.postgres = Some(connection),
+                        Err(err) => tracing::debug!("could not take the writer's connection ahead of time: {err}"),
+                    }
+                }
+                match self.postgres.as_mut() {
+                    Some(connection) => postgres::prepare_writes(connection).await,
+                    None => Ok(()),
+                }
+            }
             Pool::Sqlite(_) => Ok(()),
         };
         if let Err(err) = warmed {

@@ -101,24 +101,34 @@ async fn insert_steps<'a>(
     Ok(done.rows_affected())
 }
 
-/// Prepares the writer's step statements on its connection ahead of its first commit, which
-/// would otherwise also parse them and load the catalog entries they touch. They are
-/// prepared by running them (sqlx then declares its own parameter types; a statement
-/// prepared bare would get the types Postgres infers, and sqlx binds values in binary by
-/// their Rust types without checking them) on rows whose fence writes nothing: no run has
-/// the nil id. Postgres plans a prepared statement anew for its first five executions before
-/// it settles on one plan for all, so the one-row statement runs six times: those plans are
-/// spent here, not on the first steps of a run. The one-run upsert is prepared too.
+/// Prepares the writer's statements on its connection ahead of its first commit, which
+/// would otherwise also parse them and load the catalog entries (tables, indexes, checks,
+/// the TOAST compression) they touch. They are prepared by running them (sqlx then declares
+/// its own parameter types; a statement prepared bare would get the types Postgres infers,
+/// and sqlx binds values in binary by their Rust types without checking them) on rows of a
+/// run with the nil id (which no run has), in a transaction that is rolled back. Postgres
+/// plans a prepared statement anew for its first five executions before it settles on one
+/// plan for all, so the one-row statements run six times: those plans are spent here, not
+/// on the first steps of a run.
 pub(super) async fn prepare_writes(connection: &mut sqlx::PgConnection) -> Result<(), StoreError> {
-    warm_run_upsert(&mut *connection).await?;
-    let nobody = || (StepRecord::new(Uuid::nil(), "warm-up", "agent", crate::store::StepStatus::Succeeded), -1);
+    use sqlx::Connection;
+    let mut tx = connection.begin().await.map_err(StoreError::query)?;
+    upsert_nobody(&mut tx).await?;
+    // As large as a typical agent's input, so that the stored documents are compressed.
+    let document = crate::json::JsonDoc::from_value(serde_json::Value::String("warm-up ".repeat(300)));
+    let nobody = || {
+        let mut row = StepRecord::new(Uuid::nil(), "warm-up", "agent", crate::store::StepStatus::Succeeded);
+        row.input = Some(document.clone());
+        row.output = Some(document.clone());
+        (row, 0)
+    };
     for mode in [super::StepWrite::Insert, super::StepWrite::Upsert] {
         for _ in 0..6 {
-            insert_steps(&mut *connection, &[nobody()], mode).await?;
+            insert_steps(&mut tx, &[nobody()], mode).await?;
         }
-        insert_steps(&mut *connection, &[nobody(), nobody()], mode).await?;
+        insert_steps(&mut tx, &[nobody(), nobody()], mode).await?;
     }
-    Ok(())
+    tx.rollback().await.map_err(StoreError::query)
 }
 
 /// The statement writing `rows` step rows as `mode` says.
