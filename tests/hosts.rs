@@ -91,6 +91,27 @@ fn assert_exact(steps: &[StepRecord]) {
     assert!(twice.is_empty(), "succeeded more than once: {twice:?}");
 }
 
+/// Waits (a minute at most) until run `id` has ended; returns its row.
+async fn wait_for_end(store: &Store, id: Uuid) -> braid::store::RunRecord {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let run = store.get_run(id).await.unwrap().unwrap();
+        if run.status.is_terminal() {
+            return run;
+        }
+        assert!(Instant::now() < deadline, "the run never ended");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Run `id`'s rows, checked: [`assert_exact`], and `items` agent rows succeeded.
+async fn assert_items_done_once(store: &Store, id: Uuid, items: usize) -> Vec<StepRecord> {
+    let steps = store.run_steps(id).await.unwrap();
+    assert_exact(&steps);
+    assert_eq!(steps.iter().filter(|s| s.step_type == "agent" && s.status == StepStatus::Succeeded).count(), items);
+    steps
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wide_map_finishes_about_three_times_sooner_on_three_hosts() {
     let _serial = ONE_AT_A_TIME.lock().await;
@@ -232,22 +253,12 @@ async fn kill_mid_map(which: Victim) {
     }
     victim.kill();
 
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let run = loop {
-        let run = store.get_run(id).await.unwrap().unwrap();
-        if run.status.is_terminal() {
-            break run;
-        }
-        assert!(Instant::now() < deadline, "the run never ended");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let run = wait_for_end(&store, id).await;
     assert_eq!(run.status.as_str(), "succeeded", "{:?}", run.error);
     if which == Victim::Owner {
         assert_ne!(run.owner_host_id.as_deref(), Some(victim_id.as_str()), "another host finished it");
     }
-    let steps = store.run_steps(id).await.unwrap();
-    assert_exact(&steps);
-    assert_eq!(steps.iter().filter(|s| s.step_type == "agent" && s.status == StepStatus::Succeeded).count(), 500);
+    let steps = assert_items_done_once(&store, id, 500).await;
 
     // What the dead host was running is closed, and ran again on a live host with the
     // next attempt number.
@@ -312,19 +323,9 @@ async fn an_owner_stopped_while_another_host_runs_its_units_exits_and_the_run_fi
     };
     assert!(exited.success(), "the owner exits cleanly: {exited}");
 
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let run = loop {
-        let run = store.get_run(id).await.unwrap().unwrap();
-        if run.status.is_terminal() {
-            break run;
-        }
-        assert!(Instant::now() < deadline, "the run never ended");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let run = wait_for_end(&store, id).await;
     assert_eq!(run.status.as_str(), "succeeded", "{:?}", run.error);
-    let steps = store.run_steps(id).await.unwrap();
-    assert_exact(&steps);
-    assert_eq!(steps.iter().filter(|s| s.step_type == "agent" && s.status == StepStatus::Succeeded).count(), 200);
+    assert_items_done_once(&store, id, 200).await;
     store.close().await.unwrap();
     drop(servers);
     db.drop_database().await;
