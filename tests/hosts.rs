@@ -91,6 +91,35 @@ fn assert_exact(steps: &[StepRecord]) {
     assert!(twice.is_empty(), "succeeded more than once: {twice:?}");
 }
 
+/// Starts `count` hosts with `flags`, deploys through the first a `max_parallelism` 64 map
+/// named `name` of `item_ms` sleeps, and once every host is listed starts it there on
+/// `item_count` items (not waited for). Returns the hosts, their caches and the run's id.
+async fn start_map_on_hosts(
+    client: &Client,
+    db: &TestDb,
+    count: usize,
+    flags: &[&str],
+    (name, item_ms): (&str, u64),
+    item_count: u32,
+) -> (Vec<Server>, Vec<tempfile::TempDir>, Uuid) {
+    let (servers, caches) = hosts(db, count, flags);
+    deploy_with_misbehave(client, &servers[0], &sleepy_map(name, item_ms, 64)).await;
+    wait_for_hosts(client, &servers[0], count).await;
+    let (status, accepted) = start_run(client, &servers[0], name, items(item_count), false).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
+    (servers, caches, accepted["run_id"].as_str().unwrap().parse().unwrap())
+}
+
+/// Waits (20 s at most) until run `id`'s rows are as `ready` asks; `what` says what was
+/// awaited when it never happens.
+async fn wait_for_steps(store: &Store, id: Uuid, what: &str, ready: impl Fn(&[StepRecord]) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ready(&store.run_steps(id).await.unwrap()) {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Waits (a minute at most) until run `id` has ended; returns its row.
 async fn wait_for_end(store: &Store, id: Uuid) -> braid::store::RunRecord {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -227,30 +256,18 @@ async fn kill_mid_map(which: Victim) {
     let client = Client::new();
     let db = TestDb::postgres().await;
     let flags = ["--max-instances", "8", "--lease-ms", "1500"];
-    let (mut servers, _caches) = hosts(&db, 3, &flags);
-    let workflow = sleepy_map("survivor", 120, 64);
-    deploy_with_misbehave(&client, &servers[0], &workflow).await;
-    wait_for_hosts(&client, &servers[0], 3).await;
-    let (status, accepted) = start_run(&client, &servers[0], "survivor", items(500), false).await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
-    let id: Uuid = accepted["run_id"].as_str().unwrap().parse().unwrap();
+    let (mut servers, _caches, id) = start_map_on_hosts(&client, &db, 3, &flags, ("survivor", 120), 500).await;
 
     // Once the victim is busy with items, it dies.
     let store = Store::open(&db.url).await.unwrap();
     let victim = if which == Victim::Owner { servers.remove(0) } else { servers.pop().unwrap() };
     let victim_id = get_json(&client, &victim, "/healthz").await["host_id"].as_str().unwrap().to_owned();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let steps = store.run_steps(id).await.unwrap();
+    wait_for_steps(&store, id, &format!("the {which:?} ran items"), |steps| {
         let on_victim = steps.iter().filter(|s| s.host_id.as_deref() == Some(&victim_id)).count();
-        if on_victim >= 20
+        on_victim >= 20
             && steps.iter().any(|s| s.host_id.as_deref() == Some(&victim_id) && s.status == StepStatus::Running)
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the {which:?} never ran items");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
     victim.kill();
 
     let run = wait_for_end(&store, id).await;
@@ -290,25 +307,14 @@ async fn an_owner_stopped_while_another_host_runs_its_units_exits_and_the_run_fi
     let client = Client::new();
     let db = TestDb::postgres().await;
     let flags = ["--max-instances", "4", "--lease-ms", "1500", "--grace-period-ms", "0"];
-    let (mut servers, _caches) = hosts(&db, 2, &flags);
-    let workflow = sleepy_map("drained", 150, 64);
-    deploy_with_misbehave(&client, &servers[0], &workflow).await;
-    wait_for_hosts(&client, &servers[0], 2).await;
-    let (status, accepted) = start_run(&client, &servers[0], "drained", items(200), false).await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
-    let id: Uuid = accepted["run_id"].as_str().unwrap().parse().unwrap();
+    let (mut servers, _caches, id) = start_map_on_hosts(&client, &db, 2, &flags, ("drained", 150), 200).await;
 
     let store = Store::open(&db.url).await.unwrap();
     let taker_id = get_json(&client, &servers[1], "/healthz").await["host_id"].as_str().unwrap().to_owned();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let steps = store.run_steps(id).await.unwrap();
-        if steps.iter().any(|s| s.host_id.as_deref() == Some(&taker_id) && s.status == StepStatus::Running) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the other host never ran units of the run");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_steps(&store, id, "the other host ran units of the run", |steps| {
+        steps.iter().any(|s| s.host_id.as_deref() == Some(&taker_id) && s.status == StepStatus::Running)
+    })
+    .await;
     // SIGTERM; a failed wait drops (kills) the owner, so that no process is left behind.
     let mut owner = servers.remove(0);
     let stopped = std::process::Command::new("kill").args(["-TERM", &owner.child.id().to_string()]).status();

@@ -984,16 +984,14 @@ impl WriterConnection {
     async fn warm(&mut self, pool: &Pool) {
         let warmed = match pool {
             Pool::Postgres(pool) => {
-                if self.postgres.is_none() {
-                    match pool.acquire().await {
-                        Ok(connection) => self.postgres = Some(connection),
-                        Err(err) => tracing::debug!("could not take the writer's connection ahead of time: {err}"),
-                    }
+                async {
+                    let connection = match self.postgres.as_mut() {
+                        Some(connection) => connection,
+                        None => self.postgres.insert(pool.acquire().await.map_err(StoreError::query)?),
+                    };
+                    postgres::prepare_writes(connection).await
                 }
-                match self.postgres.as_mut() {
-                    Some(connection) => postgres::prepare_writes(connection).await,
-                    None => Ok(()),
-                }
+                .await
             }
             Pool::Sqlite(_) => Ok(()),
         };
