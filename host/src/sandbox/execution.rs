@@ -77,10 +77,15 @@ impl Sandbox {
     /// start (oversized input, a memory limit above the host's maximum) is an error.
     pub async fn execute(&self, agent: &Agent, request: ExecutionRequest) -> Result<Execution, ExecuteError> {
         self.check(&request)?;
-        match self.slot(&request.cancel).await {
-            Ok(slot) => self.execute_in(agent, request, slot).await,
-            Err(refused) => Ok(refused),
-        }
+        // A free slot is taken at once: waiting sets up a timer and a cancellation watch.
+        let slot = match self.try_slot() {
+            Some(slot) => slot,
+            None => match self.slot(&request.cancel).await {
+                Ok(slot) => slot,
+                Err(refused) => return Ok(refused),
+            },
+        };
+        self.execute_in(agent, request, slot).await
     }
 
     /// An instance slot if one is free right now.
@@ -214,12 +219,12 @@ impl Sandbox {
             instance.call_run(&mut store, &step_context, &input).await
         };
         // Biased towards the call: most calls finish in their first poll (no host call that
-        // waits), and then neither timer is ever registered.
+        // waits), and then neither timer is even made (each is built when first polled).
         let result = tokio::select! {
             biased;
             result = call => Ok(result),
             () = async { cancel.cancelled().await; tokio::time::sleep(grace).await } => Err(Interruption::Cancelled),
-            () = tokio::time::sleep_until((deadline + grace).into()) => Err(Interruption::Timeout),
+            () = async { tokio::time::sleep_until((deadline + grace).into()).await } => Err(Interruption::Timeout),
         };
         let finished = Instant::now();
         let instantiate = instantiated_at.unwrap_or(finished) - started;
