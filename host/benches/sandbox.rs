@@ -4,8 +4,9 @@
 //! each measured through `Sandbox::execute` next to a bare wasmtime loop over the same
 //! component in the same run, plus throughput with 64 calls in flight; the realistic agent
 //! also fuel-metered (as a step with a `fuel` budget runs), on the bare loop and through
-//! Braid; then with each lever of the instance pool turned off in turn. Prints Markdown tables;
-//! the README's "Benchmarks" section quotes them.
+//! Braid, and on a bare loop with epoch interruption (which Braid's timeouts need); then
+//! with each lever of the instance pool turned off in turn. Prints Markdown tables; the
+//! README's "Benchmarks" section quotes them.
 //!
 //! Run: `cargo bench -p braid --bench sandbox` (add `-- --calls N` to change the count).
 //!
@@ -73,6 +74,8 @@ impl BareLoop {
     async fn call(&self) {
         let mut store =
             Store::new(&self.engine, BareState { wasi: WasiCtx::builder().build(), table: ResourceTable::new() });
+        // Never reached (nothing advances this engine's epoch); ignored without epochs.
+        store.set_epoch_deadline(u64::MAX / 2);
         if self.fuel {
             store.set_fuel(u64::MAX).unwrap();
         }
@@ -89,8 +92,18 @@ impl BareLoop {
     }
 }
 
-/// The bare loop's pool: the same settings as Braid's (`tuning`), with or without fuel.
-fn pooled_config(tuning: PoolTuning, fuel: bool) -> Config {
+/// What the bare loop's code checks besides the guest's own work.
+#[derive(Clone, Copy, PartialEq)]
+enum Checks {
+    None,
+    /// Fuel metering (as a step with a `fuel` budget runs).
+    Fuel,
+    /// Epoch interruption (as every Braid step runs: its timeout and cancellation).
+    Epochs,
+}
+
+/// The bare loop's pool: the same settings as Braid's (`tuning`), with the `checks` given.
+fn pooled_config(tuning: PoolTuning, checks: Checks) -> Config {
     let mut pool = PoolingAllocationConfig::new();
     pool.total_component_instances(128)
         .total_core_instances(1024)
@@ -101,7 +114,10 @@ fn pooled_config(tuning: PoolTuning, fuel: bool) -> Config {
         .table_keep_resident(64 * 1024)
         .pagemap_scan(if tuning.pagemap_scan { wasmtime::Enabled::Auto } else { wasmtime::Enabled::No });
     let mut config = Config::new();
-    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool)).consume_fuel(fuel);
+    config
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+        .consume_fuel(checks == Checks::Fuel)
+        .epoch_interruption(checks == Checks::Epochs);
     config
 }
 
@@ -111,41 +127,93 @@ struct Figures {
     per_second: f64,
 }
 
-/// Times `calls` sequential calls one by one (median, p99), then `calls` more with
-/// `IN_FLIGHT` at once (calls per second).
-async fn measure<F, Fut>(calls: usize, call: F) -> Figures
-where
-    F: Fn() -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
-{
-    for _ in 0..calls / 10 {
-        call().await;
-    }
-    let mut samples = Vec::with_capacity(calls);
-    for _ in 0..calls {
-        let started = Instant::now();
-        call().await;
-        samples.push(started.elapsed());
-    }
-    samples.sort();
-    let median = samples[calls / 2];
-    let p99 = samples[calls * 99 / 100];
+/// One way of running the agent: through Braid's sandbox, or through a bare loop.
+enum Setup {
+    Braid { sandbox: Arc<Sandbox>, agent: braid::sandbox::Agent, input: &'static str },
+    Bare(BareLoop),
+}
 
-    let call = Arc::new(call);
-    let permits = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
-    let started = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..calls {
-        let permit = permits.clone().acquire_owned().await.unwrap();
-        let call = call.clone();
-        tasks.spawn(async move {
-            call().await;
-            drop(permit);
-        });
+impl Setup {
+    /// `wasm` through `Sandbox::execute` with `config`.
+    fn braid(config: SandboxConfig, wasm: &[u8], input: &'static str) -> Setup {
+        let sandbox = Arc::new(Sandbox::new(config).unwrap());
+        assert!(sandbox.is_pooling(), "the benchmark expects the pooling allocator");
+        let agent = sandbox.load(wasm).unwrap();
+        Setup::Braid { sandbox, agent, input }
     }
-    while tasks.join_next().await.is_some() {}
-    let per_second = calls as f64 / started.elapsed().as_secs_f64();
-    Figures { median, p99, per_second }
+
+    /// `wasm` through a bare wasmtime loop with `config`.
+    fn bare(config: &Config, wasm: &[u8], input: &'static str) -> Setup {
+        Setup::Bare(BareLoop::new(config, wasm, input))
+    }
+
+    async fn call(&self) {
+        match self {
+            Setup::Braid { sandbox, agent, input } => {
+                let request = ExecutionRequest::new(
+                    StepContext {
+                        run_id: "bench".into(),
+                        step_id: "step".into(),
+                        attempt: 1,
+                        ..StepContext::default()
+                    },
+                    (*input).to_owned(),
+                );
+                let execution = sandbox.execute(agent, request).await.unwrap();
+                assert_eq!(execution.outcome, Outcome::Succeeded, "{:?}", execution.error);
+            }
+            Setup::Bare(bare) => bare.call().await,
+        }
+    }
+}
+
+/// Rounds the sequential calls are interleaved in.
+const ROUNDS: usize = 20;
+
+/// Times `calls` sequential calls of each setup one by one (median, p99), interleaved:
+/// `ROUNDS` rounds that each give every setup its share in turn, so that whatever the
+/// machine does meanwhile falls on all of them alike; then `calls` more of each with
+/// `IN_FLIGHT` at once (calls per second).
+fn measure<const N: usize>(runtime: &tokio::runtime::Runtime, calls: usize, setups: [Setup; N]) -> [Figures; N] {
+    let setups: Vec<Arc<Setup>> = setups.into_iter().map(Arc::new).collect();
+    runtime.block_on(async {
+        for setup in &setups {
+            for _ in 0..calls / 10 {
+                setup.call().await;
+            }
+        }
+        let mut samples = vec![Vec::with_capacity(calls); setups.len()];
+        for _ in 0..ROUNDS {
+            for (setup, samples) in setups.iter().zip(&mut samples) {
+                for _ in 0..calls / ROUNDS {
+                    let started = Instant::now();
+                    setup.call().await;
+                    samples.push(started.elapsed());
+                }
+            }
+        }
+        let mut figures = Vec::new();
+        for (setup, mut samples) in setups.iter().zip(samples) {
+            samples.sort();
+            let median = samples[samples.len() / 2];
+            let p99 = samples[samples.len() * 99 / 100];
+            let permits = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+            let started = Instant::now();
+            let mut tasks = tokio::task::JoinSet::new();
+            for _ in 0..calls {
+                let permit = permits.clone().acquire_owned().await.unwrap();
+                let setup = setup.clone();
+                tasks.spawn(async move {
+                    setup.call().await;
+                    drop(permit);
+                });
+            }
+            while tasks.join_next().await.is_some() {}
+            let per_second = calls as f64 / started.elapsed().as_secs_f64();
+            figures.push(Figures { median, p99, per_second });
+        }
+        figures.try_into().unwrap_or_else(|_| unreachable!("one figure per setup"))
+    })
 }
 
 /// Native Rust doing the JSON part of the work: parse `input` and serialise it again.
@@ -162,45 +230,6 @@ fn native_json(input: &str) -> Duration {
 /// The same allocator as the `braid` binary.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// `calls` executions of `wasm` on `input` through `Sandbox::execute` with `config`.
-fn measure_braid(
-    runtime: &tokio::runtime::Runtime,
-    calls: usize,
-    config: SandboxConfig,
-    wasm: &[u8],
-    input: &'static str,
-) -> Figures {
-    let sandbox = Arc::new(Sandbox::new(config).unwrap());
-    assert!(sandbox.is_pooling(), "the benchmark expects the pooling allocator");
-    let agent = sandbox.load(wasm).unwrap();
-    runtime.block_on(measure(calls, move || {
-        let (sandbox, agent) = (sandbox.clone(), agent.clone());
-        async move {
-            let request = ExecutionRequest::new(
-                StepContext { run_id: "bench".into(), step_id: "step".into(), attempt: 1, ..StepContext::default() },
-                input.to_owned(),
-            );
-            let execution = sandbox.execute(&agent, request).await.unwrap();
-            assert_eq!(execution.outcome, Outcome::Succeeded, "{:?}", execution.error);
-        }
-    }))
-}
-
-/// `calls` executions of `wasm` on `input` through a bare wasmtime loop with `config`.
-fn measure_bare(
-    runtime: &tokio::runtime::Runtime,
-    calls: usize,
-    config: &Config,
-    wasm: &[u8],
-    input: &'static str,
-) -> Figures {
-    let bare = Arc::new(BareLoop::new(config, wasm, input));
-    runtime.block_on(measure(calls, move || {
-        let bare = bare.clone();
-        async move { bare.call().await }
-    }))
-}
 
 /// Prints one table of `(setup, figures)` rows with each median as a ratio of `baseline`'s.
 fn print_table(heading: &str, ratio_column: &str, baseline: &Figures, rows: &[(&str, &Figures)]) {
@@ -231,9 +260,16 @@ fn main() {
 
     // The trivial agent, built with the repository's agent profile and small stack.
     let echo = braid_test_artifacts::agent_bytes("echo");
-    let braid = measure_braid(&runtime, calls, SandboxConfig::default(), &echo, INPUT);
-    let bare_pooled = measure_bare(&runtime, calls, &pooled_config(defaults, false), &echo, INPUT);
-    let bare_default = measure_bare(&runtime, calls, &Config::new(), &echo, INPUT);
+    let [braid, bare_pooled] = measure(
+        &runtime,
+        calls,
+        [
+            Setup::braid(SandboxConfig::default(), &echo, INPUT),
+            Setup::bare(&pooled_config(defaults, Checks::None), &echo, INPUT),
+        ],
+    );
+    // On its own: its mappings and unmappings would slow whatever runs beside it.
+    let [bare_default] = measure(&runtime, calls, [Setup::bare(&Config::new(), &echo, INPUT)]);
     print_table(
         &format!("{calls} calls of the `echo` agent ({} bytes of JSON)", INPUT.len()),
         "median vs bare pooled",
@@ -249,12 +285,19 @@ fn main() {
     // The realistic agent, built as users build one: `cargo build --release`, no flags.
     let order_path = braid_test_artifacts::agent_path_as_users_build("price-order");
     let order = std::fs::read(&order_path).unwrap_or_else(|e| panic!("{}: {e}", order_path.display()));
-    let braid = measure_braid(&runtime, calls, SandboxConfig::default(), &order, ORDER);
     let metered = SandboxConfig { meter_fuel: true, ..SandboxConfig::default() };
-    let braid_fuel = measure_braid(&runtime, calls, metered, &order, ORDER);
-    let bare_pooled = measure_bare(&runtime, calls, &pooled_config(defaults, false), &order, ORDER);
-    let bare_fuel = measure_bare(&runtime, calls, &pooled_config(defaults, true), &order, ORDER);
-    let bare_default = measure_bare(&runtime, calls, &Config::new(), &order, ORDER);
+    let [braid, braid_fuel, bare_pooled, bare_fuel, bare_epochs] = measure(
+        &runtime,
+        calls,
+        [
+            Setup::braid(SandboxConfig::default(), &order, ORDER),
+            Setup::braid(metered, &order, ORDER),
+            Setup::bare(&pooled_config(defaults, Checks::None), &order, ORDER),
+            Setup::bare(&pooled_config(defaults, Checks::Fuel), &order, ORDER),
+            Setup::bare(&pooled_config(defaults, Checks::Epochs), &order, ORDER),
+        ],
+    );
+    let [bare_default] = measure(&runtime, calls, [Setup::bare(&Config::new(), &order, ORDER)]);
     print_table(
         &format!(
             "{calls} calls of the realistic `price-order` agent ({} bytes of JSON in, built with plain `cargo build --release`, {} KiB)",
@@ -268,6 +311,7 @@ fn main() {
             ("braid `Sandbox::execute`, fuel metered (a step with a `fuel` budget, or `--meter-fuel`)", &braid_fuel),
             ("bare wasmtime loop, same pooling config", &bare_pooled),
             ("bare wasmtime loop, same pooling config, fuel metered", &bare_fuel),
+            ("bare wasmtime loop, same pooling config, epoch interruption (as Braid's timeouts need)", &bare_epochs),
             ("bare wasmtime loop, default config (on-demand)", &bare_default),
         ],
     );
@@ -275,22 +319,21 @@ fn main() {
 
     // The levers, one at a time, on the realistic agent through Braid.
     let with_pool = |pool: PoolTuning| SandboxConfig { pool, ..SandboxConfig::default() };
-    let no_pagemap =
-        measure_braid(&runtime, calls, with_pool(PoolTuning { pagemap_scan: false, ..defaults }), &order, ORDER);
-    let nothing_resident =
-        measure_braid(&runtime, calls, with_pool(PoolTuning { memory_keep_resident: 0, ..defaults }), &order, ORDER);
-    let more_resident = measure_braid(
+    let small_stack = std::fs::read(braid_test_artifacts::agent_path_small_stack("price-order")).unwrap();
+    let [no_pagemap, nothing_resident, more_resident, small_stack] = measure(
         &runtime,
         calls,
-        with_pool(PoolTuning { memory_keep_resident: 4 << 20, ..defaults }),
-        &order,
-        ORDER,
+        [
+            Setup::braid(with_pool(PoolTuning { pagemap_scan: false, ..defaults }), &order, ORDER),
+            Setup::braid(with_pool(PoolTuning { memory_keep_resident: 0, ..defaults }), &order, ORDER),
+            Setup::braid(with_pool(PoolTuning { memory_keep_resident: 4 << 20, ..defaults }), &order, ORDER),
+            Setup::braid(SandboxConfig::default(), &small_stack, ORDER),
+        ],
     );
+    // A process-wide setting of the allocator, so measured on its own.
     braid::cli::allow_transparent_huge_pages(true);
-    let huge_pages = measure_braid(&runtime, calls, SandboxConfig::default(), &order, ORDER);
+    let [huge_pages] = measure(&runtime, calls, [Setup::braid(SandboxConfig::default(), &order, ORDER)]);
     braid::cli::allow_transparent_huge_pages(false);
-    let small_stack = std::fs::read(braid_test_artifacts::agent_path_small_stack("price-order")).unwrap();
-    let small_stack = measure_braid(&runtime, calls, SandboxConfig::default(), &small_stack, ORDER);
     print_table(
         "The levers, one at a time: `price-order` through `Sandbox::execute`",
         "median vs Braid's defaults",
@@ -309,6 +352,11 @@ fn main() {
         micros(bare_fuel.median) / micros(bare_pooled.median),
         micros(braid_fuel.median) / micros(braid.median)
     );
+    println!(
+        "Epoch interruption: {:.2}× the median without it on the bare loop; Braid is {:.2}× the bare loop that has it",
+        micros(bare_epochs.median) / micros(bare_pooled.median),
+        micros(braid.median) / micros(bare_epochs.median)
+    );
 
     // Agents by language: the same word count in Rust, Python (componentize-py) and
     // JavaScript (ComponentizeJS).
@@ -317,28 +365,10 @@ fn main() {
         ("Python (`word-count-py`)", "word-count-py"),
         ("JavaScript (`word-count-js`)", "word-count-js"),
     ];
-    let mut rows = Vec::new();
-    for (label, name) in languages {
-        let sandbox = Arc::new(Sandbox::new(SandboxConfig::default()).unwrap());
-        let agent = sandbox.load(&braid_test_artifacts::agent_bytes(name)).unwrap();
-        let figures = runtime.block_on(measure(LANGUAGE_CALLS, move || {
-            let (sandbox, agent) = (sandbox.clone(), agent.clone());
-            async move {
-                let request = ExecutionRequest::new(
-                    StepContext {
-                        run_id: "bench".into(),
-                        step_id: "count".into(),
-                        attempt: 1,
-                        ..StepContext::default()
-                    },
-                    WORDS.to_owned(),
-                );
-                let execution = sandbox.execute(&agent, request).await.unwrap();
-                assert_eq!(execution.outcome, Outcome::Succeeded, "{:?}", execution.error);
-            }
-        }));
-        rows.push((label, figures));
-    }
+    let setups = languages
+        .map(|(_, name)| Setup::braid(SandboxConfig::default(), &braid_test_artifacts::agent_bytes(name), WORDS));
+    let rows: Vec<(&str, Figures)> =
+        languages.iter().map(|(label, _)| *label).zip(measure(&runtime, LANGUAGE_CALLS, setups)).collect();
     println!(
         "\n{LANGUAGE_CALLS} calls of a word count by language (fresh instance + call each); {IN_FLIGHT} in flight for calls/s\n"
     );
