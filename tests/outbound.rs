@@ -503,3 +503,63 @@ async fn the_model_example_asks_the_stub_with_the_hosts_secret() {
     let error = document(&without_key)["error"].as_str().unwrap_or_default().to_owned();
     assert!(error.contains("\"MODEL_API_KEY\""), "{error}");
 }
+
+/// A chain's next step makes its instance while its predecessor's row commits, but calls
+/// nothing before that row is durable: when the row is refused (another host took the run
+/// over while the first step ran), the second step never reaches the network.
+#[tokio::test]
+async fn a_step_calls_out_only_once_its_predecessors_row_is_durable() {
+    let peer = peer().await;
+    let db = TestDb::postgres().await;
+    let cwd = scratch();
+    let workflow = json!({ "name": "nap-then-fetch", "version": "1", "steps": [
+        { "id": "nap", "agent": "misbehave", "input": { "action": "sleep", "ms": 1500 } },
+        { "id": "fetch", "agent": "fetch-json", "input": { "url": format!("{}/json", peer.origin()), "field": "/answer" },
+          "allowed_hosts": [peer.origin()] } ] });
+    let flags = ["--allow-private-network", "--database-url", db.url.as_str()];
+
+    // Left alone, the second step calls out once.
+    let output = run_in(cwd.path(), &workflow, &flags, &[]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(peer.hits(), 1);
+    let first_run = document(&output)["run_id"].as_str().unwrap().to_owned();
+
+    // Taken over half a second into its first step (the host renews its lease only every
+    // 5 s, so it learns of it from its next write: the first step's row).
+    let (cwd_path, flags_owned) = (cwd.path().to_owned(), flags.map(str::to_owned));
+    let running = std::thread::spawn(move || {
+        let flags: Vec<&str> = flags_owned.iter().map(String::as_str).collect();
+        run_in(&cwd_path, &workflow, &flags, &[])
+    });
+    let mut connection = <sqlx::PgConnection as sqlx::Connection>::connect(&db.url).await.unwrap();
+    let taken = loop {
+        let found: Option<(String,)> =
+            sqlx::query_as("SELECT id::text FROM workflow_runs WHERE status = 'running' AND id::text <> $1 LIMIT 1")
+                .bind(&first_run)
+                .fetch_optional(&mut connection)
+                .await
+                .unwrap();
+        if let Some((id,)) = found {
+            break id;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sqlx::query("UPDATE workflow_runs SET owner_host_id = 'host-b', epoch = epoch + 1 WHERE id::text = $1")
+        .bind(&taken)
+        .execute(&mut connection)
+        .await
+        .unwrap();
+    let output = running.join().unwrap();
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert_eq!(peer.hits(), 1, "the second step called out before its predecessor's row was durable");
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT step_id, status FROM step_executions WHERE run_id::text = $1 ORDER BY id")
+            .bind(&taken)
+            .fetch_all(&mut connection)
+            .await
+            .unwrap();
+    assert_eq!(rows, [("nap".to_owned(), "running".to_owned())], "only the first step's row from before the takeover");
+    drop(connection);
+    db.drop_database().await;
+}

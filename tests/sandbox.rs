@@ -182,6 +182,42 @@ async fn malformed_input_is_a_clear_non_retryable_error_not_a_trap() {
     assert!(error.contains("malformed input") && error.contains("missing field `text`"), "{error}");
 }
 
+/// A chain's next step makes its instance while its predecessor's row commits
+/// (`Sandbox::prepare`): the instance holds its slot until it is called or dropped, and its
+/// timeout covers making it and the call, not the wait between.
+#[tokio::test]
+async fn an_instance_made_ahead_keeps_its_slot_and_its_whole_timeout_until_called() {
+    let one_slot = Sandbox::new(SandboxConfig { max_instances: 1, ..SandboxConfig::default() }).unwrap();
+    let agent = one_slot.load(&agent_bytes("misbehave")).unwrap();
+    let limits = Limits { timeout: Duration::from_millis(200), ..limits() };
+    let ahead = |input: Value| async {
+        let slot = one_slot.try_slot().expect("a free slot");
+        let request = ExecutionRequest { limits: Some(limits), ..request(input) };
+        one_slot.prepare(&agent, request, slot).await.expect("prepared")
+    };
+
+    let dropped = ahead(json!({ "action": "ok" })).await;
+    assert_eq!(one_slot.free_slots(), 0, "the instance holds its slot");
+    drop(dropped);
+    assert_eq!(one_slot.free_slots(), 1, "dropped uncalled, it frees its slot");
+
+    // Called after waiting longer than its timeout, it still has all of it.
+    let waited = ahead(json!({ "action": "sleep", "ms": 100 })).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let execution = waited.call().await.unwrap();
+    assert_eq!(execution.outcome, Outcome::Succeeded, "{execution:#?}");
+    assert!(execution.execute >= Duration::from_millis(100), "{execution:#?}");
+
+    // And the timeout still bounds the call itself.
+    let waited = ahead(json!({ "action": "sleep", "ms": 60_000 })).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let called = Instant::now();
+    let execution = waited.call().await.unwrap();
+    assert_eq!(execution.outcome, Outcome::Timeout, "{execution:#?}");
+    assert!(called.elapsed() < Duration::from_secs(2), "{:?}", called.elapsed());
+    assert_eq!(one_slot.free_slots(), 1);
+}
+
 #[tokio::test]
 async fn an_endless_loop_times_out() {
     let started = Instant::now();

@@ -7,7 +7,8 @@
 //! exactly as the README tells users to) through the real `braid run` binary on Postgres: a
 //! 2,000-branch fan-out and a 40-step chain, each timed from the run's recorded start to its
 //! recorded finish — each chain run followed by its baselines: 40 of the smallest durable
-//! commits this Postgres makes, and 40 commits of a step's input and output.
+//! commits this Postgres makes, 40 commits of a step's input and output, and 40 of the
+//! chain's own step rows through Braid's recorder.
 //!
 //! Run: `cargo bench -p braid --bench workflow` (Postgres from `BRAID_BENCH_POSTGRES_URL`,
 //! default `postgres://postgres@127.0.0.1:5432/postgres`; a scratch database is created

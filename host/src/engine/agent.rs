@@ -9,7 +9,7 @@ use crate::json::JsonDoc;
 use crate::outbound::HttpCall;
 use crate::sandbox::{self, ExecutionRequest, Limits, LogLine, StepContext};
 use crate::secrets::Redactor;
-use crate::store::{HttpCallRecord, LogRecord, Pending, StepDetails, StepRecord, StepStatus, StepWrite};
+use crate::store::{HttpCallRecord, LogRecord, Pending, StepDetails, StepRecord, StepStatus, StepWrite, StoreError};
 use crate::workflow::{AgentStep, RetryPolicy, Scope, Step};
 use chrono::Utc;
 use std::collections::BTreeMap;
@@ -21,6 +21,9 @@ use uuid::Uuid;
 /// How long an agent step runs before its "running" row is written.
 const RUNNING_ROW_AFTER: Duration = Duration::from_millis(50);
 
+/// Runs an agent step once `previous_row` (the row of the step before it, if any) is
+/// committed: its first attempt makes the instance meanwhile. `None` when the sequence was
+/// cancelled before the step started.
 pub(super) async fn run(
     context: &Arc<RunContext>,
     step: &Step,
@@ -28,7 +31,8 @@ pub(super) async fn run(
     scope: &Scope,
     placement: &Placement,
     cancel: &CancellationToken,
-) -> (Ended, Pending) {
+    previous_row: Option<Pending>,
+) -> Result<Option<(Ended, Pending)>, StoreError> {
     let mut row = new_row(context, step, placement);
     let resolved = context.plan.agents.get(&agent_step.agent).cloned();
     row.agent_name = Some(resolved.as_ref().map_or_else(|| agent_step.agent.clone(), |a| a.name.clone()));
@@ -42,29 +46,29 @@ pub(super) async fn run(
         .await
         .map_err(|err| format!("input{}: {err}", err.subpath))
         .and_then(|input| input.check("the rendered input").map(|()| input).map_err(|p| p.to_string()));
+    // A step that fails before it could start still waits for its predecessor's row.
+    let not_started = async |row: StepRecord, previous_row: Option<Pending>, err: String| {
+        if !super::committed(previous_row, cancel).await? {
+            return Ok(None);
+        }
+        let ended = failed(err);
+        let row = finish_row(context, row, &ended, StepDetails::default(), StepWrite::Insert);
+        Ok(Some((ended, row)))
+    };
     let input = match rendered {
         Ok(input) => input,
-        Err(err) => {
-            let ended = failed(err);
-            let row = finish_row(context, row, &ended, StepDetails::default(), StepWrite::Insert);
-            return (ended, row);
-        }
+        Err(err) => return not_started(row, previous_row, err).await,
     };
     row.input = Some(input.clone());
     let Some(resolved) = resolved else {
         // Validation resolves every agent before a run; reaching this is a bug, not input.
-        let ended = failed(format!("agent {:?} was not resolved before the run", agent_step.agent));
-        let row = finish_row(context, row, &ended, StepDetails::default(), StepWrite::Insert);
-        return (ended, row);
+        let err = format!("agent {:?} was not resolved before the run", agent_step.agent);
+        return not_started(row, previous_row, err).await;
     };
 
     let given = match Given::for_step(&context.engine.secrets, &agent_step.config, &agent_step.secrets) {
         Ok(given) => given,
-        Err(err) => {
-            let ended = failed(err);
-            let row = finish_row(context, row, &ended, StepDetails::default(), StepWrite::Insert);
-            return (ended, row);
-        }
+        Err(err) => return not_started(row, previous_row, err).await,
     };
 
     let retry = agent_step.retry.unwrap_or(RetryPolicy { max_attempts: 1, ..RetryPolicy::default() });
@@ -75,19 +79,37 @@ pub(super) async fn run(
     if failures >= retry.max_attempts
         && let Some(latest) = context.previous.latest(&key).filter(|row| row.status == StepStatus::Failed)
     {
-        return (Ended::of_row(latest), super::adopt(context, latest, placement));
+        if !super::committed(previous_row, cancel).await? {
+            return Ok(None);
+        }
+        return Ok(Some((Ended::of_row(latest), super::adopt(context, latest, placement))));
     }
     let allowed = retry.max_attempts - failures;
     let mut backoff = backoff_delays(&retry);
     let mut attempt = row.attempt;
     let mut made = 1;
+    let mut previous_row = previous_row;
     loop {
         let mut attempt_row = row.clone();
         attempt_row.id = Uuid::now_v7();
         attempt_row.attempt = attempt;
         attempt_row.started_at = Some(Utc::now());
-        let (ended, retryable, written, recorded_as) =
-            attempt_agent(context, step, agent_step, &resolved, &given, &input, attempt_row, placement, cancel).await;
+        let attempted = attempt_agent(
+            context,
+            step,
+            agent_step,
+            &resolved,
+            &given,
+            &input,
+            attempt_row,
+            placement,
+            cancel,
+            previous_row.take(),
+        )
+        .await?;
+        let Some((ended, retryable, written, recorded_as)) = attempted else {
+            return Ok(None);
+        };
         attempt = recorded_as;
         let delay = backoff.next();
         let retry_helps = ended.status == StepStatus::Failed && retryable && !cancel.is_cancelled();
@@ -95,19 +117,19 @@ pub(super) async fn run(
             Some(delay) if retry_helps && made < allowed => {
                 // This attempt's row is final: commit it before trying again.
                 if written.committed().await.is_err() {
-                    return (ended, Pending::ready());
+                    return Ok(Some((ended, Pending::ready())));
                 }
                 tracing::info!(step = %step.id, attempt, ?delay, "retrying");
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
                     () = cancel.cancelled() => {
-                        return (Ended { status: StepStatus::Cancelled, output: None, error: Some("cancelled while waiting to retry".into()) }, Pending::ready());
+                        return Ok(Some((Ended { status: StepStatus::Cancelled, output: None, error: Some("cancelled while waiting to retry".into()) }, Pending::ready())));
                     }
                 }
                 attempt += 1;
                 made += 1;
             }
-            _ => return (ended, written),
+            _ => return Ok(Some((ended, written))),
         }
     }
 }
@@ -171,7 +193,8 @@ impl Given {
 /// instance slot and the step is a unit of a fan-out — and records the attempt's row.
 /// Returns how it ended, whether a retry could help, the row being committed and the
 /// attempt number it was recorded under (a unit taken again after its host died counts
-/// further).
+/// further); `None` when the sequence was cancelled while `previous_row` committed.
+/// With a free slot, the instance is made while `previous_row` commits.
 #[allow(clippy::too_many_arguments)]
 async fn attempt_agent(
     context: &Arc<RunContext>,
@@ -180,10 +203,11 @@ async fn attempt_agent(
     resolved: &ResolvedAgent,
     given: &Given,
     input: &JsonDoc,
-    row: StepRecord,
+    mut row: StepRecord,
     placement: &Placement,
     cancel: &CancellationToken,
-) -> (Ended, bool, Pending, i32) {
+    previous_row: Option<Pending>,
+) -> Result<Option<(Ended, bool, Pending, i32)>, StoreError> {
     let sandbox = &context.engine.sandbox;
     let defaults = sandbox.config().default_limits;
     let input_text = input.text().to_owned();
@@ -209,12 +233,27 @@ async fn attempt_agent(
         allowed_hosts: agent_step.allowed_hosts.patterns.clone(),
     };
     let mut slot = sandbox.try_slot();
+    let start = match slot.take() {
+        Some(free) if previous_row.is_some() => Start::Prepared(sandbox.prepare(&resolved.agent, request, free).await),
+        free => {
+            slot = free;
+            Start::Later(request)
+        }
+    };
+    if previous_row.is_some() {
+        if !super::committed(previous_row, cancel).await? {
+            return Ok(None);
+        }
+        // The step starts when its predecessor's row is durable, whatever was made before.
+        row.started_at = Some(Utc::now());
+    }
     let mut refused = None;
     // The single-host fast path: a free slot here is always taken. Only a unit of a
     // fan-out, on a full host, with another host up, is offered.
-    if slot.is_none()
+    if let Start::Later(request) = &start
+        && slot.is_none()
         && (placement.branch.is_some() || placement.item_index.is_some())
-        && sandbox.check(&request).is_ok()
+        && sandbox.check(request).is_ok()
         && let Some(offload) = context.engine.offload.as_ref().filter(|offload| offload.may_offer())
     {
         let mut template = row.clone();
@@ -234,7 +273,7 @@ async fn attempt_agent(
         };
         match offload.run_elsewhere(unit, cancel).await {
             Ok(Offloaded::Ran { row: ran, retryable }) => {
-                return ran_elsewhere(context, *ran, retryable, input_bytes);
+                return Ok(Some(ran_elsewhere(context, *ran, retryable, input_bytes)));
             }
             Ok(Offloaded::NotRun(execution)) => refused = Some(execution),
             Err(err) => {
@@ -249,6 +288,10 @@ async fn attempt_agent(
         if let Some(refused) = refused {
             return Ok(refused);
         }
+        let request = match start {
+            Start::Prepared(prepared) => return prepared?.call().await,
+            Start::Later(request) => request,
+        };
         let slot = match slot.take() {
             Some(slot) => slot,
             None => match sandbox.slot(cancel).await {
@@ -282,7 +325,14 @@ async fn attempt_agent(
         ended = failed(over);
     }
     let written = finish_row(context, row, &ended, details, final_write);
-    (ended, retryable, written, attempt)
+    Ok(Some((ended, retryable, written, attempt)))
+}
+
+/// How an attempt's execution begins: with an instance made while the previous step's row
+/// committed, or from its request once it has a slot.
+enum Start<'a> {
+    Prepared(Result<sandbox::Prepared<'a>, sandbox::ExecuteError>),
+    Later(ExecutionRequest),
 }
 
 /// A unit another host ran and recorded: how it ended, counted against the run's cap like

@@ -550,7 +550,8 @@ pub async fn close_cancelled(
 type SequenceEnd = (Ended, Scope, Option<Pending>);
 
 /// Runs `steps` in order until one does not succeed. Each step's row is committed before
-/// the next step starts; the last one's commit is left to the caller to wait for, so that a
+/// the next step starts (an agent step makes its instance meanwhile, and calls it once the
+/// row is durable); the last one's commit is left to the caller to wait for, so that a
 /// finished branch frees its place in its block at once.
 fn run_sequence(
     context: Arc<RunContext>,
@@ -563,10 +564,14 @@ fn run_sequence(
         let mut last = Ended { status: StepStatus::Succeeded, output: None, error: None };
         let mut last_row: Option<Pending> = None;
         for (index, step) in steps.iter().enumerate() {
-            if let Some(row) = last_row.take() {
-                row.committed().await?;
-            }
-            if cancel.is_cancelled() {
+            let previous_row = last_row.take();
+            let started = if cancel.is_cancelled() {
+                committed(previous_row, &cancel).await?;
+                None
+            } else {
+                run_step(&context, step, &scope, &placement, &cancel, previous_row).await?
+            };
+            let Some((ended, views, row)) = started else {
                 // The steps this sequence will not start are recorded, so that every step
                 // of a cancelled branch or run stays visible.
                 for row in record_not_started(&context, &steps[index..], &placement, StepStatus::Cancelled) {
@@ -574,8 +579,7 @@ fn run_sequence(
                 }
                 let ended = Ended { status: StepStatus::Cancelled, output: None, error: Some("cancelled".into()) };
                 return Ok((ended, scope, None));
-            }
-            let (ended, views, row) = run_step(&context, step, &scope, &placement, &cancel).await?;
+            };
             last_row = Some(row);
             for (id, view) in views {
                 scope.steps.insert(id, view);
@@ -595,22 +599,40 @@ fn run_sequence(
 /// inside it), and its row, still being committed.
 type StepEnd = (Ended, Vec<(String, crate::workflow::Binding)>, Pending);
 
-/// Runs one step.
+/// Waits until the previous step's row (if any) is durable; false when the sequence was
+/// cancelled meanwhile, and the next step must not start.
+async fn committed(previous_row: Option<Pending>, cancel: &CancellationToken) -> Result<bool, StoreError> {
+    if let Some(row) = previous_row {
+        row.committed().await?;
+    }
+    Ok(!cancel.is_cancelled())
+}
+
+/// Runs one step once `previous_row` (the row of the step before it, if any) is committed;
+/// `None` when the sequence was cancelled before it started. Only an agent step does
+/// anything before: it makes its instance.
 async fn run_step(
     context: &Arc<RunContext>,
     step: &Step,
     scope: &Scope,
     placement: &Placement,
     cancel: &CancellationToken,
-) -> Result<StepEnd, StoreError> {
+    previous_row: Option<Pending>,
+) -> Result<Option<StepEnd>, StoreError> {
     let key = resume::key(&placement.prefix, step);
-    if let Some(done) = context.previous.done(&key) {
+    let done = context.previous.done(&key);
+    let previous_row = match &step.kind {
+        StepKind::Agent(_) if done.is_none() && step.condition.is_none() => previous_row,
+        _ if committed(previous_row, cancel).await? => None,
+        _ => return Ok(None),
+    };
+    if let Some(done) = done {
         // Resuming: this step succeeded (or was skipped) in an earlier drive; use what it
         // recorded, wherever it sits.
         let ended = Ended::of_row(done);
         let views = resume::recorded_views(&context.previous, step, &key);
         let written = adopt(context, done, placement);
-        return Ok((ended, views, written));
+        return Ok(Some((ended, views, written)));
     }
     if let Some(condition) = &step.condition {
         let decided = control::holds(condition, scope, "if").await;
@@ -626,26 +648,32 @@ async fn run_step(
             }
             let written = finish_row(context, row, &ended, StepDetails::default(), StepWrite::Insert);
             let view = scope::view(&ended);
-            return Ok((ended, vec![(step.id.clone(), view)], written));
+            return Ok(Some((ended, vec![(step.id.clone(), view)], written)));
         }
     }
-    match &step.kind {
+    let ended = match &step.kind {
         StepKind::Agent(agent) => {
-            let (ended, row) = agent::run(context, step, agent, scope, placement, cancel).await;
+            let Some((ended, row)) = agent::run(context, step, agent, scope, placement, cancel, previous_row).await?
+            else {
+                return Ok(None);
+            };
             let view = scope::view(&ended);
-            Ok((ended, vec![(step.id.clone(), view)], row))
+            (ended, vec![(step.id.clone(), view)], row)
         }
         StepKind::Parallel(block) => {
-            parallel::run(context, step, block, scope, placement, &Stop::new(cancel, step.timeout_ms)).await
+            parallel::run(context, step, block, scope, placement, &Stop::new(cancel, step.timeout_ms)).await?
         }
-        StepKind::Map(map) => map::run(context, step, map, scope, placement, &Stop::new(cancel, step.timeout_ms)).await,
+        StepKind::Map(map) => {
+            map::run(context, step, map, scope, placement, &Stop::new(cancel, step.timeout_ms)).await?
+        }
         StepKind::Switch(switch) => {
-            control::switch(context, step, switch, scope, placement, &Stop::new(cancel, step.timeout_ms)).await
+            control::switch(context, step, switch, scope, placement, &Stop::new(cancel, step.timeout_ms)).await?
         }
         StepKind::Loop(repeat) => {
-            control::repeat(context, step, repeat, scope, placement, &Stop::new(cancel, step.timeout_ms)).await
+            control::repeat(context, step, repeat, scope, placement, &Stop::new(cancel, step.timeout_ms)).await?
         }
-    }
+    };
+    Ok(Some(ended))
 }
 
 /// Attaches a row of an earlier drive that is reused to the block row it now belongs to,

@@ -1,7 +1,10 @@
 //! One execution: a fresh `Store` with its limits, captured logs and configuration, one
-//! call of `run`, and the classification of how it ended.
+//! call of `run`, and the classification of how it ended. The instance can be made ahead
+//! of its call ([`Sandbox::prepare`]), so that a chain's next step is ready when its
+//! predecessor's row is durable.
 
 use super::bindings::braid::agent::{host, types};
+use super::bindings::{Agent as AgentBindings, AgentPre};
 use super::limiter::MemoryLimiter;
 use super::logs::{LogCapture, LogLevel, LogSource};
 use super::{Agent, ExecuteError, Execution, ExecutionRequest, Limits, Metering, Outcome, Sandbox, Slot};
@@ -138,6 +141,46 @@ impl Sandbox {
         request: ExecutionRequest,
         slot: Slot,
     ) -> Result<Execution, ExecuteError> {
+        let (mut setup, pre) = self.set_up(agent, request, slot)?;
+        let started = Instant::now();
+        let mut instantiated_at = None;
+        let call = async {
+            let instance = pre.instantiate_async(&mut setup.store).await?;
+            instantiated_at = Some(Instant::now());
+            instance.call_run(&mut setup.store, &setup.step_context, &setup.input).await
+        };
+        let result = self.race(call, &setup.cancel, setup.deadline).await;
+        let finished = Instant::now();
+        let instantiate = instantiated_at.unwrap_or(finished) - started;
+        let execute = finished - instantiated_at.unwrap_or(finished);
+        self.conclude(setup, result, instantiate, execute)
+    }
+
+    /// Makes `agent`'s instance for `request` in `slot` without calling it: a chain's next
+    /// step is made while its predecessor's row commits, and called once that row is
+    /// durable. The instance is bounded by the step's deadline and cancellation like the
+    /// call; whatever went wrong making it is reported by [`Prepared::call`].
+    pub async fn prepare(
+        &self,
+        agent: &Agent,
+        request: ExecutionRequest,
+        slot: Slot,
+    ) -> Result<Prepared<'_>, ExecuteError> {
+        let (mut setup, pre) = self.set_up(agent, request, slot)?;
+        let started = Instant::now();
+        let instance = self.race(pre.instantiate_async(&mut setup.store), &setup.cancel, setup.deadline).await;
+        let made_at = Instant::now();
+        Ok(Prepared { sandbox: self, setup, instance, instantiate: made_at - started, made_at })
+    }
+
+    /// The store of one execution (its limits, captured logs, configuration, deadline) and
+    /// the code to instantiate in it.
+    fn set_up<'a>(
+        &self,
+        agent: &'a Agent,
+        request: ExecutionRequest,
+        slot: Slot,
+    ) -> Result<(Setup, &'a AgentPre<StepState>), ExecuteError> {
         let limits = self.check(&request)?;
         let ExecutionRequest { context, input, limits: _, config, cancel, allowed_hosts } = request;
         let metering = self.metering(limits.fuel);
@@ -150,8 +193,6 @@ impl Sandbox {
                 }
             )));
         };
-        let queued = slot.queued;
-        let _slot = slot;
         let deadline = Instant::now() + limits.timeout;
 
         let logs = LogCapture::new(self.config.max_log_bytes);
@@ -205,31 +246,167 @@ impl Sandbox {
             item_index: context.item_index,
             attempt: context.attempt,
         };
+        Ok((
+            Setup {
+                store,
+                step_context,
+                input,
+                deadline,
+                limits,
+                metering,
+                fuel_budget,
+                cancel,
+                logs,
+                http_calls,
+                queued: slot.queued,
+                _slot: slot,
+            },
+            pre,
+        ))
+    }
 
-        // A guest blocked in an async host call (a WASI sleep, say) never reaches an epoch
-        // check, so the call also races the deadline and the cancellation token. The race
-        // gives the epoch callback a head start of a few ticks: a guest it interrupts unwinds
-        // normally, and its fuel and memory figures stay exact.
+    /// Runs `work` (instantiating or calling a guest) against the step's cancellation and
+    /// deadline. A guest blocked in an async host call (a WASI sleep, say) never reaches an
+    /// epoch check, so the race stops it. The race gives the epoch callback a head start of
+    /// a few ticks: a guest it interrupts unwinds normally, and its fuel and memory figures
+    /// stay exact. Biased towards `work`: most instantiations and calls finish in their
+    /// first poll, and then neither timer is even made (each is built when first polled).
+    async fn race<T>(
+        &self,
+        work: impl std::future::Future<Output = T>,
+        cancel: &CancellationToken,
+        deadline: Instant,
+    ) -> Result<T, Interruption> {
         let grace = self.config.epoch_tick * 3;
-        let started = Instant::now();
-        let mut instantiated_at = None;
-        let call = async {
-            let instance = pre.instantiate_async(&mut store).await?;
-            instantiated_at = Some(Instant::now());
-            instance.call_run(&mut store, &step_context, &input).await
-        };
-        // Biased towards the call: most calls finish in their first poll (no host call that
-        // waits), and then neither timer is even made (each is built when first polled).
-        let result = tokio::select! {
+        tokio::select! {
             biased;
-            result = call => Ok(result),
+            result = work => Ok(result),
             () = async { cancel.cancelled().await; tokio::time::sleep(grace).await } => Err(Interruption::Cancelled),
             () = async { tokio::time::sleep_until((deadline + grace).into()).await } => Err(Interruption::Timeout),
-        };
-        let finished = Instant::now();
-        let instantiate = instantiated_at.unwrap_or(finished) - started;
-        let execute = finished - instantiated_at.unwrap_or(finished);
+        }
+    }
 
+    fn fail(&self, execution: &mut Execution, state: &StepState, outcome: Outcome, limits: super::Limits) {
+        execution.outcome = outcome;
+        execution.error = Some(self.describe(outcome, None, state, limits));
+        execution.retryable = outcome == Outcome::Timeout;
+    }
+
+    /// The agent's answer as a document: checked (size, syntax, depth, NUL) without being
+    /// parsed into a tree, and passed on as the text it is.
+    fn check_output(&self, output: String) -> Result<crate::json::JsonDoc, String> {
+        let cap = self.config.max_output_bytes;
+        if output.len() > cap {
+            return Err(format!("the output is {} bytes, over the cap of {cap} bytes", output.len()));
+        }
+        crate::json::JsonDoc::parse_owned(output, "the output").map_err(|problem| match problem {
+            crate::limits::JsonProblem::Syntax(_, err) => format!("the output is not JSON: {err}"),
+            other => other.to_string(),
+        })
+    }
+
+    /// A readable message for a failed execution. For traps it ends with the tail of the
+    /// guest's stderr: a panic, an allocation failure and a broken pipe all trap the same
+    /// way, and only stderr tells them apart.
+    fn describe(
+        &self,
+        outcome: Outcome,
+        err: Option<&wasmtime::Error>,
+        state: &StepState,
+        limits: super::Limits,
+    ) -> String {
+        let mut message = match outcome {
+            Outcome::Timeout => format!("timed out after {} ms", limits.timeout.as_millis()),
+            Outcome::Cancelled => "cancelled".to_owned(),
+            Outcome::OutOfFuel => format!("ran out of fuel (budget {})", limits.fuel.unwrap_or(u64::MAX)),
+            Outcome::MemoryLimit => format!(
+                "memory limit of {} reached: the agent asked for {} in all",
+                human_bytes(state.limiter.limit_bytes() as u64),
+                human_bytes(state.limiter.refused_bytes().unwrap_or_default() as u64)
+            ),
+            _ => match err {
+                Some(err) => match err.downcast_ref::<Trap>() {
+                    Some(trap) => trap.to_string(),
+                    None => root_message(err),
+                },
+                None => "trap".to_owned(),
+            },
+        };
+        let stderr = state.logs.stderr_tail();
+        if matches!(outcome, Outcome::Trap | Outcome::MemoryLimit) && !stderr.is_empty() {
+            message.push_str("; stderr: ");
+            message.push_str(&stderr);
+        }
+        message
+    }
+}
+
+/// One execution's store and what its call and its classification need.
+struct Setup {
+    store: Store<StepState>,
+    step_context: types::StepContext,
+    input: String,
+    /// The step's deadline, from when its store was made.
+    deadline: Instant,
+    limits: Limits,
+    metering: Metering,
+    fuel_budget: u64,
+    cancel: CancellationToken,
+    logs: LogCapture,
+    http_calls: super::http::CallLog,
+    queued: Duration,
+    _slot: Slot,
+}
+
+/// An agent's instance made for one execution and not called yet ([`Sandbox::prepare`]).
+/// It holds its instance slot; dropping it frees both without running the guest's `run`.
+pub struct Prepared<'a> {
+    sandbox: &'a Sandbox,
+    setup: Setup,
+    /// The instance, or why making it failed, or what stopped it.
+    instance: Result<wasmtime::Result<AgentBindings>, Interruption>,
+    instantiate: Duration,
+    made_at: Instant,
+}
+
+impl Prepared<'_> {
+    /// Calls `run` on the instance and classifies how the execution ended. The timeout
+    /// covers making the instance and the call, not the wait between. Whatever the guest
+    /// does, the result is an [`Execution`].
+    pub async fn call(self) -> Result<Execution, ExecuteError> {
+        let Prepared { sandbox, mut setup, instance, instantiate, made_at } = self;
+        let started = Instant::now();
+        let (result, execute) = match instance {
+            Ok(Ok(instance)) => {
+                let deadline = setup.deadline + (started - made_at);
+                setup.deadline = deadline;
+                setup.store.data_mut().deadline = deadline;
+                setup.store.data_mut().http.deadline = deadline;
+                let call = instance.call_run(&mut setup.store, &setup.step_context, &setup.input);
+                let result = sandbox.race(call, &setup.cancel, deadline).await;
+                (result, started.elapsed())
+            }
+            Ok(Err(err)) => (Ok(Err(err)), Duration::ZERO),
+            Err(interruption) => (Err(interruption), Duration::ZERO),
+        };
+        sandbox.conclude(setup, result, instantiate, execute)
+    }
+}
+
+/// What instantiating and calling a guest came to: its answer (or its own error), a trap,
+/// or the host's interruption.
+type CallResult = Result<wasmtime::Result<Result<String, types::StepError>>, Interruption>;
+
+impl Sandbox {
+    /// Classifies how an execution ended and gathers its figures, logs and HTTP requests.
+    fn conclude(
+        &self,
+        setup: Setup,
+        result: CallResult,
+        instantiate: Duration,
+        execute: Duration,
+    ) -> Result<Execution, ExecuteError> {
+        let Setup { store, limits, metering, fuel_budget, logs, http_calls, queued, .. } = setup;
         let fuel_consumed = match metering {
             Metering::Metered => Some(fuel_budget - store.get_fuel().unwrap_or(0)),
             Metering::Unmetered => None,
@@ -295,60 +472,6 @@ impl Sandbox {
         execution.http_calls =
             std::mem::take(&mut *http_calls.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
         Ok(execution)
-    }
-
-    fn fail(&self, execution: &mut Execution, state: &StepState, outcome: Outcome, limits: super::Limits) {
-        execution.outcome = outcome;
-        execution.error = Some(self.describe(outcome, None, state, limits));
-        execution.retryable = outcome == Outcome::Timeout;
-    }
-
-    /// The agent's answer as a document: checked (size, syntax, depth, NUL) without being
-    /// parsed into a tree, and passed on as the text it is.
-    fn check_output(&self, output: String) -> Result<crate::json::JsonDoc, String> {
-        let cap = self.config.max_output_bytes;
-        if output.len() > cap {
-            return Err(format!("the output is {} bytes, over the cap of {cap} bytes", output.len()));
-        }
-        crate::json::JsonDoc::parse_owned(output, "the output").map_err(|problem| match problem {
-            crate::limits::JsonProblem::Syntax(_, err) => format!("the output is not JSON: {err}"),
-            other => other.to_string(),
-        })
-    }
-
-    /// A readable message for a failed execution. For traps it ends with the tail of the
-    /// guest's stderr: a panic, an allocation failure and a broken pipe all trap the same
-    /// way, and only stderr tells them apart.
-    fn describe(
-        &self,
-        outcome: Outcome,
-        err: Option<&wasmtime::Error>,
-        state: &StepState,
-        limits: super::Limits,
-    ) -> String {
-        let mut message = match outcome {
-            Outcome::Timeout => format!("timed out after {} ms", limits.timeout.as_millis()),
-            Outcome::Cancelled => "cancelled".to_owned(),
-            Outcome::OutOfFuel => format!("ran out of fuel (budget {})", limits.fuel.unwrap_or(u64::MAX)),
-            Outcome::MemoryLimit => format!(
-                "memory limit of {} reached: the agent asked for {} in all",
-                human_bytes(state.limiter.limit_bytes() as u64),
-                human_bytes(state.limiter.refused_bytes().unwrap_or_default() as u64)
-            ),
-            _ => match err {
-                Some(err) => match err.downcast_ref::<Trap>() {
-                    Some(trap) => trap.to_string(),
-                    None => root_message(err),
-                },
-                None => "trap".to_owned(),
-            },
-        };
-        let stderr = state.logs.stderr_tail();
-        if matches!(outcome, Outcome::Trap | Outcome::MemoryLimit) && !stderr.is_empty() {
-            message.push_str("; stderr: ");
-            message.push_str(&stderr);
-        }
-        message
     }
 }
 

@@ -26,7 +26,7 @@ mod logs;
 mod outcome;
 
 pub use agent::{Agent, LoadError, Metering};
-pub use execution::human_bytes;
+pub use execution::{Prepared, human_bytes};
 pub use logs::{LogLevel, LogLine, LogSource};
 pub use outcome::{Execution, Outcome};
 
