@@ -559,7 +559,8 @@ async fn a_step_calls_out_only_once_its_predecessors_row_is_durable() {
             .fetch_all(&mut connection)
             .await
             .unwrap();
-    assert_eq!(rows, [("nap".to_owned(), "running".to_owned())], "only the first step's row from before the takeover");
+    // The first step's "running" row, if it landed before the takeover; never a finished one.
+    assert!(rows.iter().all(|(step, status)| step == "nap" && status == "running"), "{rows:?}");
     drop(connection);
     db.drop_database().await;
 }
