@@ -48,7 +48,7 @@ pub(super) async fn run(
         .and_then(|input| input.check("the rendered input").map(|()| input).map_err(|p| p.to_string()));
     // A step that fails before it could start still waits for its predecessor's row.
     let not_started = async |row: StepRecord, previous_row: Option<Pending>, err: String| {
-        if !super::committed(previous_row, cancel).await? {
+        if !super::predecessor_committed(previous_row, cancel).await? {
             return Ok(None);
         }
         let ended = failed(err);
@@ -79,7 +79,7 @@ pub(super) async fn run(
     if failures >= retry.max_attempts
         && let Some(latest) = context.previous.latest(&key).filter(|row| row.status == StepStatus::Failed)
     {
-        if !super::committed(previous_row, cancel).await? {
+        if !super::predecessor_committed(previous_row, cancel).await? {
             return Ok(None);
         }
         return Ok(Some((Ended::of_row(latest), super::adopt(context, latest, placement))));
@@ -241,7 +241,7 @@ async fn attempt_agent(
         }
     };
     if previous_row.is_some() {
-        if !super::committed(previous_row, cancel).await? {
+        if !super::predecessor_committed(previous_row, cancel).await? {
             return Ok(None);
         }
         // The step starts when its predecessor's row is durable, whatever was made before.

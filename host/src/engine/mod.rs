@@ -565,8 +565,9 @@ fn run_sequence(
         let mut last_row: Option<Pending> = None;
         for (index, step) in steps.iter().enumerate() {
             let previous_row = last_row.take();
+            // Cancelled already: no instance is made for a step that will not start.
             let started = if cancel.is_cancelled() {
-                committed(previous_row, &cancel).await?;
+                predecessor_committed(previous_row, &cancel).await?;
                 None
             } else {
                 run_step(&context, step, &scope, &placement, &cancel, previous_row).await?
@@ -601,7 +602,7 @@ type StepEnd = (Ended, Vec<(String, crate::workflow::Binding)>, Pending);
 
 /// Waits until the previous step's row (if any) is durable; false when the sequence was
 /// cancelled meanwhile, and the next step must not start.
-async fn committed(previous_row: Option<Pending>, cancel: &CancellationToken) -> Result<bool, StoreError> {
+async fn predecessor_committed(previous_row: Option<Pending>, cancel: &CancellationToken) -> Result<bool, StoreError> {
     if let Some(row) = previous_row {
         row.committed().await?;
     }
@@ -623,7 +624,7 @@ async fn run_step(
     let done = context.previous.done(&key);
     let previous_row = match &step.kind {
         StepKind::Agent(_) if done.is_none() && step.condition.is_none() => previous_row,
-        _ if committed(previous_row, cancel).await? => None,
+        _ if predecessor_committed(previous_row, cancel).await? => None,
         _ => return Ok(None),
     };
     if let Some(done) = done {

@@ -379,7 +379,6 @@ impl Prepared<'_> {
         let (result, execute) = match instance {
             Ok(Ok(instance)) => {
                 let deadline = setup.deadline + (started - made_at);
-                setup.deadline = deadline;
                 setup.store.data_mut().deadline = deadline;
                 setup.store.data_mut().http.deadline = deadline;
                 let call = instance.call_run(&mut setup.store, &setup.step_context, &setup.input);
